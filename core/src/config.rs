@@ -1,0 +1,1 @@
+//! Layered miner configuration (in progress).

@@ -1,0 +1,1 @@
+//! Hyperparameters (in progress).

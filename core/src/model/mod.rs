@@ -1,0 +1,7 @@
+//! The Llama model the network trains. This module holds what peers must agree on about
+//! it — the canonical parameter layout and its fingerprint; the burn implementation of
+//! the model itself builds on this layout.
+
+mod params;
+
+pub use params::{ModelFingerprint, ModelShape, ModelShapeError, ParamLayout, ParamSpec};

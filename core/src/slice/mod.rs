@@ -1,0 +1,16 @@
+//! The slice protocol (`DESIGN.md` §1): which positions a window exchanges ([`indices`]),
+//! how a slice is named ([`key`]) and encoded ([`wire`]), how a model's values are read
+//! and written at those positions ([`extract`]), and how many slices are averaged
+//! ([`aggregate`]).
+
+pub mod aggregate;
+pub mod extract;
+pub mod indices;
+pub mod key;
+pub mod wire;
+
+pub use aggregate::{AggregateError, MeanAccumulator};
+pub use extract::{ExtractError, apply, extract};
+pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
+pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};
+pub use wire::{Dtype, EncodeError, Expected, SliceError, SliceHeader, SliceView, decode, encode, max_encoded_len};
