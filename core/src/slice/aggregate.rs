@@ -62,3 +62,73 @@ impl MeanAccumulator {
         Some(self.sum)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hotkey::dev_keypair;
+    use crate::model::ModelFingerprint;
+    use crate::slice::key::SliceKind;
+    use crate::slice::wire::{Dtype, Expected, SliceMeta, decode, encode};
+
+    const N: usize = 1000;
+
+    fn meta(dtype: Dtype) -> SliceMeta {
+        SliceMeta { kind: SliceKind::State, window: 3, fingerprint: ModelFingerprint([9; 32]), compression: 10, dtype }
+    }
+
+    fn expected() -> Expected<'static> {
+        Expected {
+            kind: SliceKind::State,
+            window: 3,
+            hotkey: None,
+            registered: None,
+            fingerprint: ModelFingerprint([9; 32]),
+            compression: 10,
+            value_count: N,
+        }
+    }
+
+    #[test]
+    fn mean_of_streamed_slices_is_the_mean_at_every_position() {
+        let peers = ["Alice", "Bob", "Charlie", "Dave"];
+        let values: Vec<Vec<f32>> =
+            (0..peers.len()).map(|p| (0..N).map(|i| (i * (p + 1)) as f32 * 0.25 - 7.0).collect()).collect();
+        let mut acc = MeanAccumulator::new(N);
+        for (peer, v) in peers.iter().zip(&values) {
+            // One slice in memory at a time: encode, decode, add, drop.
+            let bytes = encode(meta(Dtype::F32), v, &dev_keypair(peer).unwrap()).unwrap();
+            acc.add(&decode(&bytes, &expected()).unwrap()).unwrap();
+        }
+        assert_eq!(acc.count(), 4);
+        let mean = acc.finish().unwrap();
+        for i in 0..N {
+            let want = values.iter().map(|v| v[i]).sum::<f32>() / 4.0;
+            assert!((mean[i] - want).abs() <= 1e-5 * want.abs().max(1.0), "{i}: {} vs {want}", mean[i]);
+        }
+    }
+
+    #[test]
+    fn bf16_and_f32_slices_mix_in_one_mean() {
+        let a: Vec<f32> = vec![1.0; N];
+        let b: Vec<f32> = vec![3.0; N];
+        let mut acc = MeanAccumulator::new(N);
+        let bytes_a = encode(meta(Dtype::F32), &a, &dev_keypair("Alice").unwrap()).unwrap();
+        let bytes_b = encode(meta(Dtype::Bf16), &b, &dev_keypair("Bob").unwrap()).unwrap();
+        acc.add(&decode(&bytes_a, &expected()).unwrap()).unwrap();
+        acc.add(&decode(&bytes_b, &expected()).unwrap()).unwrap();
+        acc.add_values(&[5.0; N]).unwrap();
+        assert_eq!(acc.finish().unwrap(), vec![3.0; N]);
+    }
+
+    #[test]
+    fn empty_accumulator_has_no_mean_and_lengths_must_match() {
+        assert_eq!(MeanAccumulator::new(5).finish(), None);
+        let mut acc = MeanAccumulator::new(5);
+        assert_eq!(acc.add_values(&[1.0; 4]), Err(AggregateError::LengthMismatch { expected: 5, found: 4 }));
+        let bytes = encode(meta(Dtype::F32), &[1.0; N], &dev_keypair("Alice").unwrap()).unwrap();
+        let view = decode(&bytes, &expected()).unwrap();
+        assert_eq!(acc.add(&view), Err(AggregateError::LengthMismatch { expected: 5, found: N }));
+        assert_eq!(acc.count(), 0);
+    }
+}

@@ -183,56 +183,22 @@ pub struct SliceMeta {
 
 /// Encodes and signs a slice of `values` (canonical order, see `extract`).
 pub fn encode(meta: SliceMeta, values: &[f32], signer: &dyn HotkeySigner) -> Result<Vec<u8>, EncodeError> {
-    let body = encode_body(values, meta.dtype)?;
-    assemble(meta, &body, values.len() as u64, signer)
-}
-
-/// Header, signature, padding and body around an already-encoded body.
-fn assemble(meta: SliceMeta, body: &[u8], value_count: u64, signer: &dyn HotkeySigner) -> Result<Vec<u8>, EncodeError> {
-    let header = SliceHeader {
-        kind: meta.kind,
-        window: meta.window,
-        hotkey: signer.hotkey(),
-        fingerprint: meta.fingerprint,
-        compression: meta.compression,
-        dtype: meta.dtype,
-        value_count,
-        body_hash: hash_body(body),
-    };
-    let header_bytes = postcard::to_allocvec(&header).map_err(|e| EncodeError::Header(e.to_string()))?;
-    if header_bytes.len() > MAX_HEADER_LEN {
-        return Err(EncodeError::Header(format!("{} bytes exceeds {MAX_HEADER_LEN}", header_bytes.len())));
-    }
-    let offset = body_offset(header_bytes.len());
-    let mut out = Vec::with_capacity(offset + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    out.extend_from_slice(&(header_bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(&header_bytes);
-    let signature = signer.sign(&out);
-    out.extend_from_slice(&signature);
-    out.resize(offset, 0);
-    out.extend_from_slice(body);
-    Ok(out)
-}
-
-fn encode_body(values: &[f32], dtype: Dtype) -> Result<Vec<u8>, EncodeError> {
     if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(EncodeError::NonFiniteValue { index, value });
     }
-    Ok(match dtype {
+    assemble(meta, values.len() as u64, signer, |out| write_body(out, values, meta.dtype))
+}
+
+/// Appends the little-endian body to `out` (the body is written once, in place).
+fn write_body(out: &mut Vec<u8>, values: &[f32], dtype: Dtype) -> Result<(), EncodeError> {
+    match dtype {
         Dtype::F32 => {
             #[cfg(target_endian = "little")]
-            {
-                bytemuck::cast_slice::<f32, u8>(values).to_vec()
-            }
+            out.extend_from_slice(bytemuck::cast_slice::<f32, u8>(values));
             #[cfg(not(target_endian = "little"))]
-            {
-                values.iter().flat_map(|v| v.to_le_bytes()).collect()
-            }
+            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         Dtype::Bf16 => {
-            let mut out = Vec::with_capacity(values.len() * 2);
             for (index, &v) in values.iter().enumerate() {
                 let b = bf16::from_f32(v);
                 if !b.is_finite() {
@@ -241,9 +207,49 @@ fn encode_body(values: &[f32], dtype: Dtype) -> Result<Vec<u8>, EncodeError> {
                 }
                 out.extend_from_slice(&b.to_le_bytes());
             }
-            out
         }
-    })
+    }
+    Ok(())
+}
+
+/// Lays out prefix, header, signature and padding around a body written by `body`.
+///
+/// The header's length does not depend on the body hash (a fixed 32 bytes), so the body
+/// can be written at its final offset first and hashed in place.
+fn assemble(
+    meta: SliceMeta,
+    value_count: u64,
+    signer: &dyn HotkeySigner,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut header = SliceHeader {
+        kind: meta.kind,
+        window: meta.window,
+        hotkey: signer.hotkey(),
+        fingerprint: meta.fingerprint,
+        compression: meta.compression,
+        dtype: meta.dtype,
+        value_count,
+        body_hash: [0; 32],
+    };
+    let header_len = postcard::to_allocvec(&header).map_err(|e| EncodeError::Header(e.to_string()))?.len();
+    if header_len > MAX_HEADER_LEN {
+        return Err(EncodeError::Header(format!("{header_len} bytes exceeds {MAX_HEADER_LEN}")));
+    }
+    let offset = body_offset(header_len);
+    let body_len = usize::try_from(value_count).unwrap_or(usize::MAX).saturating_mul(meta.dtype.size());
+    let mut out = Vec::with_capacity(offset.saturating_add(body_len));
+    out.resize(offset, 0);
+    body(&mut out)?;
+    header.body_hash = hash_body(&out[offset..]);
+    out[..8].copy_from_slice(&MAGIC);
+    out[8..10].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out[10..12].copy_from_slice(&(header_len as u16).to_le_bytes());
+    let header_end = PREFIX_LEN + header_len;
+    postcard::to_slice(&header, &mut out[PREFIX_LEN..header_end]).map_err(|e| EncodeError::Header(e.to_string()))?;
+    let signature = signer.sign(&out[..header_end]);
+    out[header_end..header_end + SIGNATURE_LEN].copy_from_slice(&signature);
+    Ok(out)
 }
 
 /// A validated slice borrowing its body from the input bytes.
