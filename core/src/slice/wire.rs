@@ -389,11 +389,20 @@ fn check_expectations(header: &SliceHeader, expected: &Expected<'_>) -> Result<(
 
 fn check_finite(view: &SliceView<'_>) -> Result<(), SliceError> {
     use rayon::prelude::*;
-    let values = view.values();
-    // Fast parallel scan; locate the first offender only when there is one.
-    if values.par_chunks(1 << 16).all(|c| c.iter().all(|v| v.is_finite())) {
+    const CHUNK: usize = 1 << 16;
+    // Fast parallel scan on the raw bits; locate the first offender only when there is one.
+    let all_finite = match view.header.dtype {
+        Dtype::F32 => view.values().par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite())),
+        // bf16 is non-finite exactly when its 8 exponent bits are all ones.
+        Dtype::Bf16 => view
+            .body
+            .par_chunks(CHUNK * 2)
+            .all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80)),
+    };
+    if all_finite {
         return Ok(());
     }
+    let values = view.values();
     let (index, &value) = values.iter().enumerate().find(|(_, v)| !v.is_finite()).unwrap_or((0, &f32::NAN));
     Err(SliceError::NonFiniteValue { index, value })
 }

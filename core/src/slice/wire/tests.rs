@@ -273,3 +273,20 @@ proptest! {
         prop_assert!(decode(&bytes, &f.expected()).is_err(), "byte {} flipped by {:#x} was accepted", i, flip);
     }
 }
+
+#[test]
+fn non_finite_bf16_values_are_rejected() {
+    let f = fixture();
+    let alice = dev_keypair("Alice").unwrap();
+    let mut body: Vec<u8> = f.values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+    // bf16 NaN at value 5.
+    body[10..12].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    let meta = f.meta(Dtype::Bf16);
+    let bytes = assemble(meta, f.values.len() as u64, &alice, |out| {
+        out.extend_from_slice(&body);
+        Ok(())
+    })
+    .unwrap();
+    let err = decode(&bytes, &f.expected()).unwrap_err();
+    assert!(matches!(err, SliceError::NonFiniteValue { index: 5, .. }), "{err}");
+}
