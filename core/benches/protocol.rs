@@ -70,7 +70,13 @@ fn main() {
     let reps: usize = std::env::var("TESSERA_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let tiny = std::env::var("TESSERA_BENCH_SHAPE").is_ok_and(|v| v == "tiny");
     let shape = if tiny {
-        ModelShape { vocab_size: 4096, hidden_size: 256, intermediate_size: 1024, num_hidden_layers: 4, ..ModelShape::seed_1b2() }
+        ModelShape {
+            vocab_size: 4096,
+            hidden_size: 256,
+            intermediate_size: 1024,
+            num_hidden_layers: 4,
+            ..ModelShape::seed_1b2()
+        }
     } else {
         ModelShape::seed_1b2()
     };
@@ -102,10 +108,17 @@ fn main() {
 
     // 3. Encode (BLAKE3 of the body + sr25519 signature).
     let signers: Vec<_> = (0..PEERS).map(|i| dev_keypair(&format!("peer{i}")).expect("dev key")).collect();
-    let meta = SliceMeta { kind: SliceKind::State, window: 1234, fingerprint: layout.fingerprint(), compression: COMPRESSION, dtype: Dtype::F32 };
+    let meta = SliceMeta {
+        kind: SliceKind::State,
+        window: 1234,
+        fingerprint: layout.fingerprint(),
+        compression: COMPRESSION,
+        dtype: Dtype::F32,
+    };
     let (t, encoded) = time(reps, || encode(meta, &values, &signers[0]).expect("encode"));
     report("encode f32", t, encoded.len(), &format!("{} bytes", encoded.len()));
-    let (t, encoded_bf16) = time(reps, || encode(SliceMeta { dtype: Dtype::Bf16, ..meta }, &values, &signers[0]).expect("encode"));
+    let (t, encoded_bf16) =
+        time(reps, || encode(SliceMeta { dtype: Dtype::Bf16, ..meta }, &values, &signers[0]).expect("encode"));
     report("encode bf16", t, encoded_bf16.len(), &format!("{} bytes", encoded_bf16.len()));
 
     // 4. Decode + verify (size, header, signature, BLAKE3, finiteness).

@@ -49,8 +49,7 @@ impl WindowSchedule {
 
     /// Last block of `window`, inclusive.
     pub fn end_block(&self, window: Window) -> Block {
-        self.start_block(window)
-            .saturating_add(self.window_length - 1)
+        self.start_block(window).saturating_add(self.window_length - 1)
     }
 
     /// Blocks still to come in the window of `block`, `block` itself excluded.
@@ -60,7 +59,7 @@ impl WindowSchedule {
 
     /// Whether `block` is the first block of its window (the moment a window starts).
     pub fn is_window_start(&self, block: Block) -> bool {
-        block % self.window_length == 0
+        block.is_multiple_of(self.window_length)
     }
 }
 

@@ -38,7 +38,13 @@ fn two_peers_converge_on_the_mean_at_the_window_positions_only() {
 
     let window = 42;
     let indices = SliceIndices::compute(&layout, window, 10).unwrap();
-    let meta = SliceMeta { kind: SliceKind::State, window, fingerprint: layout.fingerprint(), compression: 10, dtype: Dtype::F32 };
+    let meta = SliceMeta {
+        kind: SliceKind::State,
+        window,
+        fingerprint: layout.fingerprint(),
+        compression: 10,
+        dtype: Dtype::F32,
+    };
     // Each peer publishes its slice under its object key.
     let published: Vec<(String, Vec<u8>)> = [(&alice, &model_a), (&bob, &model_b)]
         .into_iter()

@@ -74,13 +74,13 @@ impl ModelShape {
                 return Err(ModelShapeError::Zero { field });
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelShapeError::HeadsDontDivideHidden {
                 heads: self.num_attention_heads,
                 hidden: self.hidden_size,
             });
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ModelShapeError::KvHeadsDontDivideHeads {
                 kv_heads: self.num_key_value_heads,
                 heads: self.num_attention_heads,

@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn index_sets_match_the_committed_test_vectors() {
         // (window seed, name, numel, compression) -> (len, first, last, hash of the set)
-        let vectors: &[(u64, &str, u64, u32, usize, u32, u32, &str)] = &[
+        type Vector = (u64, &'static str, u64, u32, usize, u32, u32, &'static str);
+        let vectors: &[Vector] = &[
             (0, "model.layers.0.input_layernorm.weight", 2048, 100, 20, 13, 1968, "7404bc0d5883fa98"),
             (1, "model.layers.0.self_attn.q_proj.weight", 4_194_304, 100, 41_943, 52, 4_194_271, "4fd39bd55d3dd4ee"),
             (123_456, "model.embed_tokens.weight", 65_536_000, 100, 655_360, 28, 65_535_828, "c826a8e6f686ce3b"),

@@ -33,13 +33,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn meta(&self, dtype: Dtype) -> SliceMeta {
-        SliceMeta {
-            kind: SliceKind::Delta,
-            window: 11,
-            fingerprint: self.layout.fingerprint(),
-            compression: 4,
-            dtype,
-        }
+        SliceMeta { kind: SliceKind::Delta, window: 11, fingerprint: self.layout.fingerprint(), compression: 4, dtype }
     }
 
     fn expected(&self) -> Expected<'static> {
@@ -178,11 +172,25 @@ fn hostile_slice_files_are_rejected_with_reasons() {
     let mut nan_values = f.values.clone();
     nan_values[3] = f32::NAN;
     let nan_body: Vec<u8> = nan_values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    cases.push((assemble(f.meta(Dtype::F32), f.values.len() as u64, &alice, |out| Ok(out.extend_from_slice(&nan_body))).unwrap(), "non_finite_value"));
+    cases.push((
+        assemble(f.meta(Dtype::F32), f.values.len() as u64, &alice, |out| {
+            out.extend_from_slice(&nan_body);
+            Ok(())
+        })
+        .unwrap(),
+        "non_finite_value",
+    ));
     let mut inf_values = f.values.clone();
     inf_values[f.values.len() - 1] = f32::NEG_INFINITY;
     let inf_body: Vec<u8> = inf_values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    cases.push((assemble(f.meta(Dtype::F32), f.values.len() as u64, &alice, |out| Ok(out.extend_from_slice(&inf_body))).unwrap(), "non_finite_value"));
+    cases.push((
+        assemble(f.meta(Dtype::F32), f.values.len() as u64, &alice, |out| {
+            out.extend_from_slice(&inf_body);
+            Ok(())
+        })
+        .unwrap(),
+        "non_finite_value",
+    ));
     // A valid header followed by garbage where the header should be.
     let mut garbage_header = good.clone();
     garbage_header[PREFIX_LEN..PREFIX_LEN + 4].copy_from_slice(&[0xff; 4]);
@@ -201,7 +209,11 @@ fn non_finite_value_errors_point_at_the_value() {
     let mut values = f.values.clone();
     values[7] = f32::INFINITY;
     let body: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let bytes = assemble(f.meta(Dtype::F32), values.len() as u64, &alice, |out| Ok(out.extend_from_slice(&body))).unwrap();
+    let bytes = assemble(f.meta(Dtype::F32), values.len() as u64, &alice, |out| {
+        out.extend_from_slice(&body);
+        Ok(())
+    })
+    .unwrap();
     let err = decode(&bytes, &f.expected()).unwrap_err();
     assert!(matches!(err, SliceError::NonFiniteValue { index: 7, .. }), "{err}");
 }
