@@ -1,1 +1,137 @@
-fn main() {}
+//! The `tessera` binary: command line, logging and process wiring. The protocol and the
+//! configuration rules live in `tessera-core`; this file only connects them.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tessera_core::config::{ConfigError, ConfigSources, HparamsSettings, MinerConfig};
+use tessera_core::hparams::{LoadedHparams, load_hparams};
+use tessera_core::model::ParamLayout;
+use tessera_core::window::WindowSchedule;
+use tracing::{info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+use crate::cli::{Cli, Command, HparamsArgs, MinerArgs};
+
+/// Exit status for configuration errors, as for command-line usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Miner(args) => miner(*args).await,
+        Command::Hparams(args) => hparams(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+type LogHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Logs go to stderr; stdout is kept for the CLI's own output. `RUST_LOG`, when set,
+/// replaces the level the flags choose.
+fn init_logging(debug: bool, trace: bool) -> LogHandle {
+    let (filter, handle) = reload::Layer::new(log_filter(debug, trace));
+    // No colour codes where stderr is a file or a pipe (pm2, docker logs).
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    // Fails only if a subscriber is already set, which nothing else here does.
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    handle
+}
+
+fn log_filter(debug: bool, trace: bool) -> EnvFilter {
+    if let Ok(spec) = std::env::var("RUST_LOG")
+        && !spec.trim().is_empty()
+    {
+        match EnvFilter::try_new(&spec) {
+            Ok(filter) => return filter,
+            Err(e) => eprintln!("warning: ignoring RUST_LOG={spec:?}: {e}"),
+        }
+    }
+    // --debug/--trace raise tessera's own crates; dependencies stay at info, as their
+    // debug output (HTTP, TLS, websockets) would drown the miner's.
+    let ours = match (trace, debug) {
+        (true, _) => "trace",
+        (false, true) => "debug",
+        (false, false) => "info",
+    };
+    EnvFilter::new(format!("info,tessera={ours},tessera_core={ours},tessera_actors={ours}"))
+}
+
+async fn miner(args: MinerArgs) -> Result<()> {
+    let log = init_logging(args.debug, args.trace);
+    let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
+    let config = MinerConfig::load(&sources)?;
+    let effective = config.effective_toml();
+    if args.print_config {
+        print!("{effective}");
+        return Ok(());
+    }
+    // debug/trace may also come from a file or the environment.
+    if (config.debug || config.trace) && !(args.debug || args.trace) {
+        let _ = log.reload(log_filter(config.debug, config.trace));
+    }
+    info!(version = env!("CARGO_PKG_VERSION"), "tessera miner starting");
+    info!("effective configuration:\n{effective}");
+    if config.autoupdate {
+        warn!("--autoupdate is not applicable: tessera is updated by image or binary version; ignoring it");
+    }
+    if config.use_wandb {
+        warn!("Weights & Biases logging is not available in this build yet; --use_wandb is ignored");
+    }
+
+    let loaded = load_network_hparams(&config.hparams_settings()).await?;
+    let hp = &loaded.hparams;
+    let layout = ParamLayout::llama(&hp.model_shape()).context("building the model layout")?;
+    let schedule = WindowSchedule::new(hp.window_length).context("building the window schedule")?;
+    info!(
+        source = %loaded.origin,
+        parameters = layout.total_numel(),
+        tensors = layout.len(),
+        fingerprint = %layout.fingerprint(),
+        window_length = schedule.window_length(),
+        compression = hp.compression,
+        max_history = hp.max_history,
+        "model"
+    );
+    bail!(
+        "the miner's window loop is not available in this build yet; the configuration and \
+         hparams above are valid (use --print-config to check only the configuration)"
+    )
+}
+
+/// The errors of `load_hparams` already name the file or URL and the cache.
+async fn load_network_hparams(settings: &HparamsSettings) -> Result<LoadedHparams> {
+    Ok(load_hparams(&settings.source, &settings.cache_path).await?)
+}
+
+async fn hparams(args: HparamsArgs) -> Result<()> {
+    init_logging(false, false);
+    let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
+    let settings = HparamsSettings::load(&sources)?;
+    let loaded = load_network_hparams(&settings).await?;
+    let layout = ParamLayout::llama(&loaded.hparams.model_shape()).context("building the model layout")?;
+    let report = serde_json::json!({
+        "source": loaded.origin.to_string(),
+        "hparams": loaded.hparams,
+        "model": {
+            "parameters": layout.total_numel(),
+            "tensors": layout.len(),
+            "fingerprint": layout.fingerprint().to_string(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

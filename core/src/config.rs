@@ -1,1 +1,1408 @@
-//! Layered miner configuration (in progress).
+//! The miner's layered configuration.
+//!
+//! Keys match the seed miner's command-line flags one to one (`--wallet.name` is the key
+//! `wallet.name`), so an operator's `python3 neurons/miner.py …` line carries over
+//! unchanged. Layers, lowest to highest:
+//!
+//! 1. built-in defaults (the seed's defaults),
+//! 2. `default.toml` in the configuration directory (`$TESSERA_CONFIG_DIR`, else
+//!    `./config`), when it exists,
+//! 3. `--config FILE` (must exist),
+//! 4. environment variables `TESSERA__KEY`, `TESSERA__WALLET__NAME` (prefix `TESSERA`,
+//!    separator `__`, any case; empty values count as unset),
+//! 5. command-line flags actually given.
+//!
+//! The `config` crate merges the layers; every merged value is then checked here, key by
+//! key, so an error names the key, the value, what is expected and which layer set it
+//! (`invalid value "abc" for netuid (command-line flag --netuid): expected an integer
+//! 0..=65535`). A key this build does not know is an error, never silently ignored.
+//!
+//! There are no per-network files: the seed has no such notion, `--test`/`--local` and
+//! `subtensor.network` already pick the well-known endpoints, and a file that changed
+//! settings only when some other layer named a network would surprise. Per-network
+//! settings go in a `--config` file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Source, ValueKind};
+use serde::{Serialize, Serializer};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::hparams::HparamsSource;
+
+/// Prefix of the configuration environment variables (`TESSERA__…`).
+pub const ENV_PREFIX: &str = "TESSERA";
+/// Separates the prefix and nested keys in variable names (`TESSERA__WALLET__NAME`).
+/// Double, because keys themselves contain single underscores.
+pub const ENV_SEPARATOR: &str = "__";
+/// Environment variable naming the directory that holds `default.toml`.
+pub const CONFIG_DIR_ENV: &str = "TESSERA_CONFIG_DIR";
+/// The configuration directory when [`CONFIG_DIR_ENV`] is unset (relative to the cwd).
+pub const DEFAULT_CONFIG_DIR: &str = "config";
+/// The file read from the configuration directory.
+pub const DEFAULT_CONFIG_FILE: &str = "default.toml";
+/// The hparams cache, in the state directory.
+pub const HPARAMS_CACHE_FILE: &str = "hparams-cache.json";
+
+pub const FINNEY_ENDPOINT: &str = "wss://entrypoint-finney.opentensor.ai:443";
+pub const TEST_ENDPOINT: &str = "wss://test.finney.opentensor.ai:443/";
+pub const LOCAL_ENDPOINT: &str = "ws://127.0.0.1:9944";
+
+/// What a secret's value is replaced with in printed configuration.
+pub const REDACTED: &str = "<redacted>";
+/// A key whose name contains one of these is a secret.
+const SECRET_MARKERS: &[&str] = &["secret", "password", "token", "api_key", "access_key"];
+
+/// Every configuration key, dotted.
+pub const KEYS: &[&str] = &[
+    "actual_batch_size",
+    "autoupdate",
+    "baseline",
+    "bucket",
+    "checkpoint_path",
+    "debug",
+    "device",
+    "hparams",
+    "local",
+    "netuid",
+    "process_name",
+    "project",
+    "random",
+    "remote",
+    "state_dir",
+    "subtensor.chain_endpoint",
+    "subtensor.network",
+    "sync_state",
+    "test",
+    "trace",
+    "use_wandb",
+    "wallet.hotkey",
+    "wallet.name",
+    "wallet.path",
+];
+
+/// Keys that hold tables.
+const SECTIONS: &[&str] = &["wallet", "subtensor"];
+
+/// Origin tag of command-line values (a NUL cannot appear in a file path).
+const CLI_ORIGIN: &str = "\0command line";
+/// Origin tag the `config` crate gives environment values.
+const ENV_ORIGIN: &str = "the environment";
+
+/// The miner's effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinerConfig {
+    /// Sequences per micro-batch (gradient accumulation step).
+    pub actual_batch_size: u32,
+    pub wallet: WalletConfig,
+    /// This miner's S3 bucket (committed on chain).
+    pub bucket: BucketName,
+    pub device: Device,
+    pub use_wandb: bool,
+    /// Weights & Biases project.
+    pub project: String,
+    pub netuid: u16,
+    /// Read every UID's committed bucket, not only the own one.
+    pub remote: bool,
+    /// Replay the last `max_history` windows of state slices at start.
+    pub sync_state: bool,
+    pub debug: bool,
+    pub trace: bool,
+    /// Train on random pages instead of the UID's deterministic ones.
+    pub random: bool,
+    /// Train alone: no slices downloaded or applied.
+    pub baseline: bool,
+    pub test: bool,
+    pub local: bool,
+    /// Accepted for compatibility; tessera updates by image or binary version.
+    pub autoupdate: bool,
+    pub subtensor: SubtensorConfig,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_path")]
+    pub checkpoint_path: Option<PathBuf>,
+    /// The seed's pm2 process name; accepted, unused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_name: Option<String>,
+    pub hparams: HparamsSource,
+    /// Local state: the hparams cache, later checkpoints and slice caches.
+    #[serde(serialize_with = "ser_path")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalletConfig {
+    pub name: String,
+    pub hotkey: String,
+    #[serde(serialize_with = "ser_path")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubtensorConfig {
+    pub network: Network,
+    /// Always resolved: the configured endpoint or the network's well-known one.
+    pub chain_endpoint: String,
+}
+
+fn ser_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+fn ser_opt_path<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.collect_str(&p.display()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA GPU by index; plain `cuda` is GPU 0, as in torch.
+    Cuda(u32),
+}
+
+impl Device {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Some(Self::Cpu),
+            "cuda" => Some(Self::Cuda(0)),
+            other => {
+                let index = other.strip_prefix("cuda:")?;
+                if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                index.parse().ok().map(Self::Cuda)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The subtensor network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    Finney,
+    Test,
+    Local,
+    /// A node given by its `ws://`/`wss://` URL.
+    Custom(String),
+}
+
+impl Network {
+    /// `finney`, `test`, `local`, or a `ws://`/`wss://` URL.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "finney" => Some(Self::Finney),
+            "test" => Some(Self::Test),
+            "local" => Some(Self::Local),
+            _ => is_ws_url(t).then(|| Self::Custom(t.to_owned())),
+        }
+    }
+
+    /// The endpoint used when `subtensor.chain_endpoint` is not set.
+    pub fn default_endpoint(&self) -> &str {
+        match self {
+            Self::Finney => FINNEY_ENDPOINT,
+            Self::Test => TEST_ENDPOINT,
+            Self::Local => LOCAL_ENDPOINT,
+            Self::Custom(url) => url,
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Finney => "finney",
+            Self::Test => "test",
+            Self::Local => "local",
+            Self::Custom(url) => url,
+        })
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn is_ws_url(text: &str) -> bool {
+    url::Url::parse(text)
+        .is_ok_and(|u| matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// An S3 bucket name that follows AWS's naming rules (as the seed checked at start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BucketName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BucketNameError {
+    #[error("it has {0} characters")]
+    Length(usize),
+    #[error("{0:?} is not allowed")]
+    Char(char),
+    #[error("it starts or ends with '.' or '-'")]
+    Edge,
+    #[error("it contains \"..\"")]
+    DoubleDot,
+    #[error("it looks like an IP address")]
+    IpAddress,
+}
+
+impl BucketNameError {
+    /// The rules, for error messages.
+    pub const RULES: &str = "3-63 lowercase letters, digits, '.' and '-', starting and ending with a \
+                             letter or digit, no \"..\", not an IP address";
+}
+
+impl BucketName {
+    /// 3–63 characters of lowercase letters, digits, `.` and `-`, starting and ending with
+    /// a letter or digit, no `..`, not an IPv4 address.
+    pub fn parse(name: &str) -> Result<Self, BucketNameError> {
+        let len = name.chars().count();
+        if !(3..=63).contains(&len) {
+            return Err(BucketNameError::Length(len));
+        }
+        if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-')) {
+            return Err(BucketNameError::Char(c));
+        }
+        let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !alnum(name.bytes().next()) || !alnum(name.bytes().last()) {
+            return Err(BucketNameError::Edge);
+        }
+        if name.contains("..") {
+            return Err(BucketNameError::DoubleDot);
+        }
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(BucketNameError::IpAddress);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BucketName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The layer a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(String),
+    /// The variable name (reconstructed from the key).
+    Env(String),
+    /// The flag, `--key`.
+    Cli(String),
+}
+
+impl Origin {
+    fn of(key: &str, value: &config::Value) -> Self {
+        match value.origin() {
+            None => Self::Default,
+            Some(CLI_ORIGIN) => Self::Cli(format!("--{key}")),
+            Some(ENV_ORIGIN) => Self::Env(format!(
+                "{ENV_PREFIX}{ENV_SEPARATOR}{}",
+                key.to_ascii_uppercase().replace('.', ENV_SEPARATOR)
+            )),
+            Some(file) => Self::File(file.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("built-in default"),
+            Self::File(path) => write!(f, "config file {path}"),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+            Self::Cli(flag) => write!(f, "command-line flag {flag}"),
+        }
+    }
+}
+
+/// Why the configuration is not usable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid value {value} for {key} ({origin}): expected {expected}")]
+    InvalidValue { key: String, value: String, expected: String, origin: Origin },
+    #[error("unknown key \"{key}\" ({origin}){}", suggestion_text(.suggestion))]
+    UnknownKey { key: String, origin: Origin, suggestion: Option<&'static str> },
+    #[error(
+        "bucket is required: pass --bucket NAME, set bucket = \"NAME\" in the config file, \
+         or set {ENV_PREFIX}{ENV_SEPARATOR}BUCKET=NAME"
+    )]
+    MissingBucket,
+    #[error("test and local are both set (--test and --local): choose one network")]
+    TestAndLocal,
+    #[error("cannot expand ~ in {key} ({origin}): HOME is not set; give an absolute path")]
+    NoHome { key: &'static str, origin: Origin },
+    #[error("configuration file {} does not exist", .path.display())]
+    FileNotFound { path: PathBuf },
+    #[error("cannot read configuration file {path}: {cause}")]
+    FileParse { path: String, cause: String },
+    #[error("cannot assemble the configuration: {0}")]
+    Layers(String),
+}
+
+fn suggestion_text(s: &Option<&'static str>) -> String {
+    s.map(|k| format!("; did you mean \"{k}\"?")).unwrap_or_default()
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        match e {
+            config::ConfigError::FileParse { uri, cause } => {
+                Self::FileParse { path: uri.unwrap_or_else(|| "(unnamed)".into()), cause: cause.to_string() }
+            }
+            other => Self::Layers(other.to_string()),
+        }
+    }
+}
+
+/// The inputs of [`MinerConfig::load`]; explicit so tests need not touch the process.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// Directory whose `default.toml`, if present, is the lowest file layer.
+    pub config_dir: Option<PathBuf>,
+    /// `--config FILE`: must exist.
+    pub config_file: Option<PathBuf>,
+    /// Variables to read `TESSERA__*` from; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+    /// Flags given on the command line: (key, value), e.g. `("wallet.name", "miner1")`;
+    /// switches as `("remote", "true")`.
+    pub cli_overrides: Vec<(String, String)>,
+    /// Home directory for `~` expansion; `None` when unknown.
+    pub home: Option<PathBuf>,
+}
+
+impl ConfigSources {
+    /// The process's sources: `$TESSERA_CONFIG_DIR` (else `./config`), its environment
+    /// and `$HOME`.
+    pub fn from_process(config_file: Option<PathBuf>, cli_overrides: Vec<(String, String)>) -> Self {
+        let explicit = std::env::var_os(CONFIG_DIR_ENV).filter(|d| !d.is_empty()).map(PathBuf::from);
+        // ./config without a default.toml is normal; a directory named on purpose
+        // without one is probably a mistake.
+        if let Some(dir) = &explicit
+            && !dir.join(DEFAULT_CONFIG_FILE).is_file()
+        {
+            warn!(
+                dir = %dir.display(),
+                "{CONFIG_DIR_ENV} is set but holds no {DEFAULT_CONFIG_FILE}; that layer is skipped"
+            );
+        }
+        let config_dir = explicit.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+        Self {
+            config_dir: Some(config_dir),
+            config_file,
+            env: None,
+            cli_overrides,
+            home: std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from),
+        }
+    }
+}
+
+/// Where hparams come from and where a fetched copy is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HparamsSettings {
+    pub source: HparamsSource,
+    pub cache_path: PathBuf,
+}
+
+impl HparamsSettings {
+    /// Only the hparams part of the configuration (no bucket needed); the whole
+    /// configuration is still checked, so a typo anywhere is reported.
+    pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
+        Draft::load(sources)?.hparams_settings()
+    }
+}
+
+impl MinerConfig {
+    /// Merges the layers of `sources` and validates the result.
+    pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
+        Draft::load(sources)?.finish()
+    }
+
+    /// Where hparams come from and where a fetched copy is cached.
+    pub fn hparams_settings(&self) -> HparamsSettings {
+        HparamsSettings { source: self.hparams.clone(), cache_path: self.state_dir.join(HPARAMS_CACHE_FILE) }
+    }
+
+    /// The effective configuration as TOML (valid as a `--config` file), secrets redacted.
+    pub fn effective_toml(&self) -> String {
+        let rendered = toml::Value::try_from(self).and_then(|mut value| {
+            redact_secrets(&mut value);
+            toml::to_string(&value)
+        });
+        match rendered {
+            Ok(body) => {
+                format!("# tessera miner: effective configuration (secrets redacted)\n{body}")
+            }
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        }
+    }
+}
+
+/// Replaces, anywhere in the tree, the value of every key that names a secret (contains
+/// `secret`, `password`, `token`, `api_key` or `access_key`, in any case, `-` or `_`)
+/// with [`REDACTED`].
+pub fn redact_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if is_secret_key(key) {
+                    *v = toml::Value::String(REDACTED.into());
+                } else {
+                    redact_secrets(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase().replace('-', "_");
+    SECRET_MARKERS.iter().any(|m| k.contains(m))
+}
+
+/// Expands a leading `~` (alone or followed by `/`) to `home`.
+pub fn expand_tilde(path: &str, home: Option<&Path>) -> Result<PathBuf, TildeError> {
+    let rest = match path.strip_prefix('~') {
+        None => return Ok(PathBuf::from(path)),
+        Some(rest) => rest,
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Err(TildeError::OtherUser);
+    }
+    let home = home.ok_or(TildeError::NoHome)?;
+    Ok(home.join(rest.trim_start_matches('/')))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TildeError {
+    #[error("HOME is not set")]
+    NoHome,
+    #[error("~user paths are not supported")]
+    OtherUser,
+}
+
+/// A command-line layer whose values carry their own origin tag.
+#[derive(Debug, Clone)]
+struct CliSource(Vec<(String, String)>);
+
+impl Source for CliSource {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let origin = CLI_ORIGIN.to_owned();
+        Ok(self.0.iter().map(|(k, v)| (k.clone(), config::Value::new(Some(&origin), v.clone()))).collect())
+    }
+}
+
+/// Merges the layers into (dotted key, value) pairs, sorted by key.
+fn merged(sources: &ConfigSources) -> Result<Vec<(String, config::Value)>, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(dir) = &sources.config_dir {
+        let path = dir.join(DEFAULT_CONFIG_FILE);
+        if path.is_file() {
+            info!(path = %path.display(), "configuration layer: defaults file");
+            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        } else {
+            debug!(path = %path.display(), "no defaults file");
+        }
+    }
+    if let Some(path) = &sources.config_file {
+        if !path.is_file() {
+            return Err(ConfigError::FileNotFound { path: path.clone() });
+        }
+        info!(path = %path.display(), "configuration layer: --config file");
+        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+    }
+    builder = builder
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .separator(ENV_SEPARATOR)
+                .ignore_empty(true)
+                .source(sources.env.clone()),
+        )
+        .add_source(CliSource(sources.cli_overrides.clone()));
+    let table = builder.build()?.collect()?;
+    let mut out = Vec::new();
+    flatten("", table, &mut out);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn flatten(prefix: &str, table: config::Map<String, config::Value>, out: &mut Vec<(String, config::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+        let descend = matches!(&v.kind, ValueKind::Table(t)
+            if !KEYS.contains(&key.as_str()) && (!t.is_empty() || SECTIONS.contains(&key.as_str())));
+        match v.kind {
+            ValueKind::Table(inner) if descend => flatten(&key, inner, out),
+            _ => out.push((key, v)),
+        }
+    }
+}
+
+/// One merged value under check.
+struct Entry<'a> {
+    key: &'a str,
+    value: &'a config::Value,
+    origin: Origin,
+}
+
+impl Entry<'_> {
+    fn bad(&self, expected: impl Into<String>) -> ConfigError {
+        ConfigError::InvalidValue {
+            key: self.key.to_owned(),
+            value: show(&self.value.kind),
+            expected: expected.into(),
+            origin: self.origin.clone(),
+        }
+    }
+
+    /// A non-blank string.
+    fn text(&self, expected: &str) -> Result<String, ConfigError> {
+        match &self.value.kind {
+            ValueKind::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(self.bad(expected)),
+        }
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        let expected = "a boolean (true or false)";
+        match &self.value.kind {
+            ValueKind::Boolean(b) => Ok(*b),
+            ValueKind::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(self.bad(expected)),
+            },
+            _ => Err(self.bad(expected)),
+        }
+    }
+
+    /// An integer ≥ `min` that fits `T`.
+    fn uint<T: TryFrom<u64>>(&self, min: u64, expected: &str) -> Result<T, ConfigError> {
+        let n: Option<u64> = match &self.value.kind {
+            ValueKind::I64(v) => u64::try_from(*v).ok(),
+            ValueKind::U64(v) => Some(*v),
+            ValueKind::I128(v) => u64::try_from(*v).ok(),
+            ValueKind::U128(v) => u64::try_from(*v).ok(),
+            ValueKind::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        n.filter(|n| *n >= min).and_then(|n| T::try_from(n).ok()).ok_or_else(|| self.bad(expected))
+    }
+}
+
+/// A value as it appears in an error message.
+fn show(kind: &ValueKind) -> String {
+    match kind {
+        ValueKind::Nil => "(nothing)".into(),
+        ValueKind::Boolean(b) => b.to_string(),
+        ValueKind::I64(v) => v.to_string(),
+        ValueKind::I128(v) => v.to_string(),
+        ValueKind::U64(v) => v.to_string(),
+        ValueKind::U128(v) => v.to_string(),
+        ValueKind::Float(v) => v.to_string(),
+        ValueKind::String(s) => format!("{s:?}"),
+        ValueKind::Table(_) => "(a table)".into(),
+        ValueKind::Array(_) => "(an array)".into(),
+    }
+}
+
+/// The closest known key, for typos.
+fn suggest(key: &str) -> Option<&'static str> {
+    let norm = key.to_ascii_lowercase().replace('-', "_");
+    KEYS.iter().map(|k| (edit_distance(&norm, k), *k)).filter(|(d, _)| *d <= 3).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+const DEFAULT_WALLET_PATH: &str = "~/.bittensor/wallets";
+const DEFAULT_STATE_DIR: &str = "~/.tessera";
+
+/// The merged, key-checked configuration before cross-key rules (bucket required,
+/// `--test`/`--local`, `~` expansion) are applied.
+struct Draft {
+    actual_batch_size: u32,
+    wallet_name: String,
+    wallet_hotkey: String,
+    wallet_path: (String, Origin),
+    bucket: Option<BucketName>,
+    device: Device,
+    use_wandb: bool,
+    project: String,
+    netuid: u16,
+    remote: bool,
+    sync_state: bool,
+    debug: bool,
+    trace: bool,
+    random: bool,
+    baseline: bool,
+    test: bool,
+    local: bool,
+    autoupdate: bool,
+    network: Option<(Network, Origin)>,
+    chain_endpoint: Option<(String, Origin)>,
+    checkpoint_path: Option<(String, Origin)>,
+    process_name: Option<String>,
+    hparams: (HparamsSource, Origin),
+    state_dir: (String, Origin),
+    home: Option<PathBuf>,
+}
+
+impl Draft {
+    fn defaults(home: Option<PathBuf>) -> Self {
+        Self {
+            actual_batch_size: 8,
+            wallet_name: "default".into(),
+            wallet_hotkey: "default".into(),
+            wallet_path: (DEFAULT_WALLET_PATH.into(), Origin::Default),
+            bucket: None,
+            device: Device::Cuda(0),
+            use_wandb: false,
+            project: "templar".into(),
+            netuid: 3,
+            remote: false,
+            sync_state: false,
+            debug: false,
+            trace: false,
+            random: false,
+            baseline: false,
+            test: false,
+            local: false,
+            autoupdate: false,
+            network: None,
+            chain_endpoint: None,
+            checkpoint_path: None,
+            process_name: None,
+            hparams: (HparamsSource::BuiltIn, Origin::Default),
+            state_dir: (DEFAULT_STATE_DIR.into(), Origin::Default),
+            home,
+        }
+    }
+
+    fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
+        let mut draft = Self::defaults(sources.home.clone());
+        for (key, value) in merged(sources)? {
+            let origin = Origin::of(&key, &value);
+            draft.apply(&Entry { key: &key, value: &value, origin })?;
+        }
+        Ok(draft)
+    }
+
+    fn apply(&mut self, e: &Entry<'_>) -> Result<(), ConfigError> {
+        const NAME: &str = "a non-empty name without '/'";
+        const PATH: &str = "a non-empty path";
+        let name = |e: &Entry<'_>| {
+            let s = e.text(NAME)?;
+            if s.contains(['/', '\\']) { Err(e.bad(NAME)) } else { Ok(s) }
+        };
+        match e.key {
+            "actual_batch_size" => self.actual_batch_size = e.uint(1, "an integer 1..=4294967295")?,
+            "wallet.name" => self.wallet_name = name(e)?,
+            "wallet.hotkey" => self.wallet_hotkey = name(e)?,
+            "wallet.path" => self.wallet_path = (e.text(PATH)?, e.origin.clone()),
+            "bucket" => {
+                let text = e.text("an S3 bucket name")?;
+                let bucket = BucketName::parse(&text)
+                    .map_err(|why| e.bad(format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)))?;
+                self.bucket = Some(bucket);
+            }
+            "device" => {
+                let expected = "\"cpu\", \"cuda\" or \"cuda:N\"";
+                self.device = Device::parse(&e.text(expected)?).ok_or_else(|| e.bad(expected))?;
+            }
+            "use_wandb" => self.use_wandb = e.boolean()?,
+            "project" => self.project = e.text("a non-empty project name")?,
+            "netuid" => self.netuid = e.uint(0, "an integer 0..=65535")?,
+            "remote" => self.remote = e.boolean()?,
+            "sync_state" => self.sync_state = e.boolean()?,
+            "debug" => self.debug = e.boolean()?,
+            "trace" => self.trace = e.boolean()?,
+            "random" => self.random = e.boolean()?,
+            "baseline" => self.baseline = e.boolean()?,
+            "test" => self.test = e.boolean()?,
+            "local" => self.local = e.boolean()?,
+            "autoupdate" => self.autoupdate = e.boolean()?,
+            "subtensor.network" => {
+                let expected = "\"finney\", \"test\", \"local\" or a ws:// or wss:// URL";
+                let network = Network::parse(&e.text(expected)?).ok_or_else(|| e.bad(expected))?;
+                self.network = Some((network, e.origin.clone()));
+            }
+            "subtensor.chain_endpoint" => {
+                let expected = "a ws:// or wss:// URL";
+                let url = e.text(expected)?.trim().to_owned();
+                if !is_ws_url(&url) {
+                    return Err(e.bad(expected));
+                }
+                self.chain_endpoint = Some((url, e.origin.clone()));
+            }
+            "checkpoint_path" => self.checkpoint_path = Some((e.text(PATH)?, e.origin.clone())),
+            "process_name" => self.process_name = Some(e.text("a non-empty process name")?),
+            "hparams" => {
+                let expected = "a file path, an http:// or https:// URL, or \"builtin\"";
+                let source =
+                    HparamsSource::parse(&e.text(expected)?).map_err(|err| e.bad(format!("{expected} ({err})")))?;
+                self.hparams = (source, e.origin.clone());
+            }
+            "state_dir" => self.state_dir = (e.text(PATH)?, e.origin.clone()),
+            key if SECTIONS.contains(&key) => {
+                let fields: Vec<_> = KEYS.iter().filter(|k| k.starts_with(&format!("{key}."))).copied().collect();
+                return Err(e.bad(format!("a table with keys {}", fields.join(", "))));
+            }
+            key => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_owned(),
+                    origin: e.origin.clone(),
+                    suggestion: suggest(key),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn path(&self, key: &'static str, (raw, origin): &(String, Origin)) -> Result<PathBuf, ConfigError> {
+        expand_tilde(raw, self.home.as_deref()).map_err(|err| match err {
+            TildeError::NoHome => ConfigError::NoHome { key, origin: origin.clone() },
+            TildeError::OtherUser => ConfigError::InvalidValue {
+                key: key.into(),
+                value: format!("{raw:?}"),
+                expected: "an absolute path, a relative path or ~/… (~user/ is not supported)".into(),
+                origin: origin.clone(),
+            },
+        })
+    }
+
+    fn hparams_settings(&self) -> Result<HparamsSettings, ConfigError> {
+        let source = match &self.hparams {
+            (HparamsSource::File(p), origin) => {
+                HparamsSource::File(self.path("hparams", &(p.to_string_lossy().into_owned(), origin.clone()))?)
+            }
+            (other, _) => other.clone(),
+        };
+        Ok(HparamsSettings { source, cache_path: self.path("state_dir", &self.state_dir)?.join(HPARAMS_CACHE_FILE) })
+    }
+
+    /// `--test`/`--local` force their network and its endpoint, as the seed did.
+    fn subtensor(&self) -> Result<SubtensorConfig, ConfigError> {
+        let forced = match (self.test, self.local) {
+            (true, true) => return Err(ConfigError::TestAndLocal),
+            (true, false) => Some(("--test", Network::Test)),
+            (false, true) => Some(("--local", Network::Local)),
+            (false, false) => None,
+        };
+        if let Some((flag, network)) = forced {
+            let endpoint = network.default_endpoint().to_owned();
+            if let Some((configured, origin)) = &self.network
+                && *configured != network
+            {
+                warn!(%configured, %origin, "{flag} overrides subtensor.network");
+            }
+            if let Some((configured, origin)) = &self.chain_endpoint
+                && *configured != endpoint
+            {
+                warn!(%configured, %origin, %endpoint, "{flag} overrides subtensor.chain_endpoint");
+            }
+            return Ok(SubtensorConfig { network, chain_endpoint: endpoint });
+        }
+        let network = self.network.as_ref().map_or(Network::Finney, |(n, _)| n.clone());
+        let chain_endpoint =
+            self.chain_endpoint.as_ref().map_or_else(|| network.default_endpoint().to_owned(), |(e, _)| e.clone());
+        Ok(SubtensorConfig { network, chain_endpoint })
+    }
+
+    fn finish(self) -> Result<MinerConfig, ConfigError> {
+        let subtensor = self.subtensor()?;
+        let hparams = self.hparams_settings()?.source;
+        let wallet_path = self.path("wallet.path", &self.wallet_path)?;
+        let state_dir = self.path("state_dir", &self.state_dir)?;
+        let checkpoint_path = match &self.checkpoint_path {
+            Some(raw) => Some(self.path("checkpoint_path", raw)?),
+            None => None,
+        };
+        let bucket = self.bucket.ok_or(ConfigError::MissingBucket)?;
+        Ok(MinerConfig {
+            actual_batch_size: self.actual_batch_size,
+            wallet: WalletConfig { name: self.wallet_name, hotkey: self.wallet_hotkey, path: wallet_path },
+            bucket,
+            device: self.device,
+            use_wandb: self.use_wandb,
+            project: self.project,
+            netuid: self.netuid,
+            remote: self.remote,
+            sync_state: self.sync_state,
+            debug: self.debug,
+            trace: self.trace,
+            random: self.random,
+            baseline: self.baseline,
+            test: self.test,
+            local: self.local,
+            autoupdate: self.autoupdate,
+            subtensor,
+            checkpoint_path,
+            process_name: self.process_name,
+            hparams,
+            state_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOME: &str = "/home/op";
+
+    fn sources() -> ConfigSources {
+        ConfigSources {
+            config_dir: None,
+            config_file: None,
+            env: Some(HashMap::new()),
+            cli_overrides: Vec::new(),
+            home: Some(PathBuf::from(HOME)),
+        }
+    }
+
+    fn cli(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    fn with_bucket() -> ConfigSources {
+        ConfigSources { cli_overrides: cli(&[("bucket", "my-bucket")]), ..sources() }
+    }
+
+    fn err(s: &ConfigSources) -> String {
+        MinerConfig::load(s).expect_err("configuration should be rejected").to_string()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn defaults() -> MinerConfig {
+        MinerConfig {
+            actual_batch_size: 8,
+            wallet: WalletConfig {
+                name: "default".into(),
+                hotkey: "default".into(),
+                path: PathBuf::from("/home/op/.bittensor/wallets"),
+            },
+            bucket: BucketName::parse("my-bucket").unwrap(),
+            device: Device::Cuda(0),
+            use_wandb: false,
+            project: "templar".into(),
+            netuid: 3,
+            remote: false,
+            sync_state: false,
+            debug: false,
+            trace: false,
+            random: false,
+            baseline: false,
+            test: false,
+            local: false,
+            autoupdate: false,
+            subtensor: SubtensorConfig { network: Network::Finney, chain_endpoint: FINNEY_ENDPOINT.into() },
+            checkpoint_path: None,
+            process_name: None,
+            hparams: HparamsSource::BuiltIn,
+            state_dir: PathBuf::from("/home/op/.tessera"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        assert_eq!(MinerConfig::load(&with_bucket()).unwrap(), defaults());
+    }
+
+    #[test]
+    fn layers_take_precedence_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            DEFAULT_CONFIG_FILE,
+            "actual_batch_size = 2\nnetuid = 20\n[wallet]\nname = \"from-default\"\n",
+        );
+        let file = write(dir.path(), "mine.toml", "actual_batch_size = 3\n[wallet]\nname = \"from-file\"\n");
+        let mut s = ConfigSources {
+            config_dir: Some(dir.path().to_owned()),
+            config_file: Some(file),
+            env: env(&[("TESSERA__ACTUAL_BATCH_SIZE", "4"), ("TESSERA__WALLET__NAME", "from-env")]),
+            cli_overrides: cli(&[("bucket", "my-bucket"), ("actual_batch_size", "5"), ("wallet.name", "from-cli")]),
+            ..sources()
+        };
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!((c.actual_batch_size, c.wallet.name.as_str(), c.netuid), (5, "from-cli", 20));
+        s.cli_overrides = cli(&[("bucket", "my-bucket")]);
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!((c.actual_batch_size, c.wallet.name.as_str()), (4, "from-env"));
+        s.env = env(&[]);
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!((c.actual_batch_size, c.wallet.name.as_str()), (3, "from-file"));
+        s.config_file = None;
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!((c.actual_batch_size, c.wallet.name.as_str()), (2, "from-default"));
+        s.config_dir = None;
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!((c.actual_batch_size, c.wallet.name.as_str(), c.netuid), (8, "default", 3));
+        // A configuration directory without default.toml is no layer, not an error.
+        s.config_dir = Some(dir.path().join("elsewhere"));
+        assert_eq!(MinerConfig::load(&s).unwrap(), defaults());
+    }
+
+    #[test]
+    fn environment_variable_spelling() {
+        let s = ConfigSources {
+            env: env(&[
+                ("TESSERA__BUCKET", "env-bucket"),
+                ("TESSERA__WALLET__NAME", "w1"),
+                ("TESSERA__WALLET__HOTKEY", "h1"),
+                ("TESSERA__SUBTENSOR__CHAIN_ENDPOINT", "ws://10.0.0.1:9944"),
+                ("tessera__netuid", "223"),
+                ("TESSERA__REMOTE", "true"),
+                ("TESSERA__SYNC_STATE", "1"),
+                ("TESSERA__DEVICE", "cuda:1"),
+                // Not configuration: a single underscore, other prefixes, empty values.
+                ("TESSERA_CONFIG_DIR", "/nowhere"),
+                ("TESSERA_BUCKET", "ignored"),
+                ("HOME", "/root"),
+                ("TESSERA__PROJECT", ""),
+            ]),
+            ..sources()
+        };
+        let c = MinerConfig::load(&s).unwrap();
+        assert_eq!(c.bucket.as_str(), "env-bucket");
+        assert_eq!((c.wallet.name.as_str(), c.wallet.hotkey.as_str()), ("w1", "h1"));
+        assert_eq!(c.subtensor.chain_endpoint, "ws://10.0.0.1:9944");
+        assert_eq!(c.subtensor.network, Network::Finney);
+        assert_eq!(c.netuid, 223);
+        assert!(c.remote && c.sync_state && !c.debug);
+        assert_eq!(c.device, Device::Cuda(1));
+        assert_eq!(c.project, "templar", "an empty variable counts as unset");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "c.toml", "bucket = \"my-bucket\"\n[wallet]\nnmae = \"x\"\n");
+        let text = err(&ConfigSources { config_file: Some(file.clone()), ..sources() });
+        assert!(text.contains("unknown key \"wallet.nmae\""), "{text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("did you mean \"wallet.name\""), "{text}");
+
+        let text = err(&ConfigSources { env: env(&[("TESSERA__BUKCET", "x")]), ..with_bucket() });
+        assert!(text.contains("unknown key \"bukcet\"") && text.contains("TESSERA__BUKCET"), "{text}");
+        assert!(text.contains("did you mean \"bucket\""), "{text}");
+
+        let text = err(&ConfigSources { cli_overrides: cli(&[("bucket", "b-1"), ("frobnicate", "1")]), ..sources() });
+        assert!(text.contains("unknown key \"frobnicate\"") && text.contains("--frobnicate"), "{text}");
+        assert!(!text.contains("did you mean"), "{text}");
+
+        // A whole unknown table, empty or not, and a kebab-case spelling.
+        let file = write(dir.path(), "t.toml", "bucket = \"my-bucket\"\n[walet]\n");
+        assert!(err(&ConfigSources { config_file: Some(file), ..sources() }).contains("unknown key \"walet\""));
+        let file = write(dir.path(), "k.toml", "bucket = \"my-bucket\"\nactual-batch-size = 2\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..sources() });
+        assert!(
+            text.contains("\"actual-batch-size\"") && text.contains("did you mean \"actual_batch_size\""),
+            "{text}"
+        );
+
+        // A section given a plain value.
+        let text = err(&ConfigSources { env: env(&[("TESSERA__WALLET", "x")]), ..with_bucket() });
+        assert!(text.contains("for wallet") && text.contains("wallet.name"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_expectation_and_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            err(&ConfigSources { cli_overrides: cli(&[("bucket", "my-bucket"), ("netuid", "abc")]), ..sources() });
+        assert_eq!(
+            text,
+            "invalid value \"abc\" for netuid (command-line flag --netuid): expected an integer 0..=65535"
+        );
+        let file = write(dir.path(), "n.toml", "netuid = 70000\n");
+        let text = err(&ConfigSources { config_file: Some(file.clone()), ..with_bucket() });
+        assert!(
+            text.contains("invalid value 70000 for netuid") && text.contains(&file.display().to_string()),
+            "{text}"
+        );
+
+        let text = err(&ConfigSources { env: env(&[("TESSERA__ACTUAL_BATCH_SIZE", "0")]), ..with_bucket() });
+        assert!(text.contains("invalid value \"0\" for actual_batch_size"), "{text}");
+        assert!(text.contains("environment variable TESSERA__ACTUAL_BATCH_SIZE"), "{text}");
+
+        let cases: &[(&str, &str, &str)] = &[
+            ("device = \"tpu\"", "for device", "\"cpu\", \"cuda\" or \"cuda:N\""),
+            ("remote = \"maybe\"", "for remote", "a boolean"),
+            ("remote = 1", "for remote", "a boolean"),
+            ("project = 5", "for project", "project name"),
+            ("actual_batch_size = 2.5", "for actual_batch_size", "an integer"),
+            ("actual_batch_size = -1", "for actual_batch_size", "an integer"),
+            ("[subtensor]\nnetwork = \"mainnet\"", "for subtensor.network", "\"finney\""),
+            ("[subtensor]\nchain_endpoint = \"http://x:9944\"", "for subtensor.chain_endpoint", "ws://"),
+            ("[wallet]\nname = \"a/b\"", "for wallet.name", "without '/'"),
+            ("[wallet]\nhotkey = \"\"", "for wallet.hotkey", "non-empty"),
+            ("hparams = \"ftp://x/h.json\"", "for hparams", "https://"),
+            ("project = [\"a\"]", "for project", "project name"),
+        ];
+        for (toml, key, expected) in cases {
+            let file = write(dir.path(), "case.toml", toml);
+            let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+            assert!(text.contains(key) && text.contains(expected) && text.contains("case.toml"), "{toml}: {text}");
+        }
+    }
+
+    #[test]
+    fn bucket_names_follow_the_s3_rules() {
+        for ok in ["abc", "my-bucket", "my.bucket.1", "0bucket9", &"a".repeat(63)] {
+            assert!(BucketName::parse(ok).is_ok(), "{ok}");
+        }
+        let bad = [
+            ("ab", BucketNameError::Length(2)),
+            (&*"a".repeat(64), BucketNameError::Length(64)),
+            ("My-bucket", BucketNameError::Char('M')),
+            ("my_bucket", BucketNameError::Char('_')),
+            ("-bucket", BucketNameError::Edge),
+            ("bucket.", BucketNameError::Edge),
+            ("my..bucket", BucketNameError::DoubleDot),
+            ("192.168.1.1", BucketNameError::IpAddress),
+        ];
+        for (name, why) in bad {
+            assert_eq!(BucketName::parse(name), Err(why), "{name}");
+        }
+        let text = err(&ConfigSources { cli_overrides: cli(&[("bucket", "Bad_Bucket")]), ..sources() });
+        assert!(text.contains("invalid value \"Bad_Bucket\" for bucket (command-line flag --bucket)"), "{text}");
+        assert!(text.contains("'B' is not allowed"), "{text}");
+    }
+
+    #[test]
+    fn missing_bucket_says_how_to_set_it() {
+        let e = MinerConfig::load(&sources()).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingBucket));
+        let text = e.to_string();
+        assert!(text.contains("--bucket NAME") && text.contains("TESSERA__BUCKET"), "{text}");
+    }
+
+    #[test]
+    fn device_parsing() {
+        assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
+        assert_eq!(Device::parse("cuda"), Some(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Some(Device::Cuda(3)));
+        assert_eq!(Device::parse("CUDA:1"), Some(Device::Cuda(1)));
+        for bad in ["tpu", "cuda:", "cuda:-1", "cuda:x", "cuda:+1", "cuda:1:2", "", "cuda:99999999999"] {
+            assert_eq!(Device::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn test_and_local_force_their_network_and_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "n.toml",
+            "[subtensor]\nnetwork = \"finney\"\nchain_endpoint = \"wss://mine.example:443\"\n",
+        );
+        let base = ConfigSources { config_file: Some(file), ..sources() };
+        let c = MinerConfig::load(&ConfigSources {
+            cli_overrides: cli(&[("bucket", "b-1"), ("test", "true")]),
+            ..base.clone()
+        })
+        .unwrap();
+        assert_eq!(c.subtensor, SubtensorConfig { network: Network::Test, chain_endpoint: TEST_ENDPOINT.into() });
+        let c = MinerConfig::load(&ConfigSources {
+            env: env(&[("TESSERA__LOCAL", "true")]),
+            cli_overrides: cli(&[("bucket", "b-1")]),
+            ..base.clone()
+        })
+        .unwrap();
+        assert_eq!(c.subtensor, SubtensorConfig { network: Network::Local, chain_endpoint: LOCAL_ENDPOINT.into() });
+        let c = MinerConfig::load(&ConfigSources { cli_overrides: cli(&[("bucket", "b-1")]), ..base }).unwrap();
+        assert_eq!(c.subtensor.chain_endpoint, "wss://mine.example:443", "an explicit endpoint wins without --test");
+        let e = MinerConfig::load(&ConfigSources {
+            cli_overrides: cli(&[("bucket", "b-1"), ("test", "true"), ("local", "true")]),
+            ..sources()
+        })
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::TestAndLocal), "{e}");
+    }
+
+    #[test]
+    fn network_names_and_urls_pick_the_endpoint() {
+        let load = |net: &str| {
+            MinerConfig::load(&ConfigSources {
+                cli_overrides: cli(&[("bucket", "b-1"), ("subtensor.network", net)]),
+                ..sources()
+            })
+            .unwrap()
+            .subtensor
+        };
+        assert_eq!(load("test").chain_endpoint, TEST_ENDPOINT);
+        assert_eq!(load("local").chain_endpoint, LOCAL_ENDPOINT);
+        assert_eq!(load("finney").chain_endpoint, FINNEY_ENDPOINT);
+        let custom = load("wss://node.example:9944");
+        assert_eq!(custom.network, Network::Custom("wss://node.example:9944".into()));
+        assert_eq!(custom.chain_endpoint, "wss://node.example:9944");
+    }
+
+    #[test]
+    fn tilde_expansion() {
+        let home = Path::new("/home/op");
+        assert_eq!(expand_tilde("~", Some(home)).unwrap(), PathBuf::from("/home/op"));
+        assert_eq!(expand_tilde("~/w/x", Some(home)).unwrap(), PathBuf::from("/home/op/w/x"));
+        assert_eq!(expand_tilde("/abs/~", None).unwrap(), PathBuf::from("/abs/~"));
+        assert_eq!(expand_tilde("rel/x", None).unwrap(), PathBuf::from("rel/x"));
+        assert_eq!(expand_tilde("~/x", None), Err(TildeError::NoHome));
+        assert_eq!(expand_tilde("~bob/x", Some(home)), Err(TildeError::OtherUser));
+
+        let c = MinerConfig::load(&ConfigSources {
+            cli_overrides: cli(&[
+                ("bucket", "b-1"),
+                ("wallet.path", "~/wallets"),
+                ("checkpoint_path", "~/ckpt.bin"),
+                ("hparams", "~/hp.json"),
+            ]),
+            ..sources()
+        })
+        .unwrap();
+        assert_eq!(c.wallet.path, PathBuf::from("/home/op/wallets"));
+        assert_eq!(c.checkpoint_path, Some(PathBuf::from("/home/op/ckpt.bin")));
+        assert_eq!(c.hparams, HparamsSource::File(PathBuf::from("/home/op/hp.json")));
+
+        // Without HOME, the defaults that start with ~ must be replaced, and the error says which.
+        let no_home = ConfigSources { home: None, ..with_bucket() };
+        let text = err(&no_home);
+        assert!(
+            text.contains("~ in") && text.contains("HOME is not set") && text.contains("built-in default"),
+            "{text}"
+        );
+        let c = MinerConfig::load(&ConfigSources {
+            cli_overrides: cli(&[("bucket", "b-1"), ("wallet.path", "/w"), ("state_dir", "/s")]),
+            ..no_home
+        })
+        .unwrap();
+        assert_eq!((c.wallet.path, c.state_dir), (PathBuf::from("/w"), PathBuf::from("/s")));
+
+        let text =
+            err(&ConfigSources { cli_overrides: cli(&[("bucket", "b-1"), ("state_dir", "~bob/s")]), ..sources() });
+        assert!(text.contains("for state_dir") && text.contains("~user"), "{text}");
+    }
+
+    #[test]
+    fn config_file_must_exist_and_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let text = err(&ConfigSources { config_file: Some(missing.clone()), ..with_bucket() });
+        assert!(text.contains(&missing.display().to_string()) && text.contains("does not exist"), "{text}");
+
+        let broken = write(dir.path(), "broken.toml", "netuid = 3\nbucket = \n");
+        let e = MinerConfig::load(&ConfigSources { config_file: Some(broken), ..with_bucket() }).unwrap_err();
+        assert!(matches!(e, ConfigError::FileParse { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("broken.toml") && text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_anywhere_in_the_tree() {
+        let mut tree: toml::Value = toml::from_str(
+            r#"
+            bucket = "b"
+            max_tokens = 3
+            [s3]
+            access_key_id = "AKIA"
+            secret_access_key = "s3cr3t"
+            endpoint = "https://s3.example"
+            [wandb]
+            api-key = "k"
+            [[peers]]
+            name = "p"
+            password = "pw"
+            "#,
+        )
+        .unwrap();
+        redact_secrets(&mut tree);
+        let t = &tree;
+        assert_eq!(t["s3"]["access_key_id"].as_str(), Some(REDACTED));
+        assert_eq!(t["s3"]["secret_access_key"].as_str(), Some(REDACTED));
+        assert_eq!(t["s3"]["endpoint"].as_str(), Some("https://s3.example"));
+        assert_eq!(t["wandb"]["api-key"].as_str(), Some(REDACTED));
+        assert_eq!(t["peers"][0]["password"].as_str(), Some(REDACTED));
+        assert_eq!(t["peers"][0]["name"].as_str(), Some("p"));
+        assert_eq!(t["bucket"].as_str(), Some("b"));
+        // "token" marks a secret even in a harmless name: redaction errs on the safe side.
+        assert_eq!(t["max_tokens"].as_str(), Some(REDACTED));
+        let printed = toml::to_string(&tree).unwrap();
+        assert!(!printed.contains("s3cr3t") && !printed.contains("AKIA") && !printed.contains("pw\""), "{printed}");
+    }
+
+    fn every_key_set() -> ConfigSources {
+        ConfigSources {
+            cli_overrides: cli(&[
+                ("actual_batch_size", "2"),
+                ("wallet.name", "w"),
+                ("wallet.hotkey", "h"),
+                ("wallet.path", "/wallets"),
+                ("bucket", "my-bucket"),
+                ("device", "cuda:1"),
+                ("use_wandb", "true"),
+                ("project", "p"),
+                ("netuid", "223"),
+                ("remote", "true"),
+                ("sync_state", "true"),
+                ("debug", "true"),
+                ("trace", "true"),
+                ("random", "true"),
+                ("baseline", "true"),
+                ("test", "false"),
+                ("local", "false"),
+                ("autoupdate", "true"),
+                ("subtensor.network", "local"),
+                ("subtensor.chain_endpoint", "ws://10.1.1.1:9944"),
+                ("checkpoint_path", "/ckpt.bin"),
+                ("process_name", "Miner1"),
+                ("hparams", "https://example.com/hparams.json"),
+                ("state_dir", "/state"),
+            ]),
+            ..sources()
+        }
+    }
+
+    fn leaf_keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_table() { leaf_keys(&key, v, out) } else { out.push(key) }
+            }
+        }
+    }
+
+    #[test]
+    fn effective_toml_lists_every_key_and_reads_back_as_a_config_file() {
+        let c = MinerConfig::load(&every_key_set()).unwrap();
+        let text = c.effective_toml();
+        let tree: toml::Value = toml::from_str(&text).unwrap();
+        let mut keys = Vec::new();
+        leaf_keys("", &tree, &mut keys);
+        keys.sort();
+        assert_eq!(keys, KEYS, "KEYS, the loader and the printed configuration must agree");
+        assert!(text.contains("device = \"cuda:1\"") && text.contains("netuid = 223"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "effective.toml", &text);
+        let again = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn hparams_settings_need_no_bucket() {
+        let s = ConfigSources {
+            cli_overrides: cli(&[("hparams", "https://h.example/hp.json"), ("state_dir", "~/st")]),
+            ..sources()
+        };
+        let h = HparamsSettings::load(&s).unwrap();
+        assert!(matches!(h.source, HparamsSource::Url(ref u) if u.as_str() == "https://h.example/hp.json"));
+        assert_eq!(h.cache_path, PathBuf::from("/home/op/st/hparams-cache.json"));
+        let h = HparamsSettings::load(&sources()).unwrap();
+        assert_eq!(
+            h,
+            HparamsSettings {
+                source: HparamsSource::BuiltIn,
+                cache_path: PathBuf::from("/home/op/.tessera/hparams-cache.json")
+            }
+        );
+        // The rest of the configuration is still checked.
+        let text = HparamsSettings::load(&ConfigSources { cli_overrides: cli(&[("netuid", "x")]), ..sources() })
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("for netuid"), "{text}");
+        let c = MinerConfig::load(&with_bucket()).unwrap();
+        assert_eq!(c.hparams_settings(), HparamsSettings::load(&sources()).unwrap());
+    }
+
+    /// `config/default.toml` documents every default: as shipped (all commented) it changes
+    /// nothing, and with every setting uncommented it still gives the built-in defaults.
+    #[test]
+    fn shipped_default_toml_documents_the_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let shipped = std::fs::read_to_string(dir.join(DEFAULT_CONFIG_FILE)).unwrap();
+        let c = MinerConfig::load(&ConfigSources { config_dir: Some(dir.clone()), ..with_bucket() }).unwrap();
+        assert_eq!(c, defaults());
+
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| if l.starts_with("# ") && !l.starts_with("## ") { &l[2..] } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), DEFAULT_CONFIG_FILE, &uncommented);
+        let c = MinerConfig::load(&ConfigSources { config_dir: Some(tmp.path().to_owned()), ..with_bucket() }).unwrap();
+        let mut expected = defaults();
+        expected.bucket = c.bucket.clone();
+        assert_eq!(c, expected, "uncommented default.toml:\n{uncommented}");
+        let tree: toml::Value = toml::from_str(&uncommented).unwrap();
+        let mut keys = Vec::new();
+        leaf_keys("", &tree, &mut keys);
+        keys.sort();
+        // Keys without a default are documented as examples ("## key = …").
+        let examples = ["bucket", "checkpoint_path", "process_name", "subtensor.chain_endpoint"];
+        let documented: Vec<&str> = KEYS.iter().copied().filter(|k| !examples.contains(k)).collect();
+        assert_eq!(keys, documented, "default.toml shows every key with a default");
+        for key in examples {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            assert!(shipped.contains(&format!("\n## {leaf} = ")), "{key} is documented");
+        }
+    }
+}

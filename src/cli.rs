@@ -1,0 +1,285 @@
+//! The command line. `tessera miner` takes every flag of the seed's `neurons/miner.py`
+//! with the seed's spelling, so an operator's command line carries over unchanged.
+//!
+//! Value flags are taken as text and checked by the configuration loader, like values
+//! from files and the environment, so every layer reports bad values the same way.
+//! Only flags actually given become overrides: switches can turn a setting on, and a
+//! setting left off the command line keeps the value of the lower layers.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Collaborative LLM-training miner for a Bittensor subnet (slice protocol)",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a miner; takes the seed miner's flags (`python3 neurons/miner.py …`).
+    Miner(Box<MinerArgs>),
+    /// Print the validated network hyperparameters and the model they define (JSON).
+    Hparams(HparamsArgs),
+}
+
+/// The flags of `tessera miner`. Defaults are those of the configuration (see
+/// `config/default.toml`); a flag overrides files and environment variables.
+#[derive(Debug, Args)]
+pub struct MinerArgs {
+    /// Training batch size per accumulation step, in sequences [default: 8].
+    #[arg(long = "actual_batch_size", visible_alias = "actual-batch-size", value_name = "N")]
+    pub actual_batch_size: Option<String>,
+
+    /// Wallet (coldkey) name [default: default].
+    #[arg(long = "wallet.name", visible_alias = "wallet-name", value_name = "NAME")]
+    pub wallet_name: Option<String>,
+
+    /// Hotkey name within the wallet [default: default].
+    #[arg(long = "wallet.hotkey", visible_alias = "wallet-hotkey", value_name = "NAME")]
+    pub wallet_hotkey: Option<String>,
+
+    /// Directory holding the wallets [default: ~/.bittensor/wallets].
+    #[arg(long = "wallet.path", visible_alias = "wallet-path", value_name = "DIR")]
+    pub wallet_path: Option<String>,
+
+    /// S3 bucket name this miner writes its slices to and commits on chain (required).
+    #[arg(long, value_name = "NAME")]
+    pub bucket: Option<String>,
+
+    /// Device to use for training: cpu, cuda or cuda:N [default: cuda].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+
+    /// Use Weights and Biases for logging.
+    #[arg(long = "use_wandb", visible_alias = "use-wandb")]
+    pub use_wandb: bool,
+
+    /// Weights and Biases project name [default: templar].
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+
+    /// Bittensor subnet UID [default: 3].
+    #[arg(long, value_name = "UID")]
+    pub netuid: Option<String>,
+
+    /// Connect to other miners' buckets: read slices from every UID's committed bucket,
+    /// not only from --bucket.
+    #[arg(long)]
+    pub remote: bool,
+
+    /// Sync the model state at start by pulling the history of uploaded states.
+    #[arg(long = "sync_state", visible_alias = "sync-state")]
+    pub sync_state: bool,
+
+    /// Enable debug logging (RUST_LOG overrides).
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Enable trace logging, very verbose (RUST_LOG overrides).
+    #[arg(long)]
+    pub trace: bool,
+
+    /// Train on random data pages instead of this UID's deterministic ones.
+    #[arg(long)]
+    pub random: bool,
+
+    /// Don't perform syncing with other peers, just train.
+    #[arg(long)]
+    pub baseline: bool,
+
+    /// Run on the test network (subtensor.network test and its endpoint).
+    #[arg(long)]
+    pub test: bool,
+
+    /// Run on a local network (subtensor.network local, ws://127.0.0.1:9944).
+    #[arg(long)]
+    pub local: bool,
+
+    /// Enable automatic updates. Accepted for compatibility and ignored: tessera is
+    /// updated by image or binary version.
+    #[arg(long)]
+    pub autoupdate: bool,
+
+    /// Subtensor network: finney, test, local, or a ws:// / wss:// URL [default: finney].
+    #[arg(long = "subtensor.network", visible_alias = "subtensor-network", value_name = "NETWORK")]
+    pub subtensor_network: Option<String>,
+
+    /// Subtensor node endpoint, a ws:// / wss:// URL [default: the network's endpoint].
+    #[arg(long = "subtensor.chain_endpoint", visible_alias = "subtensor-chain-endpoint", value_name = "URL")]
+    pub subtensor_chain_endpoint: Option<String>,
+
+    /// Path to save/load the checkpoint.
+    #[arg(long = "checkpoint_path", visible_alias = "checkpoint-path", value_name = "PATH")]
+    pub checkpoint_path: Option<String>,
+
+    /// The name of the PM2 process (accepted for compatibility, unused).
+    #[arg(long = "process_name", visible_alias = "process-name", value_name = "NAME")]
+    pub process_name: Option<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print the effective configuration (secrets redacted) as TOML and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+}
+
+/// Flags shared by the subcommands that read the configuration.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file, layered over config/default.toml and under environment
+    /// variables (TESSERA__KEY) and flags. Keys are the flag names.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Network hyperparameters: builtin, a path to an hparams.json, or an http(s):// URL
+    /// (falls back to the last cached copy) [default: builtin].
+    #[arg(long, value_name = "PATH|URL")]
+    pub hparams: Option<String>,
+
+    /// Directory for local state, such as the hparams cache [default: ~/.tessera].
+    #[arg(long = "state_dir", visible_alias = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HparamsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Collects (config key, value) pairs for the flags actually given.
+#[derive(Default)]
+struct Overrides(Vec<(String, String)>);
+
+impl Overrides {
+    fn value(&mut self, key: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            self.0.push((key.to_owned(), v.clone()));
+        }
+    }
+
+    fn switch(&mut self, key: &str, on: bool) {
+        if on {
+            self.0.push((key.to_owned(), "true".to_owned()));
+        }
+    }
+}
+
+impl CommonArgs {
+    fn add_overrides(&self, o: &mut Overrides) {
+        o.value("hparams", &self.hparams);
+        o.value("state_dir", &self.state_dir);
+    }
+}
+
+impl MinerArgs {
+    /// The configuration overrides these flags make.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut o = Overrides::default();
+        o.value("actual_batch_size", &self.actual_batch_size);
+        o.value("wallet.name", &self.wallet_name);
+        o.value("wallet.hotkey", &self.wallet_hotkey);
+        o.value("wallet.path", &self.wallet_path);
+        o.value("bucket", &self.bucket);
+        o.value("device", &self.device);
+        o.switch("use_wandb", self.use_wandb);
+        o.value("project", &self.project);
+        o.value("netuid", &self.netuid);
+        o.switch("remote", self.remote);
+        o.switch("sync_state", self.sync_state);
+        o.switch("debug", self.debug);
+        o.switch("trace", self.trace);
+        o.switch("random", self.random);
+        o.switch("baseline", self.baseline);
+        o.switch("test", self.test);
+        o.switch("local", self.local);
+        o.switch("autoupdate", self.autoupdate);
+        o.value("subtensor.network", &self.subtensor_network);
+        o.value("subtensor.chain_endpoint", &self.subtensor_chain_endpoint);
+        o.value("checkpoint_path", &self.checkpoint_path);
+        o.value("process_name", &self.process_name);
+        self.common.add_overrides(&mut o);
+        o.0
+    }
+}
+
+impl HparamsArgs {
+    /// The configuration overrides these flags make.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut o = Overrides::default();
+        self.common.add_overrides(&mut o);
+        o.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seed_command_line_parses_into_overrides() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "miner",
+            "--actual_batch_size",
+            "1",
+            "--wallet.name",
+            "w",
+            "--wallet.hotkey=h",
+            "--bucket",
+            "b-1",
+            "--device",
+            "cuda:0",
+            "--use_wandb",
+            "--netuid",
+            "223",
+            "--remote",
+            "--sync_state",
+        ])
+        .unwrap();
+        let Command::Miner(args) = cli.command else { panic!("miner expected") };
+        let o = args.overrides();
+        for pair in [
+            ("actual_batch_size", "1"),
+            ("wallet.name", "w"),
+            ("wallet.hotkey", "h"),
+            ("bucket", "b-1"),
+            ("device", "cuda:0"),
+            ("use_wandb", "true"),
+            ("netuid", "223"),
+            ("remote", "true"),
+            ("sync_state", "true"),
+        ] {
+            assert!(o.contains(&(pair.0.to_owned(), pair.1.to_owned())), "{pair:?} in {o:?}");
+        }
+        assert!(!o.iter().any(|(k, _)| k == "debug" || k == "project"), "flags not given are not overrides: {o:?}");
+    }
+
+    #[test]
+    fn kebab_aliases_map_to_the_same_keys() {
+        let cli =
+            Cli::try_parse_from(["tessera", "miner", "--actual-batch-size", "2", "--wallet-name", "w", "--sync-state"])
+                .unwrap();
+        let Command::Miner(args) = cli.command else { panic!("miner expected") };
+        let o = args.overrides();
+        assert!(o.contains(&("actual_batch_size".into(), "2".into())));
+        assert!(o.contains(&("wallet.name".into(), "w".into())));
+        assert!(o.contains(&("sync_state".into(), "true".into())));
+    }
+}

@@ -1,0 +1,324 @@
+//! The `tessera` binary as an operator runs it: seed flags, layering, errors, exit codes.
+//!
+//! Every run gets a clean environment, a temp dir as cwd and HOME, and
+//! `TESSERA_CONFIG_DIR` pointing into it, so neither the repository's `config/` nor the
+//! caller's environment leaks in.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Every flag of the seed's `neurons/miner.py`, spelled as the seed spells it.
+const SEED_FLAGS: &[&str] = &[
+    "--actual_batch_size",
+    "--wallet.name",
+    "--wallet.hotkey",
+    "--wallet.path",
+    "--bucket",
+    "--device",
+    "--use_wandb",
+    "--project",
+    "--netuid",
+    "--remote",
+    "--sync_state",
+    "--debug",
+    "--trace",
+    "--random",
+    "--baseline",
+    "--test",
+    "--local",
+    "--autoupdate",
+    "--subtensor.network",
+    "--subtensor.chain_endpoint",
+    "--checkpoint_path",
+    "--process_name",
+];
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.path().join("config")
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_clear()
+            .env("HOME", self.path())
+            .env("TESSERA_CONFIG_DIR", self.config_dir());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run tessera")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs, expects a configuration error (exit 2), returns stderr.
+fn config_error(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = sb.run(args, env);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).is_empty(), "nothing on stdout on error: {}", stdout(&out));
+    stderr(&out)
+}
+
+fn print_config(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> toml::Value {
+    let mut all = vec!["miner", "--print-config"];
+    all.extend_from_slice(args);
+    let out = sb.run(&all, env);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    toml::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("stdout is TOML: {e}\n{}", stdout(&out)))
+}
+
+#[test]
+fn miner_help_lists_every_seed_flag() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["miner", "--help"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    for flag in SEED_FLAGS.iter().chain(&["--config", "--hparams", "--state_dir", "--print-config"]) {
+        let spelled = format!("{flag} ");
+        let with_value = format!("{flag} <");
+        assert!(
+            help.contains(&spelled) || help.contains(&with_value) || help.contains(&format!("{flag}\n")),
+            "{flag} missing from help:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_seed_example_command_line_is_accepted() {
+    let sb = Sandbox::new();
+    let cfg = print_config(
+        &sb,
+        &[
+            "--actual_batch_size",
+            "1",
+            "--wallet.name",
+            "w1",
+            "--wallet.hotkey",
+            "h1",
+            "--bucket",
+            "my-bucket",
+            "--device",
+            "cuda:0",
+            "--use_wandb",
+            "--project",
+            "proj",
+            "--netuid",
+            "223",
+            "--remote",
+            "--sync_state",
+            "--random",
+            "--baseline",
+            "--debug",
+            "--trace",
+            "--autoupdate",
+            "--checkpoint_path",
+            "ck.pt",
+            "--process_name",
+            "Miner1",
+            "--wallet.path",
+            "~/wallets",
+        ],
+        &[],
+    );
+    assert_eq!(cfg["actual_batch_size"].as_integer(), Some(1));
+    assert_eq!(cfg["wallet"]["name"].as_str(), Some("w1"));
+    assert_eq!(cfg["wallet"]["hotkey"].as_str(), Some("h1"));
+    let wallets = sb.path().join("wallets");
+    assert_eq!(cfg["wallet"]["path"].as_str(), Some(wallets.to_str().unwrap()));
+    assert_eq!(cfg["device"].as_str(), Some("cuda:0"));
+    assert_eq!(cfg["project"].as_str(), Some("proj"));
+    assert_eq!(cfg["netuid"].as_integer(), Some(223));
+    for switch in ["use_wandb", "remote", "sync_state", "random", "baseline", "debug", "trace", "autoupdate"] {
+        assert_eq!(cfg[switch].as_bool(), Some(true), "{switch}");
+    }
+    assert_eq!(cfg["checkpoint_path"].as_str(), Some("ck.pt"));
+    assert_eq!(cfg["process_name"].as_str(), Some("Miner1"));
+}
+
+#[test]
+fn print_config_shows_defaults_and_values_and_exits_zero() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["miner", "--print-config", "--bucket", "my-bucket"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("bucket = \"my-bucket\""), "{text}");
+    let cfg: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(cfg["actual_batch_size"].as_integer(), Some(8));
+    assert_eq!(cfg["netuid"].as_integer(), Some(3));
+    assert_eq!(cfg["device"].as_str(), Some("cuda:0"));
+    assert_eq!(cfg["project"].as_str(), Some("templar"));
+    assert_eq!(cfg["hparams"].as_str(), Some("builtin"));
+    assert_eq!(cfg["subtensor"]["network"].as_str(), Some("finney"));
+    assert_eq!(cfg["subtensor"]["chain_endpoint"].as_str(), Some("wss://entrypoint-finney.opentensor.ai:443"));
+    let home = sb.path().to_str().unwrap();
+    assert_eq!(cfg["wallet"]["path"].as_str(), Some(format!("{home}/.bittensor/wallets").as_str()));
+    assert_eq!(cfg["state_dir"].as_str(), Some(format!("{home}/.tessera").as_str()));
+}
+
+#[test]
+fn printed_config_reads_back_as_a_config_file() {
+    let sb = Sandbox::new();
+    let first = sb.run(
+        &["miner", "--print-config", "--bucket", "my-bucket", "--netuid", "7", "--remote", "--device", "cpu"],
+        &[],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let file = sb.write("effective.toml", &stdout(&first));
+    let second = sb.run(&["miner", "--print-config", "--config", file.to_str().unwrap()], &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(stdout(&first), stdout(&second));
+}
+
+#[test]
+fn bad_values_name_the_key_and_value() {
+    let sb = Sandbox::new();
+    let text = config_error(&sb, &["miner", "--bucket", "my-bucket", "--netuid", "abc"], &[]);
+    assert!(text.contains("invalid value \"abc\" for netuid") && text.contains("--netuid"), "{text}");
+
+    let text = config_error(&sb, &["miner", "--bucket", "my-bucket", "--device", "tpu"], &[]);
+    assert!(text.contains("invalid value \"tpu\" for device") && text.contains("cuda:N"), "{text}");
+
+    let text = config_error(&sb, &["miner", "--bucket", "my-bucket"], &[("TESSERA__ACTUAL_BATCH_SIZE", "0")]);
+    assert!(text.contains("invalid value \"0\" for actual_batch_size"), "{text}");
+    assert!(text.contains("TESSERA__ACTUAL_BATCH_SIZE"), "{text}");
+
+    let text = config_error(&sb, &["miner", "--bucket", "Bad_Bucket"], &[]);
+    assert!(text.contains("invalid value \"Bad_Bucket\" for bucket") && text.contains("S3 bucket name"), "{text}");
+
+    let file = sb.write("typo.toml", "bucket = \"my-bucket\"\n[wallet]\nnmae = \"w\"\n");
+    let text = config_error(&sb, &["miner", "--config", file.to_str().unwrap()], &[]);
+    assert!(text.contains("unknown key \"wallet.nmae\"") && text.contains("typo.toml"), "{text}");
+    assert!(text.contains("did you mean \"wallet.name\""), "{text}");
+
+    let text = config_error(&sb, &["miner", "--config", "missing.toml", "--bucket", "my-bucket"], &[]);
+    assert!(text.contains("missing.toml") && text.contains("does not exist"), "{text}");
+}
+
+#[test]
+fn missing_bucket_says_how_to_set_it() {
+    let sb = Sandbox::new();
+    let text = config_error(&sb, &["miner", "--print-config"], &[]);
+    assert!(text.contains("bucket is required") && text.contains("--bucket NAME"), "{text}");
+}
+
+#[test]
+fn test_flag_selects_the_test_network_endpoint() {
+    let sb = Sandbox::new();
+    let cfg = print_config(&sb, &["--bucket", "my-bucket", "--test"], &[]);
+    assert_eq!(cfg["subtensor"]["network"].as_str(), Some("test"));
+    assert_eq!(cfg["subtensor"]["chain_endpoint"].as_str(), Some("wss://test.finney.opentensor.ai:443/"));
+    let cfg = print_config(&sb, &["--bucket", "my-bucket", "--local"], &[]);
+    assert_eq!(cfg["subtensor"]["chain_endpoint"].as_str(), Some("ws://127.0.0.1:9944"));
+}
+
+#[test]
+fn layers_default_file_then_config_file_then_env_then_flags() {
+    let sb = Sandbox::new();
+    sb.write("config/default.toml", "bucket = \"default-bucket\"\nnetuid = 10\nproject = \"p-default\"\n");
+    let file = sb.write("mine.toml", "netuid = 11\nproject = \"p-file\"\n[wallet]\nname = \"w-file\"\n");
+    let file = file.to_str().unwrap();
+
+    let cfg = print_config(&sb, &[], &[]);
+    assert_eq!(cfg["bucket"].as_str(), Some("default-bucket"), "TESSERA_CONFIG_DIR/default.toml is read");
+    assert_eq!(cfg["netuid"].as_integer(), Some(10));
+
+    let cfg = print_config(&sb, &["--config", file], &[]);
+    assert_eq!((cfg["netuid"].as_integer(), cfg["project"].as_str()), (Some(11), Some("p-file")));
+
+    let env = [("TESSERA__NETUID", "12"), ("TESSERA__WALLET__NAME", "w-env")];
+    let cfg = print_config(&sb, &["--config", file], &env);
+    assert_eq!(cfg["netuid"].as_integer(), Some(12), "env beats the file");
+    assert_eq!(cfg["wallet"]["name"].as_str(), Some("w-env"));
+    assert_eq!(cfg["project"].as_str(), Some("p-file"));
+
+    let cfg = print_config(&sb, &["--config", file, "--netuid", "13", "--wallet.name", "w-cli"], &env);
+    assert_eq!(cfg["netuid"].as_integer(), Some(13), "a flag beats env");
+    assert_eq!(cfg["wallet"]["name"].as_str(), Some("w-cli"));
+    assert_eq!(cfg["bucket"].as_str(), Some("default-bucket"));
+}
+
+#[test]
+fn shipped_default_toml_changes_nothing() {
+    let sb = Sandbox::new();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let without = sb.run(&["miner", "--print-config", "--bucket", "my-bucket"], &[]);
+    sb.write("config/default.toml", &std::fs::read_to_string(shipped).unwrap());
+    let with = sb.run(&["miner", "--print-config", "--bucket", "my-bucket"], &[]);
+    assert!(without.status.success() && with.status.success(), "{}", stderr(&with));
+    assert_eq!(stdout(&without), stdout(&with));
+}
+
+#[test]
+fn miner_reports_the_model_then_stops_with_a_clear_message() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["miner", "--bucket", "my-bucket", "--device", "cpu", "--autoupdate"], &[]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("effective configuration"), "{err}");
+    assert!(err.contains("bucket = \"my-bucket\""), "{err}");
+    assert!(err.contains("1204881408"), "parameter count logged: {err}");
+    assert!(err.contains("fingerprint="), "{err}");
+    assert!(err.contains("--autoupdate is not applicable"), "{err}");
+    assert!(err.contains("window loop is not available"), "{err}");
+    assert!(stdout(&out).is_empty(), "logs go to stderr: {}", stdout(&out));
+}
+
+#[test]
+fn hparams_command_prints_json_with_the_model() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["hparams"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON on stdout");
+    assert_eq!(report["source"], "built-in");
+    assert_eq!(report["hparams"]["compression"], 100);
+    assert_eq!(report["hparams"]["max_history"], 6);
+    assert_eq!(report["model"]["parameters"], 1_204_881_408u64);
+    assert_eq!(report["model"]["fingerprint"].as_str().map(str::len), Some(64));
+
+    // A local file, with its fingerprint differing from the built-in one.
+    let builtin = report["hparams"].clone();
+    let mut small = builtin.clone();
+    small["num_hidden_layers"] = 2.into();
+    let file = sb.write("hp.json", &small.to_string());
+    let out = sb.run(&["hparams", "--hparams", file.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(other["hparams"]["num_hidden_layers"], 2);
+    assert_ne!(other["model"]["fingerprint"], report["model"]["fingerprint"]);
+
+    // A broken file is an error naming it.
+    let bad = sb.write("bad.json", "{");
+    let out = sb.run(&["hparams", "--hparams", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.json"), "{}", stderr(&out));
+}
