@@ -8,10 +8,13 @@
 //! configuration ([`config`]). The actor runtime (`tessera-actors`) and the binary only
 //! wire these together.
 
+pub mod chain;
 pub mod config;
 pub mod fsutil;
 pub mod hotkey;
 pub mod hparams;
 pub mod model;
 pub mod slice;
+pub mod storage;
+pub mod wallet;
 pub mod window;

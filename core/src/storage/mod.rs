@@ -1,0 +1,23 @@
+//! S3 buckets: where they are ([`BucketLocation`], the on-chain commitment), clients for
+//! the own bucket (signed) and peers' buckets (anonymous, public-read), and an embedded
+//! S3 server for tests and the devnet ([`embedded`]).
+//!
+//! rust-s3 signs and speaks the protocol; this module adds what a hostile network needs:
+//! per-attempt deadlines, retries with jittered backoff for transient failures only,
+//! size caps enforced before and during downloads, a progress timeout, and downloads that
+//! land atomically or not at all.
+
+mod client;
+pub mod embedded;
+mod error;
+mod location;
+mod retry;
+
+pub use client::{
+    AccessKeys, BucketClient, CredentialSource, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_REGION, ObjectInfo, PeerClients,
+    TEMP_PREFIX, TransferOptions, parse_last_modified,
+};
+pub use embedded::EmbeddedS3;
+pub use error::StorageError;
+pub use location::{BucketLocation, LocationError, MAX_LOCATION_LEN};
+pub use retry::RetryPolicy;
