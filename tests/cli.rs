@@ -279,9 +279,12 @@ fn shipped_default_toml_changes_nothing() {
 }
 
 #[test]
-fn miner_reports_the_model_then_stops_with_a_clear_message() {
+fn miner_reports_the_model_then_stops_at_a_missing_wallet_with_the_btcli_advice() {
     let sb = Sandbox::new();
-    let out = sb.run(&["miner", "--bucket", "my-bucket", "--device", "cpu", "--autoupdate"], &[]);
+    let wallets = sb.write("wallets/.keep", "");
+    let wallets = wallets.parent().expect("wallets dir").to_str().expect("utf-8 path").to_owned();
+    let out =
+        sb.run(&["miner", "--bucket", "my-bucket", "--device", "cpu", "--autoupdate", "--wallet.path", &wallets], &[]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("effective configuration"), "{err}");
@@ -289,7 +292,9 @@ fn miner_reports_the_model_then_stops_with_a_clear_message() {
     assert!(err.contains("1204881408"), "parameter count logged: {err}");
     assert!(err.contains("fingerprint="), "{err}");
     assert!(err.contains("--autoupdate is not applicable"), "{err}");
-    assert!(err.contains("window loop is not available"), "{err}");
+    // No hotkey file: the error says where it looked and how to create one.
+    assert!(err.contains(&format!("{wallets}/default/hotkeys/default")), "{err}");
+    assert!(err.contains("btcli wallet new_hotkey"), "{err}");
     assert!(stdout(&out).is_empty(), "logs go to stderr: {}", stdout(&out));
 }
 
@@ -321,4 +326,30 @@ fn hparams_command_prints_json_with_the_model() {
     let out = sb.run(&["hparams", "--hparams", bad.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bad.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn s3_settings_come_from_the_environment_with_the_keys_redacted() {
+    let sb = Sandbox::new();
+    let env = [
+        ("TESSERA__S3__ENDPOINT", "http://127.0.0.1:9000"),
+        ("TESSERA__S3__REGION", "garage"),
+        ("TESSERA__S3__ACCESS_KEY_ID", "GKexampleid"),
+        ("TESSERA__S3__SECRET_ACCESS_KEY", "examplesecret"),
+    ];
+    let out = sb.run(&["miner", "--print-config", "--bucket", "my-bucket"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("GKexampleid") && !text.contains("examplesecret"), "{text}");
+    let cfg: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(cfg["s3"]["endpoint"].as_str(), Some("http://127.0.0.1:9000/"));
+    assert_eq!(cfg["s3"]["region"].as_str(), Some("garage"));
+    assert_eq!(cfg["s3"]["access_key_id"].as_str(), Some("<redacted>"));
+    assert_eq!(cfg["s3"]["secret_access_key"].as_str(), Some("<redacted>"));
+
+    let text = config_error(&sb, &["miner", "--bucket", "my-bucket"], &[("TESSERA__S3__ACCESS_KEY_ID", "GKexampleid")]);
+    assert!(text.contains("TESSERA__S3__ACCESS_KEY_ID") && text.contains("must be given together"), "{text}");
+    assert!(!text.contains("GKexampleid"), "{text}");
+    let text = config_error(&sb, &["miner", "--bucket", "my-bucket"], &[("TESSERA__S3__ENDPOINT", "https://h/b")]);
+    assert!(text.contains("invalid value \"https://h/b\" for s3.endpoint"), "{text}");
 }

@@ -17,6 +17,10 @@
 //! (`invalid value "abc" for netuid (command-line flag --netuid): expected an integer
 //! 0..=65535`). A key this build does not know is an error, never silently ignored.
 //!
+//! The `[s3]` section (how to reach and sign for the own bucket) has no flags, as in the
+//! seed: operators set it in a file or, for the keys, in the environment
+//! (`TESSERA__S3__SECRET_ACCESS_KEY`). Without keys the usual AWS places are used.
+//!
 //! There are no per-network files: the seed has no such notion, `--test`/`--local` and
 //! `subtensor.network` already pick the well-known endpoints, and a file that changed
 //! settings only when some other layer named a network would surprise. Per-network
@@ -32,6 +36,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::hparams::HparamsSource;
+use crate::storage::{AccessKeys, CredentialSource, DEFAULT_REGION};
 
 /// Prefix of the configuration environment variables (`TESSERA__…`).
 pub const ENV_PREFIX: &str = "TESSERA";
@@ -72,6 +77,12 @@ pub const KEYS: &[&str] = &[
     "project",
     "random",
     "remote",
+    "s3.access_key_id",
+    "s3.endpoint",
+    "s3.profile",
+    "s3.region",
+    "s3.secret_access_key",
+    "s3.session_token",
     "state_dir",
     "subtensor.chain_endpoint",
     "subtensor.network",
@@ -85,7 +96,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys that hold tables.
-const SECTIONS: &[&str] = &["wallet", "subtensor"];
+const SECTIONS: &[&str] = &["wallet", "subtensor", "s3"];
 
 /// Origin tag of command-line values (a NUL cannot appear in a file path).
 const CLI_ORIGIN: &str = "\0command line";
@@ -100,6 +111,8 @@ pub struct MinerConfig {
     pub wallet: WalletConfig,
     /// This miner's S3 bucket (committed on chain).
     pub bucket: BucketName,
+    /// Where `bucket` is served and how requests to it are signed.
+    pub s3: S3Config,
     pub device: Device,
     pub use_wandb: bool,
     /// Weights & Biases project.
@@ -144,6 +157,126 @@ pub struct SubtensorConfig {
     pub network: Network,
     /// Always resolved: the configured endpoint or the network's well-known one.
     pub chain_endpoint: String,
+}
+
+/// The own bucket's endpoint, region and credentials (`[s3]`).
+///
+/// `Debug` and [`MinerConfig::effective_toml`] hide the keys and the session token.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct S3Config {
+    /// S3-compatible endpoint (`https://host[:port]`, `http://` allowed) for non-AWS providers; None = AWS.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_url")]
+    pub endpoint: Option<url::Url>,
+    /// Region (default "us-east-1", what the seed used).
+    pub region: String,
+    /// Explicit keys; when absent the usual places are used (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY env,
+    /// then the ~/.aws/credentials profile). Given together; `session_token` only with both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Profile name in ~/.aws/credentials (default profile when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl Default for S3Config {
+    /// AWS, `us-east-1`, credentials from the usual places.
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: DEFAULT_REGION.to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            profile: None,
+        }
+    }
+}
+
+impl S3Config {
+    /// The configured keys (with the session token, if any) when both keys are set, else
+    /// the AWS environment variables and then `profile` in `~/.aws/credentials`.
+    pub fn credentials(&self) -> CredentialSource {
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(id), Some(secret)) => CredentialSource::Static(AccessKeys {
+                access_key: id.clone(),
+                secret_key: secret.clone(),
+                session_token: self.session_token.clone(),
+            }),
+            _ => CredentialSource::Environment { profile: self.profile.clone() },
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint.as_ref().map(url::Url::as_str))
+            .field("region", &self.region)
+            .field("access_key_id", &hidden(&self.access_key_id))
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+fn ser_opt_url<S: Serializer>(u: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(u.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What `s3.endpoint` must be.
+const S3_ENDPOINT_EXPECTED: &str = "an http:// or https:// URL of an S3-compatible endpoint, scheme://host[:port] \
+                                    with no path, query or user name";
+
+/// Checks an `s3.endpoint` value; the error says what is wrong with it.
+fn parse_s3_endpoint(text: &str) -> Result<url::Url, String> {
+    // The URL parser silently drops tabs and newlines; a pasted value with them is a mistake.
+    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("it contains {c:?}"));
+    }
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("the scheme is {:?}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("it has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it has a user name or password; keys go in s3.access_key_id and s3.secret_access_key".into());
+    }
+    if url.path() != "/" {
+        return Err(format!("it has the path {:?}; the bucket is not part of the endpoint", url.path()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or fragment".into());
+    }
+    Ok(url)
+}
+
+/// `text` with the password of a `scheme://user:password@host` prefix replaced, for messages.
+fn hide_url_password(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else { return text.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return text.to_owned() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
+        None => text.to_owned(),
+    }
+}
+
+/// An S3 region name as the storage client accepts it (its `check_region`).
+fn is_region_name(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 64
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn ser_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
@@ -362,6 +495,16 @@ pub enum ConfigError {
     MissingBucket,
     #[error("test and local are both set (--test and --local): choose one network")]
     TestAndLocal,
+    #[error(
+        "{given} is set ({origin}) but {missing} is not: s3.access_key_id and s3.secret_access_key must be \
+         given together, or neither to use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or ~/.aws/credentials"
+    )]
+    S3UnpairedKey { given: &'static str, origin: Origin, missing: &'static str },
+    #[error(
+        "s3.session_token is set ({origin}) without s3.access_key_id and s3.secret_access_key: a session \
+         token is only used with both keys (or set AWS_SESSION_TOKEN with the other AWS_ variables)"
+    )]
+    S3TokenWithoutKeys { origin: Origin },
     #[error("cannot expand ~ in {key} ({origin}): HOME is not set; give an absolute path")]
     NoHome { key: &'static str, origin: Origin },
     #[error("configuration file {} does not exist", .path.display())]
@@ -585,11 +728,25 @@ struct Entry<'a> {
 
 impl Entry<'_> {
     fn bad(&self, expected: impl Into<String>) -> ConfigError {
+        self.bad_shown(self.shown(), expected)
+    }
+
+    fn bad_shown(&self, value: String, expected: impl Into<String>) -> ConfigError {
         ConfigError::InvalidValue {
             key: self.key.to_owned(),
-            value: show(&self.value.kind),
+            value,
             expected: expected.into(),
             origin: self.origin.clone(),
+        }
+    }
+
+    /// The value for a message: a secret's is hidden unless it is empty or not a scalar.
+    fn shown(&self) -> String {
+        match &self.value.kind {
+            ValueKind::String(s) if s.is_empty() => show(&self.value.kind),
+            ValueKind::Nil | ValueKind::Table(_) | ValueKind::Array(_) => show(&self.value.kind),
+            _ if is_secret_key(self.key) => REDACTED.into(),
+            kind => show(kind),
         }
     }
 
@@ -693,6 +850,12 @@ struct Draft {
     process_name: Option<String>,
     hparams: (HparamsSource, Origin),
     state_dir: (String, Origin),
+    s3_endpoint: Option<url::Url>,
+    s3_region: String,
+    s3_access_key_id: Option<(String, Origin)>,
+    s3_secret_access_key: Option<(String, Origin)>,
+    s3_session_token: Option<(String, Origin)>,
+    s3_profile: Option<(String, Origin)>,
     home: Option<PathBuf>,
 }
 
@@ -723,6 +886,12 @@ impl Draft {
             process_name: None,
             hparams: (HparamsSource::BuiltIn, Origin::Default),
             state_dir: (DEFAULT_STATE_DIR.into(), Origin::Default),
+            s3_endpoint: None,
+            s3_region: DEFAULT_REGION.into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_session_token: None,
+            s3_profile: None,
             home,
         }
     }
@@ -742,6 +911,20 @@ impl Draft {
         let name = |e: &Entry<'_>| {
             let s = e.text(NAME)?;
             if s.contains(['/', '\\']) { Err(e.bad(NAME)) } else { Ok(s) }
+        };
+        // A key or token: printed configuration shows REDACTED, which must not be read back as one.
+        let secret = |e: &Entry<'_>, what: &str| {
+            let expected = format!("{what} without spaces");
+            let s = e.text(&expected)?;
+            if s == REDACTED {
+                return Err(
+                    e.bad(format!("{what} (the real one, not the {REDACTED} placeholder of printed configuration)"))
+                );
+            }
+            if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(e.bad(expected));
+            }
+            Ok((s, e.origin.clone()))
         };
         match e.key {
             "actual_batch_size" => self.actual_batch_size = e.uint(1, "an integer 1..=4294967295")?,
@@ -792,6 +975,25 @@ impl Draft {
                 self.hparams = (source, e.origin.clone());
             }
             "state_dir" => self.state_dir = (e.text(PATH)?, e.origin.clone()),
+            "s3.endpoint" => {
+                let text = e.text(S3_ENDPOINT_EXPECTED)?.trim().to_owned();
+                let url = parse_s3_endpoint(&text).map_err(|why| {
+                    e.bad_shown(format!("{:?}", hide_url_password(&text)), format!("{S3_ENDPOINT_EXPECTED} ({why})"))
+                })?;
+                self.s3_endpoint = Some(url);
+            }
+            "s3.region" => {
+                let expected = "a region name: lowercase letters, digits and '-', e.g. \"us-east-1\"";
+                let region = e.text(expected)?;
+                if !is_region_name(&region) {
+                    return Err(e.bad(expected));
+                }
+                self.s3_region = region;
+            }
+            "s3.access_key_id" => self.s3_access_key_id = Some(secret(e, "an access key id")?),
+            "s3.secret_access_key" => self.s3_secret_access_key = Some(secret(e, "a secret access key")?),
+            "s3.session_token" => self.s3_session_token = Some(secret(e, "a session token")?),
+            "s3.profile" => self.s3_profile = Some((e.text("a non-empty profile name")?, e.origin.clone())),
             key if SECTIONS.contains(&key) => {
                 let fields: Vec<_> = KEYS.iter().filter(|k| k.starts_with(&format!("{key}."))).copied().collect();
                 return Err(e.bad(format!("a table with keys {}", fields.join(", "))));
@@ -857,8 +1059,49 @@ impl Draft {
         Ok(SubtensorConfig { network, chain_endpoint })
     }
 
+    /// Keys go in pairs; a session token needs both.
+    fn s3(&self) -> Result<S3Config, ConfigError> {
+        let (id, secret) = (&self.s3_access_key_id, &self.s3_secret_access_key);
+        match (id, secret) {
+            (Some((_, origin)), None) => {
+                return Err(ConfigError::S3UnpairedKey {
+                    given: "s3.access_key_id",
+                    origin: origin.clone(),
+                    missing: "s3.secret_access_key",
+                });
+            }
+            (None, Some((_, origin))) => {
+                return Err(ConfigError::S3UnpairedKey {
+                    given: "s3.secret_access_key",
+                    origin: origin.clone(),
+                    missing: "s3.access_key_id",
+                });
+            }
+            (None, None) => {
+                if let Some((_, origin)) = &self.s3_session_token {
+                    return Err(ConfigError::S3TokenWithoutKeys { origin: origin.clone() });
+                }
+            }
+            (Some(_), Some(_)) => {
+                if let Some((profile, origin)) = &self.s3_profile {
+                    warn!(%profile, %origin, "s3.profile is unused: s3.access_key_id and s3.secret_access_key are set");
+                }
+            }
+        }
+        let value = |v: &Option<(String, Origin)>| v.as_ref().map(|(s, _)| s.clone());
+        Ok(S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: value(id),
+            secret_access_key: value(secret),
+            session_token: value(&self.s3_session_token),
+            profile: value(&self.s3_profile),
+        })
+    }
+
     fn finish(self) -> Result<MinerConfig, ConfigError> {
         let subtensor = self.subtensor()?;
+        let s3 = self.s3()?;
         let hparams = self.hparams_settings()?.source;
         let wallet_path = self.path("wallet.path", &self.wallet_path)?;
         let state_dir = self.path("state_dir", &self.state_dir)?;
@@ -871,6 +1114,7 @@ impl Draft {
             actual_batch_size: self.actual_batch_size,
             wallet: WalletConfig { name: self.wallet_name, hotkey: self.wallet_hotkey, path: wallet_path },
             bucket,
+            s3,
             device: self.device,
             use_wandb: self.use_wandb,
             project: self.project,
@@ -940,6 +1184,14 @@ mod tests {
                 path: PathBuf::from("/home/op/.bittensor/wallets"),
             },
             bucket: BucketName::parse("my-bucket").unwrap(),
+            s3: S3Config {
+                endpoint: None,
+                region: "us-east-1".into(),
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+                profile: None,
+            },
             device: Device::Cuda(0),
             use_wandb: false,
             project: "templar".into(),
@@ -1315,10 +1567,21 @@ mod tests {
                 ("process_name", "Miner1"),
                 ("hparams", "https://example.com/hparams.json"),
                 ("state_dir", "/state"),
+                ("s3.endpoint", "https://s3.example.com:8443"),
+                ("s3.region", "eu-central-003"),
+                ("s3.profile", "miner"),
             ]),
+            // The seed has no S3 flags: keys come from a file or, as here, the environment.
+            env: env(S3_KEYS_ENV),
             ..sources()
         }
     }
+
+    const S3_KEYS_ENV: &[(&str, &str)] = &[
+        ("TESSERA__S3__ACCESS_KEY_ID", "AKIAEXAMPLEID"),
+        ("TESSERA__S3__SECRET_ACCESS_KEY", "wJalrXUtnFEMIsecretEXAMPLEKEY"),
+        ("TESSERA__S3__SESSION_TOKEN", "FwoGZXIvYXdzEXAMPLEtoken"),
+    ];
 
     fn leaf_keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
         if let toml::Value::Table(t) = v {
@@ -1340,9 +1603,18 @@ mod tests {
         assert_eq!(keys, KEYS, "KEYS, the loader and the printed configuration must agree");
         assert!(text.contains("device = \"cuda:1\"") && text.contains("netuid = 223"), "{text}");
 
+        for (_, secret) in S3_KEYS_ENV {
+            assert!(!text.contains(secret), "{text}");
+        }
+
+        // Printed secrets are placeholders: read back alone they are refused, and with the
+        // real keys in the environment the file gives the same configuration again.
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "effective.toml", &text);
-        let again = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
+        let text = err(&ConfigSources { config_file: Some(file.clone()), ..sources() });
+        assert!(text.contains("for s3.") && text.contains("placeholder"), "{text}");
+        let again =
+            MinerConfig::load(&ConfigSources { config_file: Some(file), env: env(S3_KEYS_ENV), ..sources() }).unwrap();
         assert_eq!(again, c);
     }
 
@@ -1397,12 +1669,228 @@ mod tests {
         leaf_keys("", &tree, &mut keys);
         keys.sort();
         // Keys without a default are documented as examples ("## key = …").
-        let examples = ["bucket", "checkpoint_path", "process_name", "subtensor.chain_endpoint"];
+        let examples = [
+            "bucket",
+            "checkpoint_path",
+            "process_name",
+            "s3.access_key_id",
+            "s3.endpoint",
+            "s3.profile",
+            "s3.secret_access_key",
+            "s3.session_token",
+            "subtensor.chain_endpoint",
+        ];
         let documented: Vec<&str> = KEYS.iter().copied().filter(|k| !examples.contains(k)).collect();
         assert_eq!(keys, documented, "default.toml shows every key with a default");
         for key in examples {
             let leaf = key.rsplit('.').next().unwrap_or(key);
             assert!(shipped.contains(&format!("\n## {leaf} = ")), "{key} is documented");
         }
+    }
+
+    fn s3_of(s: &ConfigSources) -> S3Config {
+        MinerConfig::load(s).unwrap().s3
+    }
+
+    fn with_bucket_and(pairs: &[(&str, &str)]) -> ConfigSources {
+        ConfigSources { env: env(pairs), ..with_bucket() }
+    }
+
+    #[test]
+    fn s3_defaults_are_aws_in_us_east_1_with_the_usual_credentials() {
+        let s3 = s3_of(&with_bucket());
+        assert_eq!(s3, S3Config::default());
+        assert_eq!((s3.endpoint.as_ref(), s3.region.as_str()), (None, "us-east-1"));
+        assert_eq!(s3.credentials(), CredentialSource::Environment { profile: None });
+        let text = MinerConfig::load(&with_bucket()).unwrap().effective_toml();
+        let tree: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            tree["s3"].as_table().map(|t| t.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["region"]),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn s3_settings_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "s3.toml",
+            "[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"garage\"\nprofile = \"tessera\"\n",
+        );
+        let s3 = s3_of(&ConfigSources { config_file: Some(file.clone()), ..with_bucket() });
+        assert_eq!(s3.endpoint.as_ref().map(url::Url::as_str), Some("http://127.0.0.1:9000/"));
+        assert_eq!((s3.region.as_str(), s3.profile.as_deref()), ("garage", Some("tessera")));
+        assert_eq!(s3.credentials(), CredentialSource::Environment { profile: Some("tessera".into()) });
+
+        let s3 = s3_of(&ConfigSources {
+            config_file: Some(file),
+            env: env(&[
+                ("TESSERA__S3__ENDPOINT", "https://s3.example.com:8443/"),
+                ("TESSERA__S3__REGION", "auto"),
+                ("TESSERA__S3__ACCESS_KEY_ID", "AKID"),
+                ("TESSERA__S3__SECRET_ACCESS_KEY", "s3cr3t"),
+                ("tessera__s3__session_token", "tok"),
+                ("TESSERA__S3__PROFILE", ""),
+            ]),
+            ..with_bucket()
+        });
+        assert_eq!(s3.endpoint.as_ref().map(url::Url::as_str), Some("https://s3.example.com:8443/"));
+        assert_eq!(s3.region, "auto", "the environment beats the file");
+        assert_eq!(s3.profile.as_deref(), Some("tessera"), "an empty variable counts as unset");
+        assert_eq!(
+            s3.credentials(),
+            CredentialSource::Static(AccessKeys {
+                access_key: "AKID".into(),
+                secret_key: "s3cr3t".into(),
+                session_token: Some("tok".into()),
+            })
+        );
+
+        for ok in ["https://S3.Example.com", "http://[::1]:9000", "https://10.0.0.1:443/", " https://s3.example.com "] {
+            assert!(s3_of(&with_bucket_and(&[("TESSERA__S3__ENDPOINT", ok)])).endpoint.is_some(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn s3_endpoint_errors_name_the_key_the_value_and_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("s3.example.com", "not a URL"),
+            ("ftp://s3.example.com", "the scheme is \"ftp\""),
+            ("s3://my-bucket", "the scheme is \"s3\""),
+            ("https://", "not a URL"),
+            ("https://s3.example.com/my-bucket", "the path \"/my-bucket\""),
+            ("https://s3.example.com//", "the path \"//\""),
+            ("https://s3.example.com?x-id=1", "query or fragment"),
+            ("https://s3.example.com/#top", "query or fragment"),
+            ("https://AKID@s3.example.com", "user name or password"),
+            ("https://s3.exa\tmple.com", "contains '\\t'"),
+        ];
+        for (value, why) in cases {
+            let text = err(&with_bucket_and(&[("TESSERA__S3__ENDPOINT", value)]));
+            assert!(text.starts_with(&format!("invalid value {value:?} for s3.endpoint")), "{value}: {text}");
+            assert!(text.contains("environment variable TESSERA__S3__ENDPOINT"), "{value}: {text}");
+            assert!(text.contains("http:// or https:// URL") && text.contains(why), "{value}: {text}");
+        }
+        // A password in the URL is not repeated in the message.
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "e.toml", "[s3]\nendpoint = \"https://AKID:hunter2@s3.example.com\"\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+        assert!(text.contains("\"https://AKID:<redacted>@s3.example.com\" for s3.endpoint"), "{text}");
+        assert!(text.contains("e.toml") && !text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn s3_region_and_profile_errors_name_the_key_and_value() {
+        for bad in ["us east 1", "US-EAST-1", "eu_west_1", "région", &"a".repeat(65)] {
+            let text = err(&with_bucket_and(&[("TESSERA__S3__REGION", bad)]));
+            assert!(text.starts_with(&format!("invalid value {bad:?} for s3.region")), "{text}");
+            assert!(text.contains("TESSERA__S3__REGION") && text.contains("a region name"), "{text}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "r.toml", "[s3]\nregion = \"\"\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+        assert!(text.starts_with("invalid value \"\" for s3.region") && text.contains("r.toml"), "{text}");
+        let file = write(dir.path(), "p.toml", "[s3]\nprofile = 7\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+        assert!(text.starts_with("invalid value 7 for s3.profile") && text.contains("profile name"), "{text}");
+
+        // A section given a plain value, and a typo in the section.
+        let text = err(&with_bucket_and(&[("TESSERA__S3", "x")]));
+        assert!(text.contains("for s3") && text.contains("s3.endpoint, s3.profile"), "{text}");
+        let text = err(&with_bucket_and(&[("TESSERA__S3__ENDPIONT", "https://s3.example.com")]));
+        assert!(
+            text.contains("unknown key \"s3.endpiont\"") && text.contains("did you mean \"s3.endpoint\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn s3_keys_must_be_given_together() {
+        let text = err(&with_bucket_and(&[("TESSERA__S3__ACCESS_KEY_ID", "AKID")]));
+        assert!(
+            text.starts_with("s3.access_key_id is set (environment variable TESSERA__S3__ACCESS_KEY_ID)"),
+            "{text}"
+        );
+        assert!(text.contains("but s3.secret_access_key is not") && text.contains("must be given together"), "{text}");
+        assert!(!text.contains("AKID"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "k.toml", "[s3]\nsecret_access_key = \"s3cr3t\"\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+        assert!(text.starts_with("s3.secret_access_key is set (config file") && text.contains("k.toml"), "{text}");
+        assert!(text.contains("but s3.access_key_id is not") && text.contains("must be given together"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+
+        // A session token needs both keys.
+        let e = MinerConfig::load(&with_bucket_and(&[("TESSERA__S3__SESSION_TOKEN", "tok")])).unwrap_err();
+        assert!(matches!(e, ConfigError::S3TokenWithoutKeys { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("s3.session_token is set (environment variable TESSERA__S3__SESSION_TOKEN)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("without s3.access_key_id and s3.secret_access_key") && !text.contains("tok\""),
+            "{text}"
+        );
+        let e = MinerConfig::load(&with_bucket_and(&[
+            ("TESSERA__S3__SESSION_TOKEN", "tok"),
+            ("TESSERA__S3__ACCESS_KEY_ID", "AKID"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::S3UnpairedKey { given: "s3.access_key_id", .. }), "{e}");
+
+        let s3 = s3_of(&with_bucket_and(&[
+            ("TESSERA__S3__ACCESS_KEY_ID", "AKID"),
+            ("TESSERA__S3__SECRET_ACCESS_KEY", "s3cr3t"),
+            ("TESSERA__S3__PROFILE", "unused"),
+        ]));
+        assert_eq!(s3.credentials(), CredentialSource::Static(AccessKeys::new("AKID", "s3cr3t")));
+    }
+
+    #[test]
+    fn s3_secrets_are_redacted_in_effective_toml_debug_and_errors() {
+        let s = with_bucket_and(&[
+            ("TESSERA__S3__ENDPOINT", "https://s3.example.com"),
+            ("TESSERA__S3__REGION", "eu-west-1"),
+            ("TESSERA__S3__PROFILE", "miner"),
+            ("TESSERA__S3__ACCESS_KEY_ID", "AKIAEXAMPLEID"),
+            ("TESSERA__S3__SECRET_ACCESS_KEY", "wJalrXUtnFEMIsecret"),
+            ("TESSERA__S3__SESSION_TOKEN", "FwoGZXIvtoken"),
+        ]);
+        let c = MinerConfig::load(&s).unwrap();
+        let text = c.effective_toml();
+        let tree: toml::Value = toml::from_str(&text).unwrap();
+        let s3 = &tree["s3"];
+        for key in ["access_key_id", "secret_access_key", "session_token"] {
+            assert_eq!(s3[key].as_str(), Some(REDACTED), "{key}: {text}");
+        }
+        assert_eq!(s3["endpoint"].as_str(), Some("https://s3.example.com/"));
+        assert_eq!(s3["region"].as_str(), Some("eu-west-1"));
+        assert_eq!(s3["profile"].as_str(), Some("miner"));
+        let debug = format!("{c:?}");
+        for shown in [&text, &debug] {
+            for secret in ["AKIAEXAMPLEID", "wJalrXUtnFEMIsecret", "FwoGZXIvtoken"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        assert!(debug.contains("https://s3.example.com/") && debug.contains(REDACTED), "{debug}");
+
+        // Values of secret keys are not repeated in errors either.
+        let text = err(&with_bucket_and(&[
+            ("TESSERA__S3__ACCESS_KEY_ID", "AKIAEXAMPLEID"),
+            ("TESSERA__S3__SECRET_ACCESS_KEY", "wJalrXUtn secret"),
+        ]));
+        assert_eq!(
+            text,
+            "invalid value <redacted> for s3.secret_access_key (environment variable \
+             TESSERA__S3__SECRET_ACCESS_KEY): expected a secret access key without spaces"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "t.toml", "[s3]\nsession_token = 12345\n");
+        let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+        assert!(text.starts_with("invalid value <redacted> for s3.session_token") && !text.contains("12345"), "{text}");
     }
 }

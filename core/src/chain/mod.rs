@@ -5,6 +5,7 @@
 
 mod blocks;
 mod dev;
+mod neuron;
 mod subtensor;
 
 use std::collections::HashSet;
@@ -19,6 +20,7 @@ use crate::hotkey::Hotkey;
 
 pub use blocks::{BlockEvent, BlockStreamOptions, resilient_blocks};
 pub use dev::{DevChain, DevChainOptions};
+pub use neuron::{CommitmentChange, ensure_commitment, find_uid};
 pub use subtensor::SubtensorChain;
 
 /// A block hash.

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use tessera_core::chain::SubtensorChain;
 use tokio::process::{Child, Command};
 
+/// The workspace root (the directory with `Cargo.lock`), whichever package includes this.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("core/ has a parent").to_path_buf()
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().find(|d| d.join("Cargo.lock").exists()).unwrap_or(manifest).to_path_buf()
 }
 
 fn chopsticks_bin() -> PathBuf {
