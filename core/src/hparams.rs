@@ -162,6 +162,34 @@ pub enum LrSchedule {
     Wsd { warmup_steps: u64, stable_steps: u64, decay_steps: u64 },
 }
 
+impl LrSchedule {
+    /// The learning rate of optimizer step `step` (0-based) for base rate `base`.
+    ///
+    /// Cosine follows torch's `CosineAnnealingLR` closed form
+    /// (`eta_min + (base - eta_min)(1 + cos(pi t / T_max)) / 2`, periodic past `T_max`)
+    /// after a linear warm-up; WSD warms up linearly, holds `base`, then decays linearly
+    /// to zero and stays there.
+    pub fn lr_at(&self, base: f64, step: u64) -> f64 {
+        let warm = |warmup: u64| (warmup > 0 && step < warmup).then(|| base * (step + 1) as f64 / warmup as f64);
+        match *self {
+            LrSchedule::Cosine { t_max, eta_min, warmup_steps } => warm(warmup_steps).unwrap_or_else(|| {
+                let t = (step - warmup_steps) as f64;
+                let t_max = t_max.max(1) as f64;
+                eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+            }),
+            LrSchedule::Wsd { warmup_steps, stable_steps, decay_steps } => warm(warmup_steps).unwrap_or_else(|| {
+                let after_warmup = step - warmup_steps;
+                if after_warmup < stable_steps {
+                    base
+                } else {
+                    let into_decay = (after_warmup - stable_steps) as f64;
+                    base * (1.0 - into_decay / decay_steps.max(1) as f64).max(0.0)
+                }
+            }),
+        }
+    }
+}
+
 /// Why hparams could not be loaded or are not usable. Each message is complete in itself
 /// (causes are part of it, not chained as `source()`), so printing one says everything
 /// once.
@@ -688,6 +716,21 @@ mod tests {
         assert_eq!(hp.lr_schedule().unwrap(), LrSchedule::Cosine { t_max: 5000, eta_min: 1e-5, warmup_steps: 0 });
         // The seed file's boltzmann-era field is known, so the built-in file warns of nothing.
         assert!(hp.unknown_fields().is_empty(), "{:?}", hp.unknown_fields());
+    }
+
+    #[test]
+    fn learning_rate_schedules_follow_their_closed_forms() {
+        let cosine = LrSchedule::Cosine { t_max: 100, eta_min: 0.1, warmup_steps: 0 };
+        assert!((cosine.lr_at(1.0, 0) - 1.0).abs() < 1e-12);
+        assert!((cosine.lr_at(1.0, 50) - 0.55).abs() < 1e-12);
+        assert!((cosine.lr_at(1.0, 100) - 0.1).abs() < 1e-12);
+        assert!((cosine.lr_at(1.0, 200) - 1.0).abs() < 1e-12, "periodic like torch's closed form");
+        let warm = LrSchedule::Cosine { t_max: 10, eta_min: 0.0, warmup_steps: 4 };
+        let lrs: Vec<f64> = (0..5).map(|s| warm.lr_at(2.0, s)).collect();
+        assert_eq!(lrs, [0.5, 1.0, 1.5, 2.0, 2.0]);
+        let wsd = LrSchedule::Wsd { warmup_steps: 2, stable_steps: 3, decay_steps: 4 };
+        let lrs: Vec<f64> = (0..11).map(|s| wsd.lr_at(1.0, s)).collect();
+        assert_eq!(lrs, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
     }
 
     #[test]

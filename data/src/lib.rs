@@ -1,0 +1,1 @@
+//! Training data: deterministic pages, sources, tokenizer, batches (in progress).

@@ -1,0 +1,219 @@
+//! `LlamaForCausalLM` as in HF transformers: token embedding, RMSNorm, rotary position
+//! embedding (HF's rotate-half convention), multi-head attention with optional grouped KV
+//! heads and a causal mask, SwiGLU MLP, final norm, untied `lm_head`.
+//!
+//! Weights keep HF's layout (`[out_features, in_features]` for projections), so a
+//! parameter's flat row-major index is the protocol's slice index and HF checkpoints map
+//! one to one.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use tessera_core::model::ModelShape;
+
+/// The architecture, with HF `LlamaConfig` names.
+#[derive(Config, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub max_position_embeddings: usize,
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    #[config(default = 1e-6)]
+    pub rms_norm_eps: f64,
+}
+
+impl From<&ModelShape> for LlamaConfig {
+    fn from(s: &ModelShape) -> Self {
+        Self {
+            vocab_size: s.vocab_size,
+            hidden_size: s.hidden_size,
+            intermediate_size: s.intermediate_size,
+            num_hidden_layers: s.num_hidden_layers,
+            num_attention_heads: s.num_attention_heads,
+            num_key_value_heads: s.num_key_value_heads,
+            max_position_embeddings: s.max_position_embeddings,
+            rope_theta: s.rope_theta,
+            rms_norm_eps: s.rms_norm_eps,
+        }
+    }
+}
+
+impl LlamaConfig {
+    pub fn shape(&self) -> ModelShape {
+        ModelShape {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+        }
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// A model with all-zero weights and unit norms, to be filled by `init::initialize`
+    /// or a checkpoint. (The values the network starts from come from `init`, not from
+    /// the backend's RNG, so every miner starts identical on any backend.)
+    pub fn init_zeros<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        let (h, kv, i, v) =
+            (self.hidden_size, self.num_key_value_heads * self.head_dim(), self.intermediate_size, self.vocab_size);
+        let zeros = |d0: usize, d1: usize| Param::from_tensor(Tensor::<B, 2>::zeros([d0, d1], device));
+        let ones = |d: usize| Param::from_tensor(Tensor::<B, 1>::ones([d], device));
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                q_proj: zeros(h, h),
+                k_proj: zeros(kv, h),
+                v_proj: zeros(kv, h),
+                o_proj: zeros(h, h),
+                gate_proj: zeros(i, h),
+                up_proj: zeros(i, h),
+                down_proj: zeros(h, i),
+                input_layernorm: ones(h),
+                post_attention_layernorm: ones(h),
+            })
+            .collect();
+        Llama {
+            embed_tokens: zeros(v, h),
+            layers,
+            norm: ones(h),
+            lm_head: zeros(v, h),
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim(),
+            max_positions: self.max_position_embeddings,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+        }
+    }
+}
+
+/// One transformer block (HF `LlamaDecoderLayer`).
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub q_proj: Param<Tensor<B, 2>>,
+    pub k_proj: Param<Tensor<B, 2>>,
+    pub v_proj: Param<Tensor<B, 2>>,
+    pub o_proj: Param<Tensor<B, 2>>,
+    pub gate_proj: Param<Tensor<B, 2>>,
+    pub up_proj: Param<Tensor<B, 2>>,
+    pub down_proj: Param<Tensor<B, 2>>,
+    pub input_layernorm: Param<Tensor<B, 1>>,
+    pub post_attention_layernorm: Param<Tensor<B, 1>>,
+}
+
+/// The whole causal language model.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: Param<Tensor<B, 1>>,
+    pub lm_head: Param<Tensor<B, 2>>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    max_positions: usize,
+    rope_theta: f64,
+    rms_norm_eps: f64,
+}
+
+/// `x @ w^T` for `x: [B, T, in]` and an HF-layout weight `w: [out, in]`.
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>) -> Tensor<B, 3> {
+    x.matmul(w.val().transpose().unsqueeze::<3>())
+}
+
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
+    let rms = (x.clone().square().mean_dim(2) + eps).sqrt();
+    (x / rms) * w.val().unsqueeze::<3>()
+}
+
+/// `[-x2, x1]` for `x = [x1, x2]` split in halves on the last dim (HF `rotate_half`).
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let x2 = x.slice([0..b, 0..h, 0..t, d / 2..d]);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Rotary tables `(cos, sin)`, each `[1, 1, T, head_dim]`, as HF computes them.
+    fn rope(&self, seq_len: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(seq_len * self.head_dim);
+        let mut sin = Vec::with_capacity(seq_len * self.head_dim);
+        let inv_freq: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64)).collect();
+        for pos in 0..seq_len {
+            // emb = cat(freqs, freqs)
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = pos as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let shape = [1, 1, seq_len, self.head_dim];
+        (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
+    }
+
+    /// Logits `[B, T, vocab]` for token ids `[B, T]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let hidden = self.num_heads * self.head_dim;
+        let flat = tokens.reshape([batch * seq]);
+        let mut x: Tensor<B, 3> = self.embed_tokens.val().select(0, flat).reshape([batch, seq, hidden]);
+        let (cos, sin) = self.rope(seq, &device);
+        let mask: Tensor<B, 4, Bool> = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device).unsqueeze::<4>();
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let rep = self.num_heads / self.num_kv_heads;
+        for layer in &self.layers {
+            let h = rms_norm(x.clone(), &layer.input_layernorm, self.rms_norm_eps);
+            let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+            let q = heads(linear(h.clone(), &layer.q_proj), self.num_heads);
+            let k = heads(linear(h.clone(), &layer.k_proj), self.num_kv_heads);
+            let v = heads(linear(h, &layer.v_proj), self.num_kv_heads);
+            let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
+            let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
+            let (k, v) = if rep > 1 {
+                let expand = |t: Tensor<B, 4>| {
+                    t.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([batch, self.num_heads, seq, self.head_dim])
+                };
+                (expand(k), expand(v))
+            } else {
+                (k, v)
+            };
+            // tril_mask marks the positions to *mask*: those above the diagonal.
+            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            let scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
+            let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]);
+            x = x + linear(attn, &layer.o_proj);
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, self.rms_norm_eps);
+            let mlp = silu(linear(h.clone(), &layer.gate_proj)) * linear(h, &layer.up_proj);
+            x = x + linear(mlp, &layer.down_proj);
+        }
+        let x = rms_norm(x, &self.norm, self.rms_norm_eps);
+        linear(x, &self.lm_head)
+    }
+}

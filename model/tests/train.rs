@@ -1,0 +1,172 @@
+//! Training correctness: the loss falls, gradients match finite differences, clipping and
+//! the window-bounded loop behave as the seed's.
+
+use std::cell::Cell;
+
+use burn::backend::{Autodiff, NdArray};
+use tessera_core::hparams::LrSchedule;
+use tessera_model::init::initialize;
+use tessera_model::train::{OptimSettings, SampleRate, TokenBatch, TrainError, Trainer, causal_lm_loss, train_window};
+use tessera_model::{Llama, LlamaConfig};
+
+type B = Autodiff<NdArray<f32>>;
+type B64 = Autodiff<NdArray<f64>>;
+
+fn settings(lr: f64, clip: Option<f64>) -> OptimSettings {
+    OptimSettings {
+        base_lr: lr,
+        schedule: LrSchedule::Cosine { t_max: 1000, eta_min: lr / 10.0, warmup_steps: 0 },
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.0,
+        epsilon: 1e-8,
+        grad_clip: clip,
+    }
+}
+
+/// Sequences with learnable structure: each token is the previous plus a per-row stride.
+fn counting_batch(vocab: u32, batch: usize, seq: usize, seed: u32) -> (Vec<u32>, Vec<bool>) {
+    let mut tokens = Vec::with_capacity(batch * seq);
+    for row in 0..batch as u32 {
+        let start = (seed * 7 + row * 3) % vocab;
+        tokens.extend((0..seq as u32).map(|i| (start + i) % vocab));
+    }
+    (tokens, vec![true; batch * seq])
+}
+
+#[test]
+fn loss_falls_clearly_on_a_tiny_model() {
+    let config = LlamaConfig::new(32, 32, 64, 2, 4, 2, 64);
+    let model = initialize::<B>(&config, 3, &Default::default()).unwrap();
+    let mut trainer = Trainer::new(model, settings(3e-3, Some(1.0)));
+    let mut losses = Vec::new();
+    for step in 0..40u32 {
+        let (tokens, mask) = counting_batch(32, 4, 16, step);
+        let batch = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 4, seq_len: 16 };
+        losses.push(trainer.accumulate(batch).unwrap());
+        let report = trainer.step().unwrap();
+        assert_eq!(report.step, u64::from(step));
+    }
+    let first = losses[..3].iter().sum::<f32>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f32>() / 3.0;
+    assert!(first > 3.0, "starts near ln(32) = 3.47: {first}");
+    assert!(last < 0.5 * first, "loss did not fall clearly: {first} -> {last} ({losses:?})");
+    assert_eq!(trainer.step_count(), 40);
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let config = LlamaConfig::new(11, 8, 16, 1, 2, 1, 16);
+    let model: Llama<B64> = initialize(&config, 9, &Default::default()).unwrap();
+    let tokens: Vec<u32> = vec![1, 4, 2, 9, 3, 7, 0, 5, 6, 10];
+    let mask = vec![true, true, true, true, false, true, true, true, true, true];
+    let batch = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 2, seq_len: 5 };
+    let loss = causal_lm_loss(&model, batch);
+    let grads = loss.backward();
+    // A projection, a norm, the embedding and the head.
+    for (param, positions) in [(1usize, [0usize, 17, 63]), (8, [0, 3, 7]), (0, [8, 13, 50]), (11, [2, 40, 87])] {
+        let analytic: Vec<f64> = {
+            let g = match model.param(param).unwrap() {
+                tessera_model::params::ParamRef::Matrix(p) => {
+                    let g = p.val().grad(&grads).unwrap();
+                    let n: usize = g.dims().iter().product();
+                    g.reshape([n]).into_data().convert::<f64>().into_vec::<f64>().unwrap()
+                }
+                tessera_model::params::ParamRef::Vector(p) => {
+                    p.val().grad(&grads).unwrap().into_data().convert::<f64>().into_vec::<f64>().unwrap()
+                }
+            };
+            positions.iter().map(|&i| g[i]).collect()
+        };
+        let base = model.param_values(param).unwrap();
+        for (k, &i) in positions.iter().enumerate() {
+            let eps = 1e-4f32;
+            let at = |delta: f32| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let m =
+                    initialize::<B64>(&config, 9, &Default::default()).unwrap().set_param_values(param, &v).unwrap();
+                causal_lm_loss(&m, batch).into_scalar()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * f64::from(eps));
+            let a = analytic[k];
+            assert!(
+                (a - numeric).abs() <= 1e-3 * a.abs().max(1e-2),
+                "param {param} pos {i}: autodiff {a} vs finite difference {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn masked_positions_do_not_count_in_the_loss() {
+    let config = LlamaConfig::new(11, 8, 16, 1, 2, 1, 16);
+    let model: Llama<B> = initialize(&config, 9, &Default::default()).unwrap();
+    let a = [1u32, 2, 3, 4, 5];
+    let b = [1u32, 2, 3, 4, 9];
+    let mask = [true, true, true, true, false];
+    let loss = |t: &[u32]| {
+        causal_lm_loss(&model, TokenBatch { tokens: t, loss_mask: &mask, batch_size: 1, seq_len: 5 }).into_scalar()
+    };
+    assert_eq!(loss(&a), loss(&b), "the masked last target must not matter");
+}
+
+#[test]
+fn clipping_reports_the_global_norm_and_bad_batches_are_errors() {
+    let config = LlamaConfig::new(32, 16, 32, 1, 2, 2, 32);
+    let model = initialize::<B>(&config, 3, &Default::default()).unwrap();
+    let mut trainer = Trainer::new(model, settings(1e-3, Some(1e-4)));
+    assert!(trainer.step().is_none(), "no gradients, no step");
+    let (tokens, mask) = counting_batch(32, 2, 8, 1);
+    let batch = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 2, seq_len: 8 };
+    trainer.accumulate(batch).unwrap();
+    trainer.accumulate(batch).unwrap();
+    let report = trainer.step().unwrap();
+    assert!(report.clipped && report.grad_norm > 1e-4, "{report:?}");
+    assert_eq!(report.micro_batches, 2);
+    assert_eq!(report.lr, 1e-3);
+
+    let bad = [40u32, 1, 2, 3];
+    let err = trainer.accumulate(TokenBatch { tokens: &bad, loss_mask: &[true; 4], batch_size: 1, seq_len: 4 });
+    assert!(matches!(err, Err(TrainError::TokenOutOfRange { id: 40, vocab: 32 })));
+    let err = trainer.accumulate(TokenBatch { tokens: &bad[..3], loss_mask: &[true; 4], batch_size: 1, seq_len: 4 });
+    assert!(matches!(err, Err(TrainError::BatchShape { .. })));
+}
+
+#[test]
+fn the_window_loop_stops_between_micro_batches_and_adapts_the_sample_rate() {
+    let config = LlamaConfig::new(32, 16, 32, 1, 2, 2, 32);
+    let model = initialize::<B>(&config, 3, &Default::default()).unwrap();
+    let mut trainer = Trainer::new(model, settings(1e-3, Some(1.0)));
+    let data: Vec<(Vec<u32>, Vec<bool>)> = (0..6).map(|s| counting_batch(32, 2, 8, s)).collect();
+    let batches = || data.iter().map(|(t, m)| TokenBatch { tokens: t, loss_mask: m, batch_size: 2, seq_len: 8 });
+
+    // The window ends after three micro-batches.
+    let seen = Cell::new(0);
+    let mut rate = SampleRate::default();
+    let report = train_window(
+        &mut trainer,
+        batches().inspect(|_| seen.set(seen.get() + 1)),
+        &mut rate,
+        || 0.0,
+        || seen.get() > 3,
+    )
+    .unwrap();
+    assert!(report.exhausted);
+    assert_eq!(report.micro_batches, 3);
+    assert_eq!(report.step.as_ref().map(|s| s.micro_batches), Some(3));
+    assert!((rate.0 - 0.95).abs() < 1e-12);
+    assert!(report.mean_loss.is_finite() && report.tokens == 3 * 2 * 7);
+
+    // A window with time to spare trains everything and raises the rate (capped at 1).
+    let report = train_window(&mut trainer, batches(), &mut rate, || 0.5, || false).unwrap();
+    assert!(!report.exhausted && report.micro_batches == 6);
+    assert!((rate.0 - 0.9975).abs() < 1e-12);
+
+    // Coins above the rate skip batches.
+    let mut low = SampleRate(0.3);
+    let report = train_window(&mut trainer, batches(), &mut low, || 0.5, || false).unwrap();
+    assert_eq!((report.micro_batches, report.skipped), (0, 6));
+    assert!(report.step.is_none() && report.mean_loss.is_nan());
+    assert_eq!(trainer.step_count(), 2);
+}
