@@ -11,8 +11,19 @@ use thiserror::Error;
 
 use crate::llama::Llama;
 
-/// Parameters per decoder layer, in canonical order.
-const PER_LAYER: usize = 9;
+/// Parameters per decoder layer, in canonical order (names after `model.layers.{i}.`).
+const LAYER_FIELDS: [&str; 9] = [
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+];
+const PER_LAYER: usize = LAYER_FIELDS.len();
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParamError {
@@ -20,6 +31,8 @@ pub enum ParamError {
     NoSuchParam { index: usize, count: usize },
     #[error("parameter {index} has {expected} values, {found} given")]
     WrongLength { index: usize, expected: usize, found: usize },
+    #[error("no parameter named {0:?} in this model")]
+    NoSuchName(String),
     #[error("the slice layout has {found} parameters, the model {expected}")]
     LayoutMismatch { expected: usize, found: usize },
 }
@@ -94,6 +107,28 @@ impl<B: Backend> Llama<B> {
             }
             _ => return Err(missing),
         })
+    }
+
+    /// Canonical position of an HF parameter name (`model.layers.3.mlp.up_proj.weight`).
+    pub fn position_of(&self, name: &str) -> Result<usize, ParamError> {
+        let layers = self.layers.len();
+        let index = match name {
+            "model.embed_tokens.weight" => Some(0),
+            "model.norm.weight" => Some(1 + PER_LAYER * layers),
+            "lm_head.weight" => Some(2 + PER_LAYER * layers),
+            _ => name.strip_prefix("model.layers.").and_then(|rest| {
+                let (layer, field) = rest.split_once('.')?;
+                let index: usize = layer.parse::<usize>().ok().filter(|&l| l < layers && layer == l.to_string())?;
+                let offset = LAYER_FIELDS.iter().position(|f| *f == field)?;
+                Some(1 + PER_LAYER * index + offset)
+            }),
+        };
+        index.ok_or_else(|| ParamError::NoSuchName(name.to_owned()))
+    }
+
+    /// The parameter with HF name `name`.
+    pub fn param_by_name(&self, name: &str) -> Result<ParamRef<'_, B>, ParamError> {
+        self.param(self.position_of(name)?)
     }
 
     /// Replaces parameter `index`'s flat values with `f(values)`.

@@ -104,3 +104,17 @@ fn wrong_layouts_and_lengths_are_errors() {
     assert!(model.param(model.num_params()).is_err());
     assert!(model.set_param_values(0, &[1.0, 2.0]).is_err());
 }
+
+#[test]
+fn parameters_are_found_by_their_hf_names_in_canonical_order() {
+    let config = tiny(2);
+    let layout = ParamLayout::llama(&config.shape()).unwrap();
+    let model = initialize::<B>(&config, 5, &Default::default()).unwrap();
+    for (i, spec) in layout.params().iter().enumerate() {
+        assert_eq!(model.position_of(&spec.name), Ok(i), "{}", spec.name);
+        assert_eq!(model.param_by_name(&spec.name).unwrap().numel(), spec.numel());
+    }
+    for bad in ["model.layers.2.mlp.up_proj.weight", "model.layers.01.mlp.up_proj.weight", "model.layers.0.mlp.weight", "x"] {
+        assert!(model.position_of(bad).is_err(), "{bad}");
+    }
+}
