@@ -673,6 +673,37 @@ impl Source for CliSource {
     }
 }
 
+/// A TOML file layer whose values carry the path *as given* as their origin. (The config
+/// crate's own file source records a path relative to the working directory, which makes
+/// messages depend on where the miner was started.)
+#[derive(Debug, Clone)]
+struct TomlFile(PathBuf);
+
+impl Source for TomlFile {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let uri = self.0.display().to_string();
+        let text = std::fs::read_to_string(&self.0)
+            .map_err(|e| config::ConfigError::FileParse { uri: Some(uri.clone()), cause: Box::new(e) })?;
+        let table = config::File::from_str(&text, config::FileFormat::Toml).collect().map_err(|e| match e {
+            config::ConfigError::FileParse { cause, .. } => config::ConfigError::FileParse { uri: Some(uri.clone()), cause },
+            other => other,
+        })?;
+        fn retag(value: config::Value, origin: &String) -> config::Value {
+            let kind = match value.kind {
+                ValueKind::Table(t) => ValueKind::Table(t.into_iter().map(|(k, v)| (k, retag(v, origin))).collect()),
+                ValueKind::Array(a) => ValueKind::Array(a.into_iter().map(|v| retag(v, origin)).collect()),
+                other => other,
+            };
+            config::Value::new(Some(origin), kind)
+        }
+        Ok(table.into_iter().map(|(k, v)| (k, retag(v, &uri))).collect())
+    }
+}
+
 /// Merges the layers into (dotted key, value) pairs, sorted by key.
 fn merged(sources: &ConfigSources) -> Result<Vec<(String, config::Value)>, ConfigError> {
     let mut builder = config::Config::builder();
@@ -680,7 +711,7 @@ fn merged(sources: &ConfigSources) -> Result<Vec<(String, config::Value)>, Confi
         let path = dir.join(DEFAULT_CONFIG_FILE);
         if path.is_file() {
             info!(path = %path.display(), "configuration layer: defaults file");
-            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+            builder = builder.add_source(TomlFile(path));
         } else {
             debug!(path = %path.display(), "no defaults file");
         }
@@ -690,7 +721,7 @@ fn merged(sources: &ConfigSources) -> Result<Vec<(String, config::Value)>, Confi
             return Err(ConfigError::FileNotFound { path: path.clone() });
         }
         info!(path = %path.display(), "configuration layer: --config file");
-        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        builder = builder.add_source(TomlFile(path.clone()));
     }
     builder = builder
         .add_source(
