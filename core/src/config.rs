@@ -689,7 +689,9 @@ impl Source for TomlFile {
         let text = std::fs::read_to_string(&self.0)
             .map_err(|e| config::ConfigError::FileParse { uri: Some(uri.clone()), cause: Box::new(e) })?;
         let table = config::File::from_str(&text, config::FileFormat::Toml).collect().map_err(|e| match e {
-            config::ConfigError::FileParse { cause, .. } => config::ConfigError::FileParse { uri: Some(uri.clone()), cause },
+            config::ConfigError::FileParse { cause, .. } => {
+                config::ConfigError::FileParse { uri: Some(uri.clone()), cause }
+            }
             other => other,
         })?;
         fn retag(value: config::Value, origin: &String) -> config::Value {

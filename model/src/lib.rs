@@ -2,6 +2,8 @@
 //! initialisation ([`init`]), and the bridge between its parameters and slices
 //! ([`params`]), generic over burn's backends.
 
+pub mod checkpoint;
+pub mod hf;
 pub mod init;
 pub mod llama;
 pub mod params;

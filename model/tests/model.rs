@@ -114,7 +114,9 @@ fn parameters_are_found_by_their_hf_names_in_canonical_order() {
         assert_eq!(model.position_of(&spec.name), Ok(i), "{}", spec.name);
         assert_eq!(model.param_by_name(&spec.name).unwrap().numel(), spec.numel());
     }
-    for bad in ["model.layers.2.mlp.up_proj.weight", "model.layers.01.mlp.up_proj.weight", "model.layers.0.mlp.weight", "x"] {
+    for bad in
+        ["model.layers.2.mlp.up_proj.weight", "model.layers.01.mlp.up_proj.weight", "model.layers.0.mlp.weight", "x"]
+    {
         assert!(model.position_of(bad).is_err(), "{bad}");
     }
 }
