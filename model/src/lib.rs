@@ -2,6 +2,7 @@
 //! initialisation ([`init`]), and the bridge between its parameters and slices
 //! ([`params`]), generic over burn's backends.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod hf;
 pub mod init;
