@@ -125,12 +125,13 @@ async fn block_stream_and_queries_recover_from_a_killed_and_restarted_node() {
         match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
             Ok(Some(BlockEvent::Lost { .. })) => lost = true,
             Ok(Some(BlockEvent::Reconnected { .. })) => reconnected = true,
-            Ok(Some(BlockEvent::Block(b))) if reconnected => break b,
+            // The resumed node first re-announces its head (possibly the block seen before
+            // the kill); the stream must go on to deliver blocks built after the restart.
+            Ok(Some(BlockEvent::Block(b))) if reconnected && b.number > before.number => break b,
             _ => {}
         }
     };
     assert!(lost, "the dropped connection was not reported");
-    assert!(after.number > before.number, "resumed chain went backwards: {} -> {}", before.number, after.number);
     eprintln!("block stream back {:?} after the kill", restarted_at.elapsed());
 
     // Plain queries recover too (one reconnect inside the call).
