@@ -7,12 +7,16 @@
 //! size caps enforced before and during downloads, a progress timeout, and downloads that
 //! land atomically or not at all.
 
+pub mod cache;
 mod client;
 pub mod embedded;
 mod error;
 mod location;
 mod retry;
 
+pub use cache::{
+    CacheEntry, CacheError, CacheFetchError, CacheStats, CachedSlice, DEFAULT_LOCK_TIMEOUT, GcReport, SliceCache,
+};
 pub use client::{
     AccessKeys, BucketClient, CredentialSource, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_REGION, ObjectInfo, PeerClients,
     TEMP_PREFIX, TransferOptions, parse_last_modified,
