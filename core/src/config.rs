@@ -21,6 +21,13 @@
 //! seed: operators set it in a file or, for the keys, in the environment
 //! (`TESSERA__S3__SECRET_ACCESS_KEY`). Without keys the usual AWS places are used.
 //!
+//! `[runtime]` holds tunables of the miner runtime (checkpoint cadence, download limits,
+//! restart policy, the shared slice cache) and `[data]` where training text comes from;
+//! both have no flags. Several miners can run in one process: each `[[miners]]` table (in a
+//! file only) names one, overriding a few top-level keys (wallet, bucket, device, …) for it;
+//! see [`MinerConfig::instances`]. A layer that sets `[[miners]]` replaces the entries of
+//! lower layers as a whole.
+//!
 //! There are no per-network files: the seed has no such notion, `--test`/`--local` and
 //! `subtensor.network` already pick the well-known endpoints, and a file that changed
 //! settings only when some other layer named a network would surprise. Per-network
@@ -29,6 +36,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use config::{Source, ValueKind};
 use serde::{Serialize, Serializer};
@@ -68,15 +76,34 @@ pub const KEYS: &[&str] = &[
     "baseline",
     "bucket",
     "checkpoint_path",
+    "data.dataset",
+    "data.pages_per_window",
+    "data.source",
+    "data.synthetic_seed",
     "debug",
     "device",
     "hparams",
     "local",
+    "miners",
     "netuid",
     "process_name",
     "project",
     "random",
     "remote",
+    "runtime.cache_dir",
+    "runtime.checkpoint_every",
+    "runtime.clock_skew_secs",
+    "runtime.download_concurrency",
+    "runtime.max_restarts",
+    "runtime.peer_deadline_secs",
+    "runtime.peer_failures_before_skip",
+    "runtime.peer_skip_secs",
+    "runtime.progress_timeout_secs",
+    "runtime.refresh_secs",
+    "runtime.restart_backoff_max_ms",
+    "runtime.restart_backoff_ms",
+    "runtime.restart_period_secs",
+    "runtime.shutdown_timeout_secs",
     "s3.access_key_id",
     "s3.endpoint",
     "s3.profile",
@@ -96,7 +123,52 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys that hold tables.
-const SECTIONS: &[&str] = &["wallet", "subtensor", "s3"];
+const SECTIONS: &[&str] = &["wallet", "subtensor", "s3", "runtime", "data"];
+
+/// Every key of one `[[miners]]` entry, dotted, relative to the entry (`miners[0].wallet.name`
+/// is `wallet.name`).
+pub const MINER_KEYS: &[&str] = &[
+    "actual_batch_size",
+    "baseline",
+    "bucket",
+    "checkpoint_path",
+    "device",
+    "name",
+    "random",
+    "s3.access_key_id",
+    "s3.endpoint",
+    "s3.profile",
+    "s3.region",
+    "s3.secret_access_key",
+    "s3.session_token",
+    "wallet.hotkey",
+    "wallet.name",
+    "wallet.path",
+];
+
+/// Keys of a `[[miners]]` entry that hold tables.
+const MINER_SECTIONS: &[&str] = &["wallet", "s3"];
+
+/// The shared slice cache, in the state directory, when `runtime.cache_dir` is unset.
+pub const SLICE_CACHE_DIR: &str = "slice-cache";
+/// Holds the state directories of the `[[miners]]` of a process (`<state_dir>/miners/<name>`).
+pub const MINERS_DIR: &str = "miners";
+
+/// The largest integer value of a key: TOML integers are signed 64-bit, and the printed
+/// configuration must read back.
+const MAX_INTEGER: u64 = i64::MAX as u64;
+
+/// What a `[[miners]]` name must be.
+const MINER_NAME_EXPECTED: &str = "a miner name: 1-32 letters, digits, '_' or '-'";
+/// What `miners` must be.
+const MINERS_EXPECTED: &str = "an array of tables: one [[miners]] table per miner";
+/// What `data.source` must be.
+const DATA_SOURCE_EXPECTED: &str =
+    "\"huggingface\", \"synthetic\" or the path of a local file or directory of jsonl/txt/parquet shards";
+/// A wallet or hotkey name.
+const NAME_EXPECTED: &str = "a non-empty name without '/'";
+/// A path key.
+const PATH_EXPECTED: &str = "a non-empty path";
 
 /// Origin tag of command-line values (a NUL cannot appear in a file path).
 const CLI_ORIGIN: &str = "\0command line";
@@ -109,7 +181,9 @@ pub struct MinerConfig {
     /// Sequences per micro-batch (gradient accumulation step).
     pub actual_batch_size: u32,
     pub wallet: WalletConfig,
-    /// This miner's S3 bucket (committed on chain).
+    /// This miner's S3 bucket (committed on chain). With `[[miners]]` entries that all set
+    /// their own bucket and no top-level one, this is the first entry's (each instance uses
+    /// its own).
     pub bucket: BucketName,
     /// Where `bucket` is served and how requests to it are signed.
     pub s3: S3Config,
@@ -141,6 +215,302 @@ pub struct MinerConfig {
     pub hparams: HparamsSource,
     /// Local state: the hparams cache, later checkpoints and slice caches.
     #[serde(serialize_with = "ser_path")]
+    pub state_dir: PathBuf,
+    /// Tunables of the miner runtime (`[runtime]`).
+    pub runtime: RuntimeConfig,
+    /// Where training text comes from (`[data]`).
+    pub data: DataConfig,
+    /// The `[[miners]]` entries as configured, unresolved; [`MinerConfig::instances`]
+    /// resolves them. Empty: this process runs one miner, this configuration.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub miners: Vec<MinerEntry>,
+}
+
+/// Tunables of the miner runtime (`[runtime]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeConfig {
+    /// Write a checkpoint every this many windows (and always at shutdown).
+    pub checkpoint_every: u64,
+    /// Peer slice downloads in flight.
+    pub download_concurrency: u32,
+    /// Deadline of one whole peer download, in seconds.
+    pub peer_deadline_secs: u64,
+    /// A download that makes no progress for this many seconds is abandoned.
+    pub progress_timeout_secs: u64,
+    /// A peer whose downloads fail this many times in a row is skipped for `peer_skip_secs`.
+    pub peer_failures_before_skip: u32,
+    pub peer_skip_secs: u64,
+    /// Period of the metagraph, peer bucket and hparams refresh, in seconds.
+    pub refresh_secs: u64,
+    /// More than this many restarts of one miner's actors within `restart_period_secs`
+    /// escalate: the miner stops.
+    pub max_restarts: u32,
+    pub restart_period_secs: u64,
+    /// First restart delay in milliseconds, doubling per restart up to `restart_backoff_max_ms`
+    /// (which is at least this).
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// After SIGTERM/SIGINT the process exits within this many seconds.
+    pub shutdown_timeout_secs: u64,
+    /// Tolerance, in seconds, when a slice object's bucket `LastModified` is checked against
+    /// its window's time bounds.
+    pub clock_skew_secs: u64,
+    /// The slice cache shared by all miners of the host: the configured directory, else
+    /// `<state_dir>/slice-cache` (always set after loading).
+    #[serde(serialize_with = "ser_path")]
+    pub cache_dir: PathBuf,
+}
+
+impl RuntimeConfig {
+    /// The built-in defaults, with the slice cache in `cache_dir`.
+    pub fn defaults(cache_dir: PathBuf) -> Self {
+        Self {
+            checkpoint_every: 10,
+            download_concurrency: 16,
+            peer_deadline_secs: 30,
+            progress_timeout_secs: 10,
+            peer_failures_before_skip: 3,
+            peer_skip_secs: 300,
+            refresh_secs: 60,
+            max_restarts: 5,
+            restart_period_secs: 300,
+            restart_backoff_ms: 500,
+            restart_backoff_max_ms: 30_000,
+            shutdown_timeout_secs: 30,
+            clock_skew_secs: 30,
+            cache_dir,
+        }
+    }
+
+    /// Deadline of one whole peer download.
+    pub fn peer_deadline(&self) -> Duration {
+        Duration::from_secs(self.peer_deadline_secs)
+    }
+
+    /// How long a download may make no progress before it is abandoned.
+    pub fn progress_timeout(&self) -> Duration {
+        Duration::from_secs(self.progress_timeout_secs)
+    }
+
+    /// How long a peer that failed `peer_failures_before_skip` times in a row is skipped.
+    pub fn peer_skip(&self) -> Duration {
+        Duration::from_secs(self.peer_skip_secs)
+    }
+
+    /// Period of the metagraph, peer bucket and hparams refresh.
+    pub fn refresh_period(&self) -> Duration {
+        Duration::from_secs(self.refresh_secs)
+    }
+
+    /// The period in which more than `max_restarts` restarts escalate.
+    pub fn restart_period(&self) -> Duration {
+        Duration::from_secs(self.restart_period_secs)
+    }
+
+    /// The first restart delay.
+    pub fn restart_backoff(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_ms)
+    }
+
+    /// The longest restart delay.
+    pub fn restart_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_max_ms)
+    }
+
+    /// The delay before restart number `attempt` (0 for the first): `restart_backoff`
+    /// doubled per earlier restart, at most `restart_backoff_max`.
+    pub fn restart_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u64.checked_shl(attempt).unwrap_or(u64::MAX);
+        Duration::from_millis(self.restart_backoff_ms.saturating_mul(factor).min(self.restart_backoff_max_ms))
+    }
+
+    /// How long shutdown may take before the process exits anyway.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Tolerance of the `LastModified` check of slice objects.
+    pub fn clock_skew(&self) -> Duration {
+        Duration::from_secs(self.clock_skew_secs)
+    }
+}
+
+/// Where training text comes from (`[data]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataConfig {
+    pub source: DataSourceSpec,
+    /// Hugging Face dataset of the `huggingface` source; None = the data crate's default
+    /// (the seed's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Seed of the `synthetic` source.
+    pub synthetic_seed: u64,
+    /// Pages a window trains on; None = the hparams' `validator_window_eval_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages_per_window: Option<u32>,
+}
+
+impl Default for DataConfig {
+    /// The seed's dataset from Hugging Face.
+    fn default() -> Self {
+        Self { source: DataSourceSpec::HuggingFace, dataset: None, synthetic_seed: 0, pages_per_window: None }
+    }
+}
+
+/// `data.source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSourceSpec {
+    /// The seed's dataset through the Hugging Face datasets-server rows API.
+    HuggingFace,
+    /// Deterministic generated text, for offline devnets and tests.
+    Synthetic,
+    /// A local file or directory of jsonl/txt/parquet shards (not checked at load).
+    Local(PathBuf),
+}
+
+impl DataSourceSpec {
+    const HUGGING_FACE: &str = "huggingface";
+    const SYNTHETIC: &str = "synthetic";
+
+    /// `huggingface`, `synthetic` (any case), or any other non-blank text as a path (no `~`
+    /// expansion here; the configuration does that).
+    pub fn parse(text: &str) -> Option<Self> {
+        let word = text.trim();
+        if word.is_empty() {
+            None
+        } else if word.eq_ignore_ascii_case(Self::HUGGING_FACE) {
+            Some(Self::HuggingFace)
+        } else if word.eq_ignore_ascii_case(Self::SYNTHETIC) {
+            Some(Self::Synthetic)
+        } else {
+            Some(Self::Local(PathBuf::from(text)))
+        }
+    }
+}
+
+impl fmt::Display for DataSourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HuggingFace => f.write_str(Self::HUGGING_FACE),
+            Self::Synthetic => f.write_str(Self::SYNTHETIC),
+            // A relative path spelled like a keyword reads back as the path.
+            Self::Local(path) if !matches!(Self::parse(&path.to_string_lossy()), Some(Self::Local(_))) => {
+                write!(f, "./{}", path.display())
+            }
+            Self::Local(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for DataSourceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One `[[miners]]` entry as configured: each key it sets overrides the top-level one for
+/// that miner; the rest are the top-level configuration's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct MinerEntry {
+    /// Label in logs and metrics and the name of its state directory; None = its hotkey name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "MinerWalletOverrides::is_empty")]
+    pub wallet: MinerWalletOverrides,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual_batch_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_path")]
+    pub checkpoint_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random: Option<bool>,
+    #[serde(skip_serializing_if = "S3Overrides::is_empty")]
+    pub s3: S3Overrides,
+}
+
+/// The `wallet` keys of a `[[miners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct MinerWalletOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotkey: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_path")]
+    pub path: Option<PathBuf>,
+}
+
+impl MinerWalletOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The `s3` keys of a `[[miners]]` entry, each overriding the top-level `[s3]` key.
+///
+/// `Debug` and [`MinerConfig::effective_toml`] hide the keys and the session token.
+#[derive(Clone, PartialEq, Eq, Default, Serialize)]
+pub struct S3Overrides {
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_url")]
+    pub endpoint: Option<url::Url>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl S3Overrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with the keys set here replaced.
+    pub fn apply_to(&self, base: &S3Config) -> S3Config {
+        let or = |own: &Option<String>, base: &Option<String>| own.clone().or_else(|| base.clone());
+        S3Config {
+            endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
+            region: self.region.clone().unwrap_or_else(|| base.region.clone()),
+            access_key_id: or(&self.access_key_id, &base.access_key_id),
+            secret_access_key: or(&self.secret_access_key, &base.secret_access_key),
+            session_token: or(&self.session_token, &base.session_token),
+            profile: or(&self.profile, &base.profile),
+        }
+    }
+}
+
+impl fmt::Debug for S3Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+        f.debug_struct("S3Overrides")
+            .field("endpoint", &self.endpoint.as_ref().map(url::Url::as_str))
+            .field("region", &self.region)
+            .field("access_key_id", &hidden(&self.access_key_id))
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+/// One miner of this process: its resolved configuration and where its own state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinerInstance {
+    /// Label in logs and metrics.
+    pub name: String,
+    /// The top-level configuration with the entry's keys applied, `miners` empty and
+    /// `state_dir` the instance's.
+    pub config: MinerConfig,
+    /// The top-level `state_dir` for a single miner, else `<state_dir>/miners/<name>`.
     pub state_dir: PathBuf,
 }
 
@@ -458,7 +828,15 @@ pub enum Origin {
 
 impl Origin {
     fn of(key: &str, value: &config::Value) -> Self {
-        match value.origin() {
+        // Merging layers rebuilds tables without an origin; their values keep theirs.
+        fn tag(value: &config::Value) -> Option<&str> {
+            value.origin().or_else(|| match &value.kind {
+                ValueKind::Table(t) => t.values().find_map(tag),
+                ValueKind::Array(a) => a.iter().find_map(tag),
+                _ => None,
+            })
+        }
+        match tag(value) {
             None => Self::Default,
             Some(CLI_ORIGIN) => Self::Cli(format!("--{key}")),
             Some(ENV_ORIGIN) => Self::Env(format!(
@@ -505,6 +883,19 @@ pub enum ConfigError {
          token is only used with both keys (or set AWS_SESSION_TOKEN with the other AWS_ variables)"
     )]
     S3TokenWithoutKeys { origin: Origin },
+    #[error(
+        "miners[{index}] ({origin}) sets no bucket and there is no top-level bucket: set bucket in every \
+         [[miners]] entry, or once at the top level for the entries that do not set their own"
+    )]
+    MinerWithoutBucket { index: usize, origin: Origin },
+    #[error(
+        "miners[{first}] and miners[{second}] ({origin}) have the same {what}: each miner of a process needs \
+         its own"
+    )]
+    DuplicateMiner { first: usize, second: usize, what: String, origin: Origin },
+    /// A rule across keys broken by the resolved configuration of one `[[miners]]` entry.
+    #[error("miners[{index}]: {cause}")]
+    InMiner { index: usize, cause: Box<ConfigError> },
     #[error("cannot expand ~ in {key} ({origin}): HOME is not set; give an absolute path")]
     NoHome { key: &'static str, origin: Origin },
     #[error("configuration file {} does not exist", .path.display())]
@@ -596,6 +987,48 @@ impl MinerConfig {
     /// Where hparams come from and where a fetched copy is cached.
     pub fn hparams_settings(&self) -> HparamsSettings {
         HparamsSettings { source: self.hparams.clone(), cache_path: self.state_dir.join(HPARAMS_CACHE_FILE) }
+    }
+
+    /// The miners this process runs. Without `[[miners]]` entries, one: named after the
+    /// hotkey, this configuration, in `state_dir`. Otherwise one per entry, in entry order:
+    /// this configuration with the entry's keys applied, in `<state_dir>/miners/<name>`;
+    /// `runtime.cache_dir` is the same for all (the slice cache is shared by the miners of a
+    /// host).
+    pub fn instances(&self) -> Vec<MinerInstance> {
+        if self.miners.is_empty() {
+            let config = MinerConfig { miners: Vec::new(), ..self.clone() };
+            return vec![MinerInstance { name: self.wallet.hotkey.clone(), config, state_dir: self.state_dir.clone() }];
+        }
+        self.miners.iter().map(|entry| self.instance(entry)).collect()
+    }
+
+    fn instance(&self, entry: &MinerEntry) -> MinerInstance {
+        let mut config = MinerConfig { miners: Vec::new(), ..self.clone() };
+        let wallet = &entry.wallet;
+        if let Some(name) = &wallet.name {
+            config.wallet.name.clone_from(name);
+        }
+        if let Some(hotkey) = &wallet.hotkey {
+            config.wallet.hotkey.clone_from(hotkey);
+        }
+        if let Some(path) = &wallet.path {
+            config.wallet.path.clone_from(path);
+        }
+        if let Some(bucket) = &entry.bucket {
+            config.bucket = bucket.clone();
+        }
+        config.device = entry.device.unwrap_or(config.device);
+        config.actual_batch_size = entry.actual_batch_size.unwrap_or(config.actual_batch_size);
+        if entry.checkpoint_path.is_some() {
+            config.checkpoint_path.clone_from(&entry.checkpoint_path);
+        }
+        config.baseline = entry.baseline.unwrap_or(config.baseline);
+        config.random = entry.random.unwrap_or(config.random);
+        config.s3 = entry.s3.apply_to(&self.s3);
+        let name = entry.name.clone().unwrap_or_else(|| config.wallet.hotkey.clone());
+        let state_dir = self.state_dir.join(MINERS_DIR).join(&name);
+        config.state_dir.clone_from(&state_dir);
+        MinerInstance { name, config, state_dir }
     }
 
     /// The effective configuration as TOML (valid as a `--config` file), secrets redacted.
@@ -734,19 +1167,36 @@ fn merged(sources: &ConfigSources) -> Result<Vec<(String, config::Value)>, Confi
         )
         .add_source(CliSource(sources.cli_overrides.clone()));
     let table = builder.build()?.collect()?;
-    let mut out = Vec::new();
-    flatten("", table, &mut out);
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok(flattened(table, KEYS, SECTIONS))
 }
 
-fn flatten(prefix: &str, table: config::Map<String, config::Value>, out: &mut Vec<(String, config::Value)>) {
+/// The (dotted key, value) pairs of `table`, sorted by key: tables are descended into
+/// unless they are the value of one of `keys`; a table that is empty is a value unless it
+/// is one of `sections`.
+fn flattened(
+    table: config::Map<String, config::Value>,
+    keys: &[&str],
+    sections: &[&str],
+) -> Vec<(String, config::Value)> {
+    let mut out = Vec::new();
+    flatten("", table, keys, sections, &mut out);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn flatten(
+    prefix: &str,
+    table: config::Map<String, config::Value>,
+    keys: &[&str],
+    sections: &[&str],
+    out: &mut Vec<(String, config::Value)>,
+) {
     for (k, v) in table {
         let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
         let descend = matches!(&v.kind, ValueKind::Table(t)
-            if !KEYS.contains(&key.as_str()) && (!t.is_empty() || SECTIONS.contains(&key.as_str())));
+            if !keys.contains(&key.as_str()) && (!t.is_empty() || sections.contains(&key.as_str())));
         match v.kind {
-            ValueKind::Table(inner) if descend => flatten(&key, inner, out),
+            ValueKind::Table(inner) if descend => flatten(&key, inner, keys, sections, out),
             _ => out.push((key, v)),
         }
     }
@@ -816,6 +1266,69 @@ impl Entry<'_> {
         };
         n.filter(|n| *n >= min).and_then(|n| T::try_from(n).ok()).ok_or_else(|| self.bad(expected))
     }
+
+    /// An integer `min..=i64::MAX` (the TOML range) of `what`, e.g. "a number of seconds".
+    fn count(&self, min: u64, what: &str) -> Result<u64, ConfigError> {
+        let expected = format!("{what}, an integer {min}..={MAX_INTEGER}");
+        self.uint::<u64>(min, &expected).and_then(|n| if n <= MAX_INTEGER { Ok(n) } else { Err(self.bad(expected)) })
+    }
+
+    /// A wallet or hotkey name.
+    fn file_name(&self) -> Result<String, ConfigError> {
+        let s = self.text(NAME_EXPECTED)?;
+        if s.contains(['/', '\\']) { Err(self.bad(NAME_EXPECTED)) } else { Ok(s) }
+    }
+
+    /// A path, unexpanded, with its origin.
+    fn path_text(&self) -> Result<(String, Origin), ConfigError> {
+        Ok((self.text(PATH_EXPECTED)?, self.origin.clone()))
+    }
+
+    /// A key or token: printed configuration shows REDACTED, which must not be read back as one.
+    fn secret(&self, what: &str) -> Result<(String, Origin), ConfigError> {
+        let expected = format!("{what} without spaces");
+        let s = self.text(&expected)?;
+        if s == REDACTED {
+            return Err(
+                self.bad(format!("{what} (the real one, not the {REDACTED} placeholder of printed configuration)"))
+            );
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.bad(expected));
+        }
+        Ok((s, self.origin.clone()))
+    }
+
+    fn bucket(&self) -> Result<BucketName, ConfigError> {
+        let text = self.text("an S3 bucket name")?;
+        BucketName::parse(&text)
+            .map_err(|why| self.bad(format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)))
+    }
+
+    fn device(&self) -> Result<Device, ConfigError> {
+        let expected = "\"cpu\", \"cuda\" or \"cuda:N\"";
+        Device::parse(&self.text(expected)?).ok_or_else(|| self.bad(expected))
+    }
+
+    /// A `[[miners]]` name: 1-32 of `[A-Za-z0-9_-]`.
+    fn miner_name(&self) -> Result<String, ConfigError> {
+        let s = self.text(MINER_NAME_EXPECTED)?;
+        if is_miner_name(&s) { Ok(s) } else { Err(self.bad(MINER_NAME_EXPECTED)) }
+    }
+
+    /// The error for a section given a plain value.
+    fn not_a_table(&self, section: &str, keys: &[&str]) -> ConfigError {
+        let fields: Vec<_> = keys
+            .iter()
+            .filter(|k| k.starts_with(&format!("{section}.")))
+            .map(|k| if self.key == section { (*k).to_owned() } else { format!("{}{}", self.key, &k[section.len()..]) })
+            .collect();
+        self.bad(format!("a table with keys {}", fields.join(", ")))
+    }
+}
+
+fn is_miner_name(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A value as it appears in an error message.
@@ -836,8 +1349,13 @@ fn show(kind: &ValueKind) -> String {
 
 /// The closest known key, for typos.
 fn suggest(key: &str) -> Option<&'static str> {
+    suggest_from(key, KEYS)
+}
+
+/// The closest of `keys` to `key`, for typos.
+fn suggest_from(key: &str, keys: &'static [&'static str]) -> Option<&'static str> {
     let norm = key.to_ascii_lowercase().replace('-', "_");
-    KEYS.iter().map(|k| (edit_distance(&norm, k), *k)).filter(|(d, _)| *d <= 3).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+    keys.iter().map(|k| (edit_distance(&norm, k), *k)).filter(|(d, _)| *d <= 3).min_by_key(|(d, _)| *d).map(|(_, k)| k)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -857,7 +1375,7 @@ const DEFAULT_WALLET_PATH: &str = "~/.bittensor/wallets";
 const DEFAULT_STATE_DIR: &str = "~/.tessera";
 
 /// The merged, key-checked configuration before cross-key rules (bucket required,
-/// `--test`/`--local`, `~` expansion) are applied.
+/// `--test`/`--local`, `~` expansion, `[[miners]]` conflicts) are applied.
 struct Draft {
     actual_batch_size: u32,
     wallet_name: String,
@@ -883,13 +1401,130 @@ struct Draft {
     process_name: Option<String>,
     hparams: (HparamsSource, Origin),
     state_dir: (String, Origin),
-    s3_endpoint: Option<url::Url>,
-    s3_region: String,
-    s3_access_key_id: Option<(String, Origin)>,
-    s3_secret_access_key: Option<(String, Origin)>,
-    s3_session_token: Option<(String, Origin)>,
-    s3_profile: Option<(String, Origin)>,
+    s3: S3Draft,
+    /// `cache_dir` is resolved by `finish`.
+    runtime: RuntimeConfig,
+    cache_dir: Option<(String, Origin)>,
+    restart_backoff_origin: Origin,
+    restart_backoff_max_origin: Origin,
+    /// A local `source` is `~`-expanded by `finish`.
+    data: DataConfig,
+    data_source_origin: Origin,
+    miners: Vec<MinerDraft>,
     home: Option<PathBuf>,
+}
+
+/// The `[s3]` keys given, with their origins; a `[[miners]]` entry's override the top-level ones.
+#[derive(Debug, Clone, Default)]
+struct S3Draft {
+    endpoint: Option<url::Url>,
+    region: Option<String>,
+    access_key_id: Option<(String, Origin)>,
+    secret_access_key: Option<(String, Origin)>,
+    session_token: Option<(String, Origin)>,
+    profile: Option<(String, Origin)>,
+}
+
+impl S3Draft {
+    /// Checks and takes `key` (without the `s3.` prefix); false when it is not an `[s3]` key.
+    fn set(&mut self, key: &str, e: &Entry<'_>) -> Result<bool, ConfigError> {
+        match key {
+            "endpoint" => {
+                let text = e.text(S3_ENDPOINT_EXPECTED)?.trim().to_owned();
+                let url = parse_s3_endpoint(&text).map_err(|why| {
+                    e.bad_shown(format!("{:?}", hide_url_password(&text)), format!("{S3_ENDPOINT_EXPECTED} ({why})"))
+                })?;
+                self.endpoint = Some(url);
+            }
+            "region" => {
+                let expected = "a region name: lowercase letters, digits and '-', e.g. \"us-east-1\"";
+                let region = e.text(expected)?;
+                if !is_region_name(&region) {
+                    return Err(e.bad(expected));
+                }
+                self.region = Some(region);
+            }
+            "access_key_id" => self.access_key_id = Some(e.secret("an access key id")?),
+            "secret_access_key" => self.secret_access_key = Some(e.secret("a secret access key")?),
+            "session_token" => self.session_token = Some(e.secret("a session token")?),
+            "profile" => self.profile = Some((e.text("a non-empty profile name")?, e.origin.clone())),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// These keys, and `base`'s where not given here.
+    fn over(&self, base: &Self) -> Self {
+        Self {
+            endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
+            region: self.region.clone().or_else(|| base.region.clone()),
+            access_key_id: self.access_key_id.clone().or_else(|| base.access_key_id.clone()),
+            secret_access_key: self.secret_access_key.clone().or_else(|| base.secret_access_key.clone()),
+            session_token: self.session_token.clone().or_else(|| base.session_token.clone()),
+            profile: self.profile.clone().or_else(|| base.profile.clone()),
+        }
+    }
+
+    fn overrides(&self) -> S3Overrides {
+        let value = |v: &Option<(String, Origin)>| v.as_ref().map(|(s, _)| s.clone());
+        S3Overrides {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: value(&self.access_key_id),
+            secret_access_key: value(&self.secret_access_key),
+            session_token: value(&self.session_token),
+            profile: value(&self.profile),
+        }
+    }
+
+    /// Keys go in pairs; a session token needs both.
+    fn finish(&self) -> Result<S3Config, ConfigError> {
+        let (id, secret) = (&self.access_key_id, &self.secret_access_key);
+        match (id, secret) {
+            (Some((_, origin)), None) => {
+                return Err(ConfigError::S3UnpairedKey {
+                    given: "s3.access_key_id",
+                    origin: origin.clone(),
+                    missing: "s3.secret_access_key",
+                });
+            }
+            (None, Some((_, origin))) => {
+                return Err(ConfigError::S3UnpairedKey {
+                    given: "s3.secret_access_key",
+                    origin: origin.clone(),
+                    missing: "s3.access_key_id",
+                });
+            }
+            (None, None) => {
+                if let Some((_, origin)) = &self.session_token {
+                    return Err(ConfigError::S3TokenWithoutKeys { origin: origin.clone() });
+                }
+            }
+            (Some(_), Some(_)) => {
+                if let Some((profile, origin)) = &self.profile {
+                    warn!(%profile, %origin, "s3.profile is unused: s3.access_key_id and s3.secret_access_key are set");
+                }
+            }
+        }
+        let overrides = self.overrides();
+        Ok(S3Config {
+            endpoint: overrides.endpoint,
+            region: overrides.region.unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+            access_key_id: overrides.access_key_id,
+            secret_access_key: overrides.secret_access_key,
+            session_token: overrides.session_token,
+            profile: overrides.profile,
+        })
+    }
+}
+
+/// One `[[miners]]` entry, key-checked, paths expanded.
+#[derive(Debug, Clone)]
+struct MinerDraft {
+    entry: MinerEntry,
+    s3: S3Draft,
+    /// Where the entry was given.
+    origin: Origin,
 }
 
 impl Draft {
@@ -919,12 +1554,14 @@ impl Draft {
             process_name: None,
             hparams: (HparamsSource::BuiltIn, Origin::Default),
             state_dir: (DEFAULT_STATE_DIR.into(), Origin::Default),
-            s3_endpoint: None,
-            s3_region: DEFAULT_REGION.into(),
-            s3_access_key_id: None,
-            s3_secret_access_key: None,
-            s3_session_token: None,
-            s3_profile: None,
+            s3: S3Draft::default(),
+            runtime: RuntimeConfig::defaults(PathBuf::new()),
+            cache_dir: None,
+            restart_backoff_origin: Origin::Default,
+            restart_backoff_max_origin: Origin::Default,
+            data: DataConfig::default(),
+            data_source_origin: Origin::Default,
+            miners: Vec::new(),
             home,
         }
     }
@@ -939,41 +1576,22 @@ impl Draft {
     }
 
     fn apply(&mut self, e: &Entry<'_>) -> Result<(), ConfigError> {
-        const NAME: &str = "a non-empty name without '/'";
-        const PATH: &str = "a non-empty path";
-        let name = |e: &Entry<'_>| {
-            let s = e.text(NAME)?;
-            if s.contains(['/', '\\']) { Err(e.bad(NAME)) } else { Ok(s) }
-        };
-        // A key or token: printed configuration shows REDACTED, which must not be read back as one.
-        let secret = |e: &Entry<'_>, what: &str| {
-            let expected = format!("{what} without spaces");
-            let s = e.text(&expected)?;
-            if s == REDACTED {
-                return Err(
-                    e.bad(format!("{what} (the real one, not the {REDACTED} placeholder of printed configuration)"))
-                );
-            }
-            if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(e.bad(expected));
-            }
-            Ok((s, e.origin.clone()))
-        };
+        const SECONDS: &str = "a number of seconds";
+        const MILLISECONDS: &str = "a number of milliseconds";
+        const U32_FROM_1: &str = "an integer 1..=4294967295";
+        if let Some(key) = e.key.strip_prefix("s3.")
+            && self.s3.set(key, e)?
+        {
+            return Ok(());
+        }
+        let rt = &mut self.runtime;
         match e.key {
-            "actual_batch_size" => self.actual_batch_size = e.uint(1, "an integer 1..=4294967295")?,
-            "wallet.name" => self.wallet_name = name(e)?,
-            "wallet.hotkey" => self.wallet_hotkey = name(e)?,
-            "wallet.path" => self.wallet_path = (e.text(PATH)?, e.origin.clone()),
-            "bucket" => {
-                let text = e.text("an S3 bucket name")?;
-                let bucket = BucketName::parse(&text)
-                    .map_err(|why| e.bad(format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)))?;
-                self.bucket = Some(bucket);
-            }
-            "device" => {
-                let expected = "\"cpu\", \"cuda\" or \"cuda:N\"";
-                self.device = Device::parse(&e.text(expected)?).ok_or_else(|| e.bad(expected))?;
-            }
+            "actual_batch_size" => self.actual_batch_size = e.uint(1, U32_FROM_1)?,
+            "wallet.name" => self.wallet_name = e.file_name()?,
+            "wallet.hotkey" => self.wallet_hotkey = e.file_name()?,
+            "wallet.path" => self.wallet_path = e.path_text()?,
+            "bucket" => self.bucket = Some(e.bucket()?),
+            "device" => self.device = e.device()?,
             "use_wandb" => self.use_wandb = e.boolean()?,
             "project" => self.project = e.text("a non-empty project name")?,
             "netuid" => self.netuid = e.uint(0, "an integer 0..=65535")?,
@@ -999,7 +1617,7 @@ impl Draft {
                 }
                 self.chain_endpoint = Some((url, e.origin.clone()));
             }
-            "checkpoint_path" => self.checkpoint_path = Some((e.text(PATH)?, e.origin.clone())),
+            "checkpoint_path" => self.checkpoint_path = Some(e.path_text()?),
             "process_name" => self.process_name = Some(e.text("a non-empty process name")?),
             "hparams" => {
                 let expected = "a file path, an http:// or https:// URL, or \"builtin\"";
@@ -1007,30 +1625,48 @@ impl Draft {
                     HparamsSource::parse(&e.text(expected)?).map_err(|err| e.bad(format!("{expected} ({err})")))?;
                 self.hparams = (source, e.origin.clone());
             }
-            "state_dir" => self.state_dir = (e.text(PATH)?, e.origin.clone()),
-            "s3.endpoint" => {
-                let text = e.text(S3_ENDPOINT_EXPECTED)?.trim().to_owned();
-                let url = parse_s3_endpoint(&text).map_err(|why| {
-                    e.bad_shown(format!("{:?}", hide_url_password(&text)), format!("{S3_ENDPOINT_EXPECTED} ({why})"))
-                })?;
-                self.s3_endpoint = Some(url);
+            "state_dir" => self.state_dir = e.path_text()?,
+            "runtime.checkpoint_every" => rt.checkpoint_every = e.count(1, "a number of windows")?,
+            "runtime.download_concurrency" => rt.download_concurrency = e.uint(1, U32_FROM_1)?,
+            "runtime.peer_deadline_secs" => rt.peer_deadline_secs = e.count(1, SECONDS)?,
+            "runtime.progress_timeout_secs" => rt.progress_timeout_secs = e.count(1, SECONDS)?,
+            "runtime.peer_failures_before_skip" => rt.peer_failures_before_skip = e.uint(1, U32_FROM_1)?,
+            "runtime.peer_skip_secs" => rt.peer_skip_secs = e.count(1, SECONDS)?,
+            "runtime.refresh_secs" => rt.refresh_secs = e.count(1, SECONDS)?,
+            "runtime.max_restarts" => rt.max_restarts = e.uint(1, U32_FROM_1)?,
+            "runtime.restart_period_secs" => rt.restart_period_secs = e.count(1, SECONDS)?,
+            "runtime.restart_backoff_ms" => {
+                rt.restart_backoff_ms = e.count(1, MILLISECONDS)?;
+                self.restart_backoff_origin = e.origin.clone();
             }
-            "s3.region" => {
-                let expected = "a region name: lowercase letters, digits and '-', e.g. \"us-east-1\"";
-                let region = e.text(expected)?;
-                if !is_region_name(&region) {
+            "runtime.restart_backoff_max_ms" => {
+                rt.restart_backoff_max_ms = e.count(1, MILLISECONDS)?;
+                self.restart_backoff_max_origin = e.origin.clone();
+            }
+            "runtime.shutdown_timeout_secs" => rt.shutdown_timeout_secs = e.count(1, SECONDS)?,
+            "runtime.clock_skew_secs" => rt.clock_skew_secs = e.count(0, SECONDS)?,
+            "runtime.cache_dir" => self.cache_dir = Some(e.path_text()?),
+            "data.source" => {
+                self.data.source =
+                    DataSourceSpec::parse(&e.text(DATA_SOURCE_EXPECTED)?).ok_or_else(|| e.bad(DATA_SOURCE_EXPECTED))?;
+                self.data_source_origin = e.origin.clone();
+            }
+            "data.dataset" => {
+                let expected = "a Hugging Face dataset name without spaces, e.g. \"HuggingFaceFW/fineweb-edu-score-2\"";
+                let name = e.text(expected)?;
+                if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(e.bad(expected));
                 }
-                self.s3_region = region;
+                self.data.dataset = Some(name);
             }
-            "s3.access_key_id" => self.s3_access_key_id = Some(secret(e, "an access key id")?),
-            "s3.secret_access_key" => self.s3_secret_access_key = Some(secret(e, "a secret access key")?),
-            "s3.session_token" => self.s3_session_token = Some(secret(e, "a session token")?),
-            "s3.profile" => self.s3_profile = Some((e.text("a non-empty profile name")?, e.origin.clone())),
-            key if SECTIONS.contains(&key) => {
-                let fields: Vec<_> = KEYS.iter().filter(|k| k.starts_with(&format!("{key}."))).copied().collect();
-                return Err(e.bad(format!("a table with keys {}", fields.join(", "))));
+            "data.synthetic_seed" => self.data.synthetic_seed = e.count(0, "a seed")?,
+            "data.pages_per_window" => self.data.pages_per_window = Some(e.uint(1, U32_FROM_1)?),
+            "miners" => {
+                let ValueKind::Array(items) = &e.value.kind else { return Err(e.bad(MINERS_EXPECTED)) };
+                self.miners =
+                    items.iter().enumerate().map(|(i, item)| self.miner(i, item)).collect::<Result<_, _>>()?;
             }
+            key if SECTIONS.contains(&key) => return Err(e.not_a_table(key, KEYS)),
             key => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_owned(),
@@ -1042,6 +1678,47 @@ impl Draft {
         Ok(())
     }
 
+    /// Checks `[[miners]]` entry `index`, key by key.
+    fn miner(&self, index: usize, item: &config::Value) -> Result<MinerDraft, ConfigError> {
+        let prefix = format!("miners[{index}]");
+        let origin = Origin::of(&prefix, item);
+        let ValueKind::Table(table) = &item.kind else {
+            return Err(Entry { key: &prefix, value: item, origin }.bad("a table of miner settings ([[miners]])"));
+        };
+        let mut miner = MinerDraft { entry: MinerEntry::default(), s3: S3Draft::default(), origin };
+        for (rel, value) in flattened(table.clone(), MINER_KEYS, MINER_SECTIONS) {
+            let key = format!("{prefix}.{rel}");
+            let e = Entry { key: &key, value: &value, origin: Origin::of(&key, &value) };
+            if let Some(s3_key) = rel.strip_prefix("s3.")
+                && miner.s3.set(s3_key, &e)?
+            {
+                continue;
+            }
+            let entry = &mut miner.entry;
+            match rel.as_str() {
+                "name" => entry.name = Some(e.miner_name()?),
+                "wallet.name" => entry.wallet.name = Some(e.file_name()?),
+                "wallet.hotkey" => entry.wallet.hotkey = Some(e.file_name()?),
+                "wallet.path" => entry.wallet.path = Some(self.entry_path(&e)?),
+                "bucket" => entry.bucket = Some(e.bucket()?),
+                "device" => entry.device = Some(e.device()?),
+                "actual_batch_size" => entry.actual_batch_size = Some(e.uint(1, "an integer 1..=4294967295")?),
+                "checkpoint_path" => entry.checkpoint_path = Some(self.entry_path(&e)?),
+                "baseline" => entry.baseline = Some(e.boolean()?),
+                "random" => entry.random = Some(e.boolean()?),
+                section if MINER_SECTIONS.contains(&section) => return Err(e.not_a_table(section, MINER_KEYS)),
+                other => {
+                    return Err(ConfigError::UnknownKey {
+                        key: key.clone(),
+                        origin: e.origin.clone(),
+                        suggestion: suggest_from(other, MINER_KEYS),
+                    });
+                }
+            }
+        }
+        Ok(miner)
+    }
+
     fn path(&self, key: &'static str, (raw, origin): &(String, Origin)) -> Result<PathBuf, ConfigError> {
         expand_tilde(raw, self.home.as_deref()).map_err(|err| match err {
             TildeError::NoHome => ConfigError::NoHome { key, origin: origin.clone() },
@@ -1051,6 +1728,15 @@ impl Draft {
                 expected: "an absolute path, a relative path or ~/… (~user/ is not supported)".into(),
                 origin: origin.clone(),
             },
+        })
+    }
+
+    /// A path key of a `[[miners]]` entry, `~`-expanded.
+    fn entry_path(&self, e: &Entry<'_>) -> Result<PathBuf, ConfigError> {
+        let (raw, _) = e.path_text()?;
+        expand_tilde(&raw, self.home.as_deref()).map_err(|err| match err {
+            TildeError::NoHome => e.bad("an absolute or relative path (HOME is not set, so ~ cannot be expanded)"),
+            TildeError::OtherUser => e.bad("an absolute path, a relative path or ~/… (~user/ is not supported)"),
         })
     }
 
@@ -1092,49 +1778,99 @@ impl Draft {
         Ok(SubtensorConfig { network, chain_endpoint })
     }
 
-    /// Keys go in pairs; a session token needs both.
-    fn s3(&self) -> Result<S3Config, ConfigError> {
-        let (id, secret) = (&self.s3_access_key_id, &self.s3_secret_access_key);
-        match (id, secret) {
-            (Some((_, origin)), None) => {
-                return Err(ConfigError::S3UnpairedKey {
-                    given: "s3.access_key_id",
-                    origin: origin.clone(),
-                    missing: "s3.secret_access_key",
+    /// `[runtime]` with `cache_dir` resolved; the backoff cap is at least the first delay.
+    fn runtime(&self, state_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
+        let (first, max) = (self.runtime.restart_backoff_ms, self.runtime.restart_backoff_max_ms);
+        if max < first {
+            return Err(ConfigError::InvalidValue {
+                key: "runtime.restart_backoff_max_ms".into(),
+                value: max.to_string(),
+                expected: format!(
+                    "a number of milliseconds at least runtime.restart_backoff_ms ({first}, {})",
+                    self.restart_backoff_origin
+                ),
+                origin: self.restart_backoff_max_origin.clone(),
+            });
+        }
+        let cache_dir = match &self.cache_dir {
+            Some(raw) => self.path("runtime.cache_dir", raw)?,
+            None => state_dir.join(SLICE_CACHE_DIR),
+        };
+        Ok(RuntimeConfig { cache_dir, ..self.runtime.clone() })
+    }
+
+    /// `[data]` with a local source `~`-expanded.
+    fn data(&self) -> Result<DataConfig, ConfigError> {
+        let mut data = self.data.clone();
+        if let DataSourceSpec::Local(path) = &data.source {
+            let raw = (path.to_string_lossy().into_owned(), self.data_source_origin.clone());
+            data.source = DataSourceSpec::Local(self.path("data.source", &raw)?);
+        }
+        if let Some(dataset) = &data.dataset
+            && data.source != DataSourceSpec::HuggingFace
+        {
+            warn!(%dataset, source = %data.source, "data.dataset is unused: data.source is not \"huggingface\"");
+        }
+        Ok(data)
+    }
+
+    /// The bucket of the configuration: the top-level one, else (when every `[[miners]]`
+    /// entry sets its own) the first entry's.
+    fn bucket(&self) -> Result<BucketName, ConfigError> {
+        if let Some(bucket) = &self.bucket {
+            return Ok(bucket.clone());
+        }
+        let Some(first) = self.miners.first() else { return Err(ConfigError::MissingBucket) };
+        if let Some((index, miner)) = self.miners.iter().enumerate().find(|(_, m)| m.entry.bucket.is_none()) {
+            return Err(ConfigError::MinerWithoutBucket { index, origin: miner.origin.clone() });
+        }
+        first.entry.bucket.clone().ok_or(ConfigError::MissingBucket)
+    }
+
+    /// Rules across the resolved `[[miners]]`: each entry's `[s3]` keys pair up, a default
+    /// name (the hotkey) is a valid name, and no two miners share a name, a wallet or a
+    /// checkpoint file.
+    fn check_miners(&self, config: &MinerConfig) -> Result<(), ConfigError> {
+        let instances = config.instances();
+        for (index, (miner, instance)) in self.miners.iter().zip(&instances).enumerate() {
+            miner.s3.over(&self.s3).finish().map_err(|e| ConfigError::InMiner { index, cause: Box::new(e) })?;
+            if miner.entry.name.is_none() && !is_miner_name(&instance.name) {
+                return Err(ConfigError::InvalidValue {
+                    key: format!("miners[{index}].name"),
+                    value: format!("{:?} (the default: its wallet.hotkey)", instance.name),
+                    expected: format!("{MINER_NAME_EXPECTED}; set name"),
+                    origin: miner.origin.clone(),
                 });
-            }
-            (None, Some((_, origin))) => {
-                return Err(ConfigError::S3UnpairedKey {
-                    given: "s3.secret_access_key",
-                    origin: origin.clone(),
-                    missing: "s3.access_key_id",
-                });
-            }
-            (None, None) => {
-                if let Some((_, origin)) = &self.s3_session_token {
-                    return Err(ConfigError::S3TokenWithoutKeys { origin: origin.clone() });
-                }
-            }
-            (Some(_), Some(_)) => {
-                if let Some((profile, origin)) = &self.s3_profile {
-                    warn!(%profile, %origin, "s3.profile is unused: s3.access_key_id and s3.secret_access_key are set");
-                }
             }
         }
-        let value = |v: &Option<(String, Origin)>| v.as_ref().map(|(s, _)| s.clone());
-        Ok(S3Config {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            access_key_id: value(id),
-            secret_access_key: value(secret),
-            session_token: value(&self.s3_session_token),
-            profile: value(&self.s3_profile),
-        })
+        for (second, b) in instances.iter().enumerate().skip(1) {
+            for (first, a) in instances.iter().enumerate().take(second) {
+                let (wa, wb) = (&a.config.wallet, &b.config.wallet);
+                let what = if wa == wb {
+                    format!("wallet (name {:?}, hotkey {:?}, path {})", wa.name, wa.hotkey, wa.path.display())
+                } else if a.name.eq_ignore_ascii_case(&b.name) {
+                    format!("name {:?}", b.name)
+                } else if let (Some(pa), Some(pb)) = (&a.config.checkpoint_path, &b.config.checkpoint_path)
+                    && pa == pb
+                {
+                    format!("checkpoint_path {}", pa.display())
+                } else {
+                    continue;
+                };
+                return Err(ConfigError::DuplicateMiner {
+                    first,
+                    second,
+                    what,
+                    origin: self.miners[second].origin.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<MinerConfig, ConfigError> {
         let subtensor = self.subtensor()?;
-        let s3 = self.s3()?;
+        let s3 = self.s3.finish()?;
         let hparams = self.hparams_settings()?.source;
         let wallet_path = self.path("wallet.path", &self.wallet_path)?;
         let state_dir = self.path("state_dir", &self.state_dir)?;
@@ -1142,15 +1878,21 @@ impl Draft {
             Some(raw) => Some(self.path("checkpoint_path", raw)?),
             None => None,
         };
-        let bucket = self.bucket.ok_or(ConfigError::MissingBucket)?;
-        Ok(MinerConfig {
+        let runtime = self.runtime(&state_dir)?;
+        let data = self.data()?;
+        let bucket = self.bucket()?;
+        let config = MinerConfig {
             actual_batch_size: self.actual_batch_size,
-            wallet: WalletConfig { name: self.wallet_name, hotkey: self.wallet_hotkey, path: wallet_path },
+            wallet: WalletConfig {
+                name: self.wallet_name.clone(),
+                hotkey: self.wallet_hotkey.clone(),
+                path: wallet_path,
+            },
             bucket,
             s3,
             device: self.device,
             use_wandb: self.use_wandb,
-            project: self.project,
+            project: self.project.clone(),
             netuid: self.netuid,
             remote: self.remote,
             sync_state: self.sync_state,
@@ -1163,10 +1905,15 @@ impl Draft {
             autoupdate: self.autoupdate,
             subtensor,
             checkpoint_path,
-            process_name: self.process_name,
+            process_name: self.process_name.clone(),
             hparams,
             state_dir,
-        })
+            runtime,
+            data,
+            miners: self.miners.iter().map(|m| MinerEntry { s3: m.s3.overrides(), ..m.entry.clone() }).collect(),
+        };
+        self.check_miners(&config)?;
+        Ok(config)
     }
 }
 
@@ -1243,6 +1990,29 @@ mod tests {
             process_name: None,
             hparams: HparamsSource::BuiltIn,
             state_dir: PathBuf::from("/home/op/.tessera"),
+            runtime: RuntimeConfig {
+                checkpoint_every: 10,
+                download_concurrency: 16,
+                peer_deadline_secs: 30,
+                progress_timeout_secs: 10,
+                peer_failures_before_skip: 3,
+                peer_skip_secs: 300,
+                refresh_secs: 60,
+                max_restarts: 5,
+                restart_period_secs: 300,
+                restart_backoff_ms: 500,
+                restart_backoff_max_ms: 30_000,
+                shutdown_timeout_secs: 30,
+                clock_skew_secs: 30,
+                cache_dir: PathBuf::from("/home/op/.tessera/slice-cache"),
+            },
+            data: DataConfig {
+                source: DataSourceSpec::HuggingFace,
+                dataset: None,
+                synthetic_seed: 0,
+                pages_per_window: None,
+            },
+            miners: Vec::new(),
         }
     }
 
@@ -1573,8 +2343,36 @@ mod tests {
         assert!(!printed.contains("s3cr3t") && !printed.contains("AKIA") && !printed.contains("pw\""), "{printed}");
     }
 
-    fn every_key_set() -> ConfigSources {
+    /// Every `[[miners]]` key but the S3 keys and token in the first entry (printed, those
+    /// are placeholders that cannot be read back), a few in the second.
+    const EVERY_MINER_KEY: &str = r#"
+[[miners]]
+name = "alpha"
+bucket = "alpha-bucket"
+device = "cuda:0"
+actual_batch_size = 4
+checkpoint_path = "/ckpt/alpha.bin"
+baseline = false
+random = true
+[miners.wallet]
+name = "cold-a"
+hotkey = "hot-a"
+path = "/wallets-a"
+[miners.s3]
+endpoint = "https://alpha.s3.example.com"
+region = "eu-west-1"
+profile = "alpha"
+
+[[miners]]
+bucket = "beta-bucket"
+device = "cuda:1"
+[miners.wallet]
+hotkey = "hot-b"
+"#;
+
+    fn every_key_set(dir: &Path) -> ConfigSources {
         ConfigSources {
+            config_file: Some(write(dir, "miners.toml", EVERY_MINER_KEY)),
             cli_overrides: cli(&[
                 ("actual_batch_size", "2"),
                 ("wallet.name", "w"),
@@ -1603,6 +2401,24 @@ mod tests {
                 ("s3.endpoint", "https://s3.example.com:8443"),
                 ("s3.region", "eu-central-003"),
                 ("s3.profile", "miner"),
+                ("runtime.checkpoint_every", "5"),
+                ("runtime.download_concurrency", "4"),
+                ("runtime.peer_deadline_secs", "20"),
+                ("runtime.progress_timeout_secs", "5"),
+                ("runtime.peer_failures_before_skip", "2"),
+                ("runtime.peer_skip_secs", "120"),
+                ("runtime.refresh_secs", "30"),
+                ("runtime.max_restarts", "7"),
+                ("runtime.restart_period_secs", "600"),
+                ("runtime.restart_backoff_ms", "250"),
+                ("runtime.restart_backoff_max_ms", "8000"),
+                ("runtime.shutdown_timeout_secs", "15"),
+                ("runtime.clock_skew_secs", "0"),
+                ("runtime.cache_dir", "/cache"),
+                ("data.source", "/data/shards"),
+                ("data.dataset", "owner/corpus"),
+                ("data.synthetic_seed", "42"),
+                ("data.pages_per_window", "3"),
             ]),
             // The seed has no S3 flags: keys come from a file or, as here, the environment.
             env: env(S3_KEYS_ENV),
@@ -1627,7 +2443,8 @@ mod tests {
 
     #[test]
     fn effective_toml_lists_every_key_and_reads_back_as_a_config_file() {
-        let c = MinerConfig::load(&every_key_set()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = MinerConfig::load(&every_key_set(dir.path())).unwrap();
         let text = c.effective_toml();
         let tree: toml::Value = toml::from_str(&text).unwrap();
         let mut keys = Vec::new();
@@ -1635,6 +2452,13 @@ mod tests {
         keys.sort();
         assert_eq!(keys, KEYS, "KEYS, the loader and the printed configuration must agree");
         assert!(text.contains("device = \"cuda:1\"") && text.contains("netuid = 223"), "{text}");
+        assert!(text.contains("[[miners]]") && text.contains("source = \"/data/shards\""), "{text}");
+        let mut keys = Vec::new();
+        leaf_keys("", &tree["miners"][0], &mut keys);
+        keys.sort();
+        let secrets = ["s3.access_key_id", "s3.secret_access_key", "s3.session_token"];
+        let expected: Vec<&str> = MINER_KEYS.iter().copied().filter(|k| !secrets.contains(k)).collect();
+        assert_eq!(keys, expected, "MINER_KEYS, the loader and the printed [[miners]] must agree");
 
         for (_, secret) in S3_KEYS_ENV {
             assert!(!text.contains(secret), "{text}");
@@ -1642,7 +2466,6 @@ mod tests {
 
         // Printed secrets are placeholders: read back alone they are refused, and with the
         // real keys in the environment the file gives the same configuration again.
-        let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "effective.toml", &text);
         let text = err(&ConfigSources { config_file: Some(file.clone()), ..sources() });
         assert!(text.contains("for s3.") && text.contains("placeholder"), "{text}");
@@ -1705,6 +2528,10 @@ mod tests {
         let examples = [
             "bucket",
             "checkpoint_path",
+            "data.dataset",
+            "data.pages_per_window",
+            "miners",
+            "runtime.cache_dir",
             "process_name",
             "s3.access_key_id",
             "s3.endpoint",
@@ -1717,8 +2544,24 @@ mod tests {
         assert_eq!(keys, documented, "default.toml shows every key with a default");
         for key in examples {
             let leaf = key.rsplit('.').next().unwrap_or(key);
-            assert!(shipped.contains(&format!("\n## {leaf} = ")), "{key} is documented");
+            let shown = if key == "miners" { "\n## [[miners]]\n".to_owned() } else { format!("\n## {leaf} = ") };
+            assert!(shipped.contains(&shown), "{key} is documented");
         }
+
+        // The [[miners]] example, at the end of the file, is a working configuration.
+        let example = &shipped[shipped.find("\n## [[miners]]\n").unwrap()..];
+        let example: String =
+            example.lines().map(|l| l.strip_prefix("##").unwrap_or(l).trim_start()).collect::<Vec<_>>().join("\n");
+        let file = write(tmp.path(), "example.toml", &example);
+        let c = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
+        let instances = c.instances();
+        assert_eq!(instances.len(), 2, "{example}");
+        assert_eq!(
+            instances.iter().map(|i| i.config.device).collect::<Vec<_>>(),
+            [Device::Cuda(0), Device::Cuda(1)],
+            "{example}"
+        );
+        assert!(instances.iter().all(|i| i.config.runtime.cache_dir == c.runtime.cache_dir), "{example}");
     }
 
     fn s3_of(s: &ConfigSources) -> S3Config {
@@ -1925,5 +2768,424 @@ mod tests {
         let file = write(dir.path(), "t.toml", "[s3]\nsession_token = 12345\n");
         let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
         assert!(text.starts_with("invalid value <redacted> for s3.session_token") && !text.contains("12345"), "{text}");
+    }
+
+    #[test]
+    fn runtime_and_data_defaults_helpers_and_spellings() {
+        let c = MinerConfig::load(&with_bucket()).unwrap();
+        let rt = &c.runtime;
+        assert_eq!(*rt, RuntimeConfig::defaults(PathBuf::from("/home/op/.tessera/slice-cache")));
+        assert_eq!(c.data, DataConfig::default());
+        assert_eq!(
+            (rt.peer_deadline(), rt.progress_timeout(), rt.peer_skip(), rt.refresh_period()),
+            (Duration::from_secs(30), Duration::from_secs(10), Duration::from_secs(300), Duration::from_secs(60))
+        );
+        assert_eq!((rt.restart_period(), rt.shutdown_timeout()), (Duration::from_secs(300), Duration::from_secs(30)));
+        assert_eq!(rt.clock_skew(), Duration::from_secs(30));
+        assert_eq!(
+            (rt.restart_backoff(), rt.restart_backoff_max()),
+            (Duration::from_millis(500), Duration::from_secs(30))
+        );
+        let delays: Vec<u128> =
+            [0, 1, 2, 5, 6, 63, 64, u32::MAX].iter().map(|n| rt.restart_delay(*n).as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 16_000, 30_000, 30_000, 30_000, 30_000]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "rt.toml",
+            "state_dir = \"/st\"\n[runtime]\ncheckpoint_every = 3\nclock_skew_secs = 0\n\
+             [data]\nsource = \"Synthetic\"\nsynthetic_seed = 7\npages_per_window = 2\n",
+        );
+        let c = MinerConfig::load(&ConfigSources {
+            config_file: Some(file),
+            env: env(&[("TESSERA__RUNTIME__DOWNLOAD_CONCURRENCY", "2"), ("tessera__data__dataset", "me/text")]),
+            ..with_bucket()
+        })
+        .unwrap();
+        assert_eq!((c.runtime.checkpoint_every, c.runtime.clock_skew_secs, c.runtime.download_concurrency), (3, 0, 2));
+        assert_eq!(c.runtime.cache_dir, PathBuf::from("/st/slice-cache"), "the cache follows state_dir");
+        assert_eq!(
+            c.data,
+            DataConfig {
+                source: DataSourceSpec::Synthetic,
+                dataset: Some("me/text".into()),
+                synthetic_seed: 7,
+                pages_per_window: Some(2)
+            }
+        );
+        let c = MinerConfig::load(&with_bucket_and(&[
+            ("TESSERA__RUNTIME__CACHE_DIR", "~/cache"),
+            ("TESSERA__DATA__SOURCE", "~/shards"),
+        ]))
+        .unwrap();
+        assert_eq!(c.runtime.cache_dir, PathBuf::from("/home/op/cache"));
+        assert_eq!(c.data.source, DataSourceSpec::Local(PathBuf::from("/home/op/shards")));
+        assert_eq!(DataSourceSpec::parse(" HuggingFace "), Some(DataSourceSpec::HuggingFace));
+        assert_eq!(DataSourceSpec::parse("  "), None);
+        // A relative path spelled like a keyword is printed so that it reads back as a path.
+        let odd = DataSourceSpec::Local(PathBuf::from("synthetic"));
+        assert_eq!(odd.to_string(), "./synthetic");
+        assert!(matches!(DataSourceSpec::parse(&odd.to_string()), Some(DataSourceSpec::Local(_))));
+    }
+
+    #[test]
+    fn runtime_and_data_errors_name_key_value_expectation_and_layer() {
+        let seconds = format!("a number of seconds, an integer 1..={}", i64::MAX);
+        let cases: &[(&str, &str, &str)] = &[
+            ("TESSERA__RUNTIME__CHECKPOINT_EVERY", "0", "a number of windows, an integer 1..=9223372036854775807"),
+            ("TESSERA__RUNTIME__DOWNLOAD_CONCURRENCY", "0", "an integer 1..=4294967295"),
+            ("TESSERA__RUNTIME__DOWNLOAD_CONCURRENCY", "4294967296", "an integer 1..=4294967295"),
+            ("TESSERA__RUNTIME__PEER_DEADLINE_SECS", "0", &seconds),
+            ("TESSERA__RUNTIME__PROGRESS_TIMEOUT_SECS", "-1", &seconds),
+            ("TESSERA__RUNTIME__PEER_FAILURES_BEFORE_SKIP", "0", "an integer 1..=4294967295"),
+            ("TESSERA__RUNTIME__PEER_SKIP_SECS", "x", &seconds),
+            ("TESSERA__RUNTIME__REFRESH_SECS", "0", &seconds),
+            ("TESSERA__RUNTIME__MAX_RESTARTS", "0", "an integer 1..=4294967295"),
+            ("TESSERA__RUNTIME__RESTART_PERIOD_SECS", "0", &seconds),
+            ("TESSERA__RUNTIME__RESTART_BACKOFF_MS", "0", "a number of milliseconds, an integer 1..="),
+            ("TESSERA__RUNTIME__RESTART_BACKOFF_MAX_MS", "0", "a number of milliseconds, an integer 1..="),
+            ("TESSERA__RUNTIME__SHUTDOWN_TIMEOUT_SECS", "0", &seconds),
+            ("TESSERA__RUNTIME__SHUTDOWN_TIMEOUT_SECS", "9223372036854775808", &seconds),
+            ("TESSERA__RUNTIME__CLOCK_SKEW_SECS", "-5", "a number of seconds, an integer 0..=9223372036854775807"),
+            ("TESSERA__DATA__SYNTHETIC_SEED", "-1", "a seed, an integer 0..="),
+            ("TESSERA__DATA__PAGES_PER_WINDOW", "0", "an integer 1..=4294967295"),
+            ("TESSERA__DATA__DATASET", "a b", "a Hugging Face dataset name without spaces"),
+        ];
+        for (var, value, expected) in cases {
+            let key = var.trim_start_matches("TESSERA__").to_ascii_lowercase().replace("__", ".");
+            let text = err(&with_bucket_and(&[(var, value)]));
+            assert_eq!(
+                text.split(": expected ").next().unwrap(),
+                format!("invalid value {value:?} for {key} (environment variable {var})"),
+                "{text}"
+            );
+            assert!(text.contains(expected), "{var}={value}: {text}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file_cases: &[(&str, &str, &str)] = &[
+            ("[runtime]\ncheckpoint_every = 1.5", "invalid value 1.5 for runtime.checkpoint_every", "an integer"),
+            ("[runtime]\ncache_dir = \"\"", "invalid value \"\" for runtime.cache_dir", "a non-empty path"),
+            ("[runtime]\ncache_dir = \"~bob/c\"", "invalid value \"~bob/c\" for runtime.cache_dir", "~user"),
+            (
+                "[data]\nsource = \"\"",
+                "invalid value \"\" for data.source",
+                "\"huggingface\", \"synthetic\" or the path",
+            ),
+            ("[data]\nsource = 3", "invalid value 3 for data.source", "jsonl/txt/parquet"),
+            ("runtime = 3", "invalid value 3 for runtime", "a table with keys runtime.cache_dir, "),
+            ("[data]\nsorce = \"synthetic\"", "unknown key \"data.sorce\"", "did you mean \"data.source\""),
+            (
+                "[runtime]\nrefresh_sec = 3",
+                "unknown key \"runtime.refresh_sec\"",
+                "did you mean \"runtime.refresh_secs\"",
+            ),
+        ];
+        for (toml, start, expected) in file_cases {
+            let file = write(dir.path(), "case.toml", toml);
+            let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+            assert!(text.starts_with(start) && text.contains(expected) && text.contains("case.toml"), "{toml}: {text}");
+        }
+    }
+
+    #[test]
+    fn restart_backoff_max_is_at_least_the_first_delay() {
+        let c = MinerConfig::load(&with_bucket_and(&[
+            ("TESSERA__RUNTIME__RESTART_BACKOFF_MS", "700"),
+            ("TESSERA__RUNTIME__RESTART_BACKOFF_MAX_MS", "700"),
+        ]))
+        .unwrap();
+        assert_eq!(c.runtime.restart_delay(3), Duration::from_millis(700));
+        let text = err(&with_bucket_and(&[("TESSERA__RUNTIME__RESTART_BACKOFF_MS", "60000")]));
+        assert_eq!(
+            text,
+            "invalid value 30000 for runtime.restart_backoff_max_ms (built-in default): expected a number of \
+             milliseconds at least runtime.restart_backoff_ms (60000, environment variable \
+             TESSERA__RUNTIME__RESTART_BACKOFF_MS)"
+        );
+    }
+
+    /// Two miners on two GPUs, sharing the top-level settings and the slice cache.
+    const TWO_MINERS: &str = r#"
+state_dir = "~/st"
+bucket = "shared-bucket"
+actual_batch_size = 6
+checkpoint_path = "/ckpt/top.bin"
+[wallet]
+name = "cold"
+[s3]
+endpoint = "https://s3.example.com"
+access_key_id = "AKIATOP"
+secret_access_key = "top-secret"
+
+[[miners]]
+name = "gpu0"
+device = "cuda:0"
+[miners.wallet]
+hotkey = "h0"
+
+[[miners]]
+device = "cuda:1"
+bucket = "other-bucket"
+actual_batch_size = 2
+checkpoint_path = "~/ckpt/h1.bin"
+random = true
+[miners.wallet]
+hotkey = "h1"
+path = "~/w1"
+[miners.s3]
+region = "eu-west-1"
+access_key_id = "AKIAONE"
+secret_access_key = "one-secret"
+"#;
+
+    #[test]
+    fn two_miners_make_two_instances_sharing_the_slice_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "two.toml", TWO_MINERS);
+        let c = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
+        assert_eq!(c.miners.len(), 2);
+        assert_eq!(c.miners[1].wallet.path, Some(PathBuf::from("/home/op/w1")), "entry paths are ~-expanded");
+        let [a, b] = <[MinerInstance; 2]>::try_from(c.instances()).unwrap();
+        assert_eq!((a.name.as_str(), b.name.as_str()), ("gpu0", "h1"), "the name defaults to the hotkey");
+        assert_eq!(a.state_dir, PathBuf::from("/home/op/st/miners/gpu0"));
+        assert_eq!(b.state_dir, PathBuf::from("/home/op/st/miners/h1"));
+        assert_eq!((&a.config.state_dir, &b.config.state_dir), (&a.state_dir, &b.state_dir));
+        for i in [&a, &b] {
+            assert_eq!(i.config.runtime.cache_dir, PathBuf::from("/home/op/st/slice-cache"), "one shared cache");
+            assert!(i.config.miners.is_empty());
+            assert_eq!(i.config.wallet.name, "cold");
+        }
+
+        let top = MinerConfig { miners: Vec::new(), ..c.clone() };
+        let mut expected = top.clone();
+        expected.wallet.hotkey = "h0".into();
+        expected.device = Device::Cuda(0);
+        expected.state_dir = a.state_dir.clone();
+        assert_eq!(a.config, expected, "the first entry changes only its keys");
+
+        assert_eq!(b.config.device, Device::Cuda(1));
+        assert_eq!((b.config.bucket.as_str(), b.config.actual_batch_size), ("other-bucket", 2));
+        assert_eq!(b.config.checkpoint_path, Some(PathBuf::from("/home/op/ckpt/h1.bin")));
+        assert_eq!(a.config.checkpoint_path, Some(PathBuf::from("/ckpt/top.bin")));
+        assert!(b.config.random && !a.config.random);
+        assert_eq!(b.config.wallet.path, PathBuf::from("/home/op/w1"));
+        assert_eq!(
+            b.config.s3,
+            S3Config {
+                endpoint: top.s3.endpoint.clone(),
+                region: "eu-west-1".into(),
+                access_key_id: Some("AKIAONE".into()),
+                secret_access_key: Some("one-secret".into()),
+                session_token: None,
+                profile: None,
+            },
+            "the entry's [s3] keys override the top-level ones key by key"
+        );
+        assert_eq!(a.config.s3, top.s3);
+
+        // Printed, the entries are [[miners]] tables with their secrets hidden, and read back
+        // (with the secrets put back) they give the same configuration.
+        let text = c.effective_toml();
+        for secret in ["AKIATOP", "top-secret", "AKIAONE", "one-secret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("one-secret") && !debug.contains("AKIAONE"), "{debug}");
+        let tree: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(tree["miners"][1]["s3"]["secret_access_key"].as_str(), Some(REDACTED), "{text}");
+        assert_eq!(tree["miners"][0]["name"].as_str(), Some("gpu0"), "{text}");
+        let printed = write(dir.path(), "printed.toml", &text);
+        let e = err(&ConfigSources { config_file: Some(printed), ..sources() });
+        assert!(
+            e.starts_with("invalid value <redacted> for miners[1].s3.access_key_id") && e.contains("placeholder"),
+            "{e}"
+        );
+        let mut tree = tree;
+        for (table, id, secret) in [("miners", "AKIAONE", "one-secret"), ("s3", "AKIATOP", "top-secret")] {
+            let s3 = if table == "miners" { &mut tree["miners"][1]["s3"] } else { &mut tree["s3"] };
+            s3["access_key_id"] = toml::Value::String(id.into());
+            s3["secret_access_key"] = toml::Value::String(secret.into());
+        }
+        let restored = toml::to_string(&tree).unwrap();
+        let restored = write(dir.path(), "restored.toml", &restored);
+        let again = MinerConfig::load(&ConfigSources { config_file: Some(restored), ..sources() }).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn without_miners_one_instance_is_the_configuration() {
+        let c = MinerConfig::load(&with_bucket()).unwrap();
+        assert_eq!(
+            c.instances(),
+            [MinerInstance { name: "default".into(), config: c.clone(), state_dir: c.state_dir.clone() }]
+        );
+        assert!(!c.effective_toml().contains("miners"), "{}", c.effective_toml());
+        // An empty array is no entries.
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "none.toml", "miners = []\n");
+        assert_eq!(MinerConfig::load(&ConfigSources { config_file: Some(file), ..with_bucket() }).unwrap(), c);
+    }
+
+    #[test]
+    fn miners_may_each_set_the_bucket_instead_of_the_top_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = "[[miners]]\nbucket = \"bucket-a\"\nwallet.hotkey = \"a\"\n\
+                    [[miners]]\nbucket = \"bucket-b\"\nwallet.hotkey = \"b\"\n";
+        let file = write(dir.path(), "both.toml", both);
+        let c = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
+        assert_eq!(c.bucket.as_str(), "bucket-a", "the first entry's stands in for the top level");
+        let buckets: Vec<String> = c.instances().iter().map(|i| i.config.bucket.to_string()).collect();
+        assert_eq!(buckets, ["bucket-a", "bucket-b"]);
+
+        let one = "[[miners]]\nbucket = \"bucket-a\"\nwallet.hotkey = \"a\"\n[[miners]]\nwallet.hotkey = \"b\"\n";
+        let file = write(dir.path(), "one.toml", one);
+        let e = MinerConfig::load(&ConfigSources { config_file: Some(file.clone()), ..sources() }).unwrap_err();
+        assert!(matches!(e, ConfigError::MinerWithoutBucket { index: 1, .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with("miners[1] (config file ") && text.contains("one.toml"), "{text}");
+        assert!(text.contains("sets no bucket and there is no top-level bucket"), "{text}");
+        // With a top-level bucket, an entry without one uses it.
+        let c = MinerConfig::load(&ConfigSources { config_file: Some(file), ..with_bucket() }).unwrap();
+        assert_eq!(c.instances()[1].config.bucket.as_str(), "my-bucket");
+    }
+
+    #[test]
+    fn miners_must_not_share_a_name_a_wallet_or_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |toml: &str| {
+            let file = write(dir.path(), "dup.toml", toml);
+            MinerConfig::load(&ConfigSources { config_file: Some(file), ..with_bucket() })
+        };
+        let text =
+            load("[[miners]]\nname = \"m\"\nwallet.hotkey = \"a\"\n[[miners]]\nname = \"M\"\nwallet.hotkey = \"b\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(text.starts_with("miners[0] and miners[1] (config file ") && text.contains("dup.toml"), "{text}");
+        assert!(text.contains("have the same name \"M\": each miner of a process needs its own"), "{text}");
+
+        let text = load(
+            "[[miners]]\nname = \"a\"\nwallet.hotkey = \"h\"\n[[miners]]\nname = \"b\"\n\
+             [[miners]]\nname = \"c\"\nwallet.hotkey = \"h\"\nwallet.path = \"~/.bittensor/wallets\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.starts_with("miners[0] and miners[2]")
+                && text.contains("same wallet (name \"default\", hotkey \"h\", path /home/op/.bittensor/wallets)"),
+            "{text}"
+        );
+        // Two entries that set no hotkey both use the top-level wallet.
+        let text = load("[[miners]]\nname = \"a\"\n[[miners]]\nname = \"b\"\n").unwrap_err().to_string();
+        assert!(text.contains("miners[0] and miners[1]") && text.contains("same wallet"), "{text}");
+
+        let text = load(
+            "checkpoint_path = \"/c.bin\"\n[[miners]]\nwallet.hotkey = \"a\"\n[[miners]]\nwallet.hotkey = \"b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("miners[0] and miners[1]") && text.contains("same checkpoint_path /c.bin"), "{text}");
+
+        // Two miners on one GPU are allowed.
+        let c = load("[[miners]]\nwallet.hotkey = \"a\"\ndevice = \"cuda:0\"\n[[miners]]\nwallet.hotkey = \"b\"\ndevice = \"cuda\"\n")
+            .unwrap();
+        assert_eq!(c.instances().len(), 2);
+
+        // A default name must be a valid name.
+        let text = load("[[miners]]\nwallet.hotkey = \"hot.key\"\n").unwrap_err().to_string();
+        assert!(
+            text.starts_with("invalid value \"hot.key\" (the default: its wallet.hotkey) for miners[0].name")
+                && text.contains("set name"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn miner_entries_are_checked_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |toml: &str, start: &str, rest: &str| {
+            let file = write(dir.path(), "m.toml", toml);
+            let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
+            assert!(text.starts_with(start) && text.contains(rest) && text.contains("m.toml"), "{toml}: {text}");
+        };
+        check(
+            "[[miners]]\nbukcet = \"b-1\"\n",
+            "unknown key \"miners[0].bukcet\" (config file ",
+            "did you mean \"bucket\"?",
+        );
+        check(
+            "[[miners]]\nname = \"a\"\n[[miners]]\nname = \"b\"\nfoo = 1\n",
+            "unknown key \"miners[1].foo\" (config file ",
+            "",
+        );
+        check("[[miners]]\nnetuid = 1\n", "unknown key \"miners[0].netuid\"", "");
+        check(
+            "[[miners]]\n[miners.wallet]\nhotky = \"h\"\n",
+            "unknown key \"miners[0].wallet.hotky\"",
+            "\"wallet.hotkey\"",
+        );
+        check("[[miners]]\n[miners.s3]\nregoin = \"x\"\n", "unknown key \"miners[0].s3.regoin\"", "\"s3.region\"");
+        check(
+            "[[miners]]\nbucket = \"Bad_Bucket\"\n",
+            "invalid value \"Bad_Bucket\" for miners[0].bucket",
+            "'B' is not allowed",
+        );
+        check("[[miners]]\ndevice = \"tpu\"\n", "invalid value \"tpu\" for miners[0].device", "\"cuda:N\"");
+        check(
+            "[[miners]]\nactual_batch_size = 0\n",
+            "invalid value 0 for miners[0].actual_batch_size",
+            "1..=4294967295",
+        );
+        check("[[miners]]\nrandom = \"maybe\"\n", "invalid value \"maybe\" for miners[0].random", "a boolean");
+        check("[[miners]]\nname = \"a b\"\n", "invalid value \"a b\" for miners[0].name", MINER_NAME_EXPECTED);
+        check(&format!("[[miners]]\nname = \"{}\"\n", "n".repeat(33)), "invalid value", "for miners[0].name");
+        check("[[miners]]\nwallet.name = \"a/b\"\n", "invalid value \"a/b\" for miners[0].wallet.name", "without '/'");
+        check(
+            "[[miners]]\ncheckpoint_path = \"~bob/c\"\n",
+            "invalid value \"~bob/c\" for miners[0].checkpoint_path",
+            "~user",
+        );
+        check("[[miners]]\nwallet = 3\n", "invalid value 3 for miners[0].wallet", "miners[0].wallet.hotkey");
+        check(
+            "[[miners]]\n[miners.s3]\nendpoint = \"ftp://x\"\n",
+            "invalid value \"ftp://x\" for miners[0].s3.endpoint",
+            "the scheme is \"ftp\"",
+        );
+        check(
+            "[[miners]]\n[miners.s3]\nsecret_access_key = \"s3cr3t\"\n",
+            "miners[0]: s3.secret_access_key is set (config file ",
+            "but s3.access_key_id is not",
+        );
+        check("[miners]\nbucket = \"b-1\"\n", "invalid value (a table) for miners", MINERS_EXPECTED);
+        check("miners = [1]\n", "invalid value 1 for miners[0]", "a table of miner settings");
+        check("[[minerz]]\nbucket = \"b-1\"\n", "unknown key \"minerz\"", "did you mean \"miners\"");
+
+        // Without HOME, a ~ path in an entry names the entry's key.
+        let file = write(dir.path(), "h.toml", "[[miners]]\nwallet.path = \"~/w\"\n");
+        let text = err(&ConfigSources {
+            config_file: Some(file),
+            home: None,
+            cli_overrides: cli(&[("bucket", "b-1"), ("wallet.path", "/w"), ("state_dir", "/s")]),
+            ..sources()
+        });
+        assert!(text.starts_with("invalid value \"~/w\" for miners[0].wallet.path") && text.contains("HOME"), "{text}");
+    }
+
+    #[test]
+    fn a_higher_layer_replaces_the_miners_of_a_lower_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            DEFAULT_CONFIG_FILE,
+            "[[miners]]\nname = \"a\"\nwallet.hotkey = \"a\"\n[[miners]]\nname = \"b\"\nwallet.hotkey = \"b\"\n",
+        );
+        let file = write(dir.path(), "mine.toml", "[[miners]]\nname = \"c\"\nwallet.hotkey = \"c\"\n");
+        let s = ConfigSources { config_dir: Some(dir.path().to_owned()), ..with_bucket() };
+        let names = |s: &ConfigSources| -> Vec<String> {
+            MinerConfig::load(s).unwrap().instances().into_iter().map(|i| i.name).collect()
+        };
+        assert_eq!(names(&s), ["a", "b"]);
+        assert_eq!(names(&ConfigSources { config_file: Some(file), ..s }), ["c"]);
     }
 }
