@@ -73,7 +73,9 @@ fn map_flat<B: Backend, const D: usize>(
         let shape = t.shape();
         let n = shape.num_elements();
         let out: Tensor<B, D> = f(t.detach().reshape([n])).reshape(shape);
-        if require_grad { out.require_grad() } else { out }
+        // A fresh leaf: after an optimizer step `out` is the result of ops, and autodiff
+        // refuses to track a non-leaf.
+        if require_grad { out.detach().require_grad() } else { out }
     })
 }
 

@@ -125,3 +125,25 @@ fn the_window_loop_stops_between_micro_batches_and_adapts_the_sample_rate() {
     assert!(report.step.is_none() && report.mean_loss.is_nan());
     assert_eq!(trainer.step_count(), 2);
 }
+
+/// The miner's window: train, average slices in (scatter), train again. Scatter after an
+/// optimizer step once failed in autodiff ("non leaf tensor").
+#[test]
+fn slices_can_be_applied_between_optimizer_steps() {
+    use tessera_core::model::ParamLayout;
+    use tessera_core::slice::SliceIndices;
+    let config = LlamaConfig::new(32, 32, 64, 2, 4, 2, 64);
+    let layout = ParamLayout::llama(&config.shape()).unwrap();
+    let model = initialize::<B>(&config, 3, &Default::default()).unwrap();
+    let mut trainer = Trainer::new(model, settings(3e-3, Some(1.0)));
+    let indices = SliceIndices::compute(&layout, 5, 10).unwrap();
+    for step in 0..3u32 {
+        let (tokens, mask) = counting_batch(32, 2, 16, step);
+        trainer.accumulate(TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 2, seq_len: 16 }).unwrap();
+        trainer.step().unwrap();
+        let values = vec![0.5f32; indices.total_len()];
+        trainer.replace_model(|m| m.scatter(&indices, &values).unwrap());
+        assert_eq!(trainer.model().gather(&indices).unwrap(), values);
+    }
+    assert_eq!(trainer.step_count(), 3);
+}
