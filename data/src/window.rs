@@ -65,10 +65,13 @@ impl WindowData {
                 spec.seq_len, spec.batch_size
             )));
         }
-        let per_page: Vec<Vec<String>> = futures::stream::iter(pages.iter().map(|page| source.rows(page)))
-            .buffered(spec.max_concurrent_fetches.max(1))
-            .try_collect()
-            .await?;
+        // Owned pages keep this future `Send` for `tokio::spawn` (a closure over borrowed
+        // pages trips rustc's higher-ranked Send inference).
+        let per_page: Vec<Vec<String>> =
+            futures::stream::iter(pages.clone().into_iter().map(|page| async move { source.rows(&page).await }))
+                .buffered(spec.max_concurrent_fetches.max(1))
+                .try_collect()
+                .await?;
         let docs: Vec<String> = per_page.into_iter().flatten().collect();
         let documents = docs.len();
         let (tok, seq_len, batch_size) = (tokenizer.clone(), spec.seq_len, spec.batch_size);

@@ -571,8 +571,13 @@ impl BucketClient {
                     }
                 }
             }
-            let results: Vec<Result<(), StorageError>> = futures::stream::iter(doomed.iter())
-                .map(|key| self.delete(key))
+            // Owned keys and a clone per delete keep the future `Send` for `tokio::spawn`
+            // (a closure over borrowed keys trips rustc's higher-ranked Send inference).
+            let results: Vec<Result<(), StorageError>> = futures::stream::iter(doomed.clone())
+                .map(|key| {
+                    let client = self.clone();
+                    async move { client.delete(&key).await }
+                })
                 .buffer_unordered(self.inner.opts.delete_concurrency.max(1))
                 .collect()
                 .await;
