@@ -14,5 +14,6 @@ pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};
 pub use wire::{
-    Dtype, EncodeError, Expected, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode, max_encoded_len,
+    Dtype, EncodeError, Expected, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode, encode_unchecked,
+    max_encoded_len,
 };

@@ -189,6 +189,16 @@ pub fn encode(meta: SliceMeta, values: &[f32], signer: &dyn HotkeySigner) -> Res
     assemble(meta, values.len() as u64, signer, |out| write_body(out, values, meta.dtype))
 }
 
+/// Encodes and signs `values` *without* refusing non-finite ones: what a broken or hostile
+/// peer can publish. For tests of the readers' defences and for fuzzing; a miner uses
+/// [`encode`].
+pub fn encode_unchecked(meta: SliceMeta, values: &[f32], signer: &dyn HotkeySigner) -> Result<Vec<u8>, EncodeError> {
+    assemble(meta, values.len() as u64, signer, |out| {
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        Ok(())
+    })
+}
+
 /// Appends the little-endian body to `out` (the body is written once, in place).
 fn write_body(out: &mut Vec<u8>, values: &[f32], dtype: Dtype) -> Result<(), EncodeError> {
     match dtype {
