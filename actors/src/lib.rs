@@ -1,8 +1,38 @@
-//! The miner runtime: the supervised ractor actor tree of `DESIGN.md` §3.
+//! tessera's miner runtime: the supervised actor tree of DESIGN §3 on ractor.
 //!
-//! The tree (HostSupervisor → MinerSupervisor → ChainListener, WindowClock, StateSyncer,
-//! SliceDownloader, SliceUploader, Trainer) lands here once the chain, storage and model
-//! pieces of `tessera-core` exist. Everything protocol-shaped lives in `tessera-core`, so
-//! this crate only wires behaviour together.
+//! ```text
+//! HostSupervisor                      one per process; several miners per host
+//! └── MinerSupervisor (per miner)     ractor-supervisor, one-for-one, backoff, restart limit
+//!     ├── ChainListener    block stream (reconnects), metagraph + commitments refresh
+//!     ├── WindowClock      block -> window; tells the Trainer when a window starts
+//!     ├── StateSyncer      validated means of a window's slices
+//!     ├── SliceDownloader  lists/fetches peers' slices into the host's cache
+//!     ├── SliceUploader    publishes own slices with retries; deletes old history
+//!     └── Trainer          the window loop; the only writer of the model (engine thread)
+//! ```
+//! Actors find their siblings by registry name at each use (`{miner}/{kind}`), so a
+//! restarted actor is found without rewiring.
 
+pub mod chain_listener;
+pub mod context;
+pub mod devnet;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod messages;
+pub mod slice_downloader;
+pub mod slice_uploader;
+pub mod state_syncer;
+pub mod stats;
+pub mod supervisor;
+pub mod task;
+pub mod trainer;
+pub mod window_clock;
+
+pub use context::{ActorKind, ClockState, Fault, MinerContext, MinerParts, ModelSpec, PeerView, RuntimeSettings};
+pub use engine::{EngineError, EngineHandle};
+pub use error::RuntimeError;
+pub use host::{Host, MinerShutdown};
+pub use stats::{MinerStats, WindowSummary};
+pub use supervisor::HostStatus;
 pub use tessera_core as core;

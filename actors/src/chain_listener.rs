@@ -1,0 +1,114 @@
+//! ChainListener: the block stream (reconnecting on its own), forwarded to the
+//! WindowClock with each block's arrival time recorded; and every `refresh_period` the
+//! metagraph and the peers' bucket commitments.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tessera_core::chain::{BlockEvent, BlockStreamOptions, resilient_blocks};
+use tessera_core::storage::BucketLocation;
+use tracing::{debug, info, warn};
+
+use crate::context::{ActorKind, MinerContext, Peer, PeerView, lock, lookup, unix_ms};
+use crate::messages::{ChainListenerMsg, WindowClockMsg};
+use crate::stats::MinerStats;
+use crate::task::AbortOnDrop;
+
+pub struct ChainListener;
+
+pub struct ChainListenerState {
+    ctx: Arc<MinerContext>,
+    _blocks: AbortOnDrop,
+    refreshing: Option<AbortOnDrop>,
+}
+
+impl Actor for ChainListener {
+    type Msg = ChainListenerMsg;
+    type State = ChainListenerState;
+    type Arguments = Arc<MinerContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<MinerContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ctx.stats.record_start(ActorKind::ChainListener);
+        let opts = BlockStreamOptions { stall_timeout: ctx.settings.stall_timeout, ..BlockStreamOptions::default() };
+        let mut stream = resilient_blocks(ctx.chain.clone(), opts);
+        let me = myself.clone();
+        let blocks = tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if me.cast(ChainListenerMsg::Event(event)).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.send_interval(ctx.settings.refresh_period, || ChainListenerMsg::Refresh);
+        myself.cast(ChainListenerMsg::Refresh)?;
+        Ok(ChainListenerState { ctx, _blocks: AbortOnDrop(blocks), refreshing: None })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = &state.ctx;
+        match msg {
+            ChainListenerMsg::Event(BlockEvent::Block(block)) => {
+                ctx.faults.maybe_panic(ActorKind::ChainListener);
+                lock(&ctx.block_times).record(block.number, unix_ms());
+                if let Some(clock) = lookup::<WindowClockMsg>(&ctx.name, ActorKind::WindowClock) {
+                    let _ = clock.cast(WindowClockMsg::Block(block));
+                }
+            }
+            ChainListenerMsg::Event(BlockEvent::Lost { reason }) => {
+                MinerStats::add(&ctx.stats.block_stream_losses, 1);
+                warn!(miner = %ctx.name, %reason, "block stream lost; reconnecting");
+            }
+            ChainListenerMsg::Event(BlockEvent::Reconnected { attempts }) => {
+                MinerStats::add(&ctx.stats.reconnects, 1);
+                info!(miner = %ctx.name, attempts, "block stream reconnected");
+            }
+            ChainListenerMsg::Refresh => {
+                if state.refreshing.as_ref().is_some_and(|t| !t.0.is_finished()) {
+                    return Ok(());
+                }
+                let ctx = ctx.clone();
+                let me = myself.clone();
+                let task = tokio::spawn(async move {
+                    let result = read_peer_view(&ctx).await;
+                    let _ = me.cast(ChainListenerMsg::Refreshed(result));
+                });
+                state.refreshing = Some(AbortOnDrop(task));
+            }
+            ChainListenerMsg::Refreshed(Ok(view)) => {
+                debug!(miner = %ctx.name, neurons = view.metagraph.size(), peers = view.peers.len(), "peer view refreshed");
+                ctx.peers.send_replace(Arc::new(view));
+            }
+            ChainListenerMsg::Refreshed(Err(e)) => {
+                warn!(miner = %ctx.name, error = %e, "metagraph refresh failed; keeping the previous view");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The metagraph and every registered hotkey's committed bucket. Commitments that are not
+/// a valid bucket location are skipped with a log line: a peer cannot break the miner.
+async fn read_peer_view(ctx: &MinerContext) -> Result<PeerView, String> {
+    let metagraph = ctx.chain.metagraph(ctx.netuid).await.map_err(|e| e.to_string())?;
+    let commitments = ctx.chain.commitments(ctx.netuid).await.map_err(|e| e.to_string())?;
+    let registered = metagraph.hotkeys();
+    let mut peers = Vec::new();
+    for (hotkey, text) in commitments {
+        let Some(uid) = metagraph.uid_of(&hotkey) else { continue };
+        match text.parse::<BucketLocation>() {
+            Ok(bucket) => peers.push(Peer { uid, hotkey, bucket }),
+            Err(e) => debug!(miner = %ctx.name, uid, error = %e, "ignoring a commitment that is not a bucket"),
+        }
+    }
+    Ok(PeerView { metagraph, peers, registered, refreshed_ms: unix_ms() })
+}

@@ -1,0 +1,464 @@
+//! What every actor of one miner shares: who the miner is, its clients, the views the
+//! ChainListener keeps fresh, the clock, counters, and the engine slot that lets a
+//! restarted Trainer find the model it left behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{ActorRef, Message};
+use tessera_core::chain::{Chain, Metagraph};
+use tessera_core::hotkey::Hotkey;
+use tessera_core::hparams::Hparams;
+use tessera_core::model::ParamLayout;
+use tessera_core::slice::{Dtype, SliceIndices, SliceKind, slice_len};
+use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
+use tessera_core::wallet::LoadedHotkey;
+use tessera_core::window::{Block, Window, WindowSchedule};
+use tessera_data::{PageSource, TextTokenizer};
+use tessera_model::LlamaConfig;
+use tessera_model::checkpoint::CheckpointStore;
+use tessera_model::train::OptimSettings;
+use tokio::sync::watch;
+
+use crate::engine::EngineHandle;
+use crate::error::RuntimeError;
+use crate::stats::MinerStats;
+
+/// The actor kinds of a miner's tree; names in the registry are `{miner}/{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorKind {
+    ChainListener,
+    WindowClock,
+    StateSyncer,
+    SliceDownloader,
+    SliceUploader,
+    Trainer,
+}
+
+impl ActorKind {
+    pub const ALL: [ActorKind; 6] = [
+        ActorKind::ChainListener,
+        ActorKind::WindowClock,
+        ActorKind::StateSyncer,
+        ActorKind::SliceDownloader,
+        ActorKind::SliceUploader,
+        ActorKind::Trainer,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActorKind::ChainListener => "chain_listener",
+            ActorKind::WindowClock => "window_clock",
+            ActorKind::StateSyncer => "state_syncer",
+            ActorKind::SliceDownloader => "slice_downloader",
+            ActorKind::SliceUploader => "slice_uploader",
+            ActorKind::Trainer => "trainer",
+        }
+    }
+}
+
+impl std::fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The registry name of a miner's actor. Siblings find each other by name at each use,
+/// so a restarted actor (a new `ActorRef`) is found without rewiring.
+pub fn actor_name(miner: &str, kind: ActorKind) -> String {
+    format!("{miner}/{kind}")
+}
+
+/// The miner's actor of `kind`, if it is running now.
+pub fn lookup<M: Message>(miner: &str, kind: ActorKind) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(actor_name(miner, kind)).map(ActorRef::from)
+}
+
+/// Where the clock stands: the latest block seen and its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockState {
+    pub block: Block,
+    pub window: Window,
+    /// False until the first block arrived.
+    pub started: bool,
+}
+
+/// One peer whose slices are read: its hotkey, UID and committed bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u16,
+    pub hotkey: Hotkey,
+    pub bucket: BucketLocation,
+}
+
+/// The subnet as the ChainListener last read it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerView {
+    pub metagraph: Metagraph,
+    /// Registered hotkeys with a valid bucket commitment.
+    pub peers: Vec<Peer>,
+    pub registered: HashSet<Hotkey>,
+    /// When it was read (unix ms); 0 = never.
+    pub refreshed_ms: i64,
+}
+
+/// When each recent block arrived, for the time bounds of a window (copying defence).
+#[derive(Debug, Default)]
+pub struct BlockTimes {
+    arrivals: BTreeMap<Block, i64>,
+}
+
+impl BlockTimes {
+    const KEEP: usize = 4096;
+
+    pub fn record(&mut self, block: Block, unix_ms: i64) {
+        self.arrivals.entry(block).or_insert(unix_ms);
+        while self.arrivals.len() > Self::KEEP {
+            self.arrivals.pop_first();
+        }
+    }
+
+    /// The wall-clock span `[first block of window, first block after it)` as observed,
+    /// extrapolated with `block_ms` for blocks not seen (before start, or still ahead).
+    pub fn window_bounds(&self, schedule: &WindowSchedule, window: Window, block_ms: u64) -> Option<(i64, i64)> {
+        let start = self.time_of(schedule.start_block(window), block_ms)?;
+        let end = self.time_of(schedule.end_block(window) + 1, block_ms)?;
+        Some((start, end))
+    }
+
+    fn time_of(&self, block: Block, block_ms: u64) -> Option<i64> {
+        if let Some(&t) = self.arrivals.get(&block) {
+            return Some(t);
+        }
+        // Nearest observed block, then the nominal block time.
+        let after = self.arrivals.range(block..).next();
+        let before = self.arrivals.range(..block).next_back();
+        let (anchor, t) = match (before, after) {
+            (Some(b), _) => b,
+            (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        let delta = (block as i128 - *anchor as i128) * i128::from(block_ms);
+        Some((i128::from(*t) + delta) as i64)
+    }
+}
+
+/// Deliberate faults for the fault-injection tests (like `DevChain::drop_connections`):
+/// each armed fault fires once, at the named actor's next safe point mid-window.
+#[derive(Debug, Default)]
+pub struct Faults {
+    armed: Mutex<HashSet<Fault>>,
+    fired: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The actor's message handler panics.
+    PanicIn(ActorKind),
+    /// The engine thread (which holds the model) panics: the model is lost and must come
+    /// back from the checkpoint.
+    EnginePanic,
+}
+
+impl Faults {
+    pub fn arm(&self, fault: Fault) {
+        lock(&self.armed).insert(fault);
+    }
+
+    /// True once for an armed fault, which is then disarmed.
+    pub fn take(&self, fault: Fault) -> bool {
+        let fire = lock(&self.armed).remove(&fault);
+        if fire {
+            self.fired.fetch_add(1, Ordering::Relaxed);
+        }
+        fire
+    }
+
+    pub fn is_armed(&self, fault: Fault) -> bool {
+        lock(&self.armed).contains(&fault)
+    }
+
+    /// Panics in the handler of `kind` when that fault is armed.
+    pub fn maybe_panic(&self, kind: ActorKind) {
+        if self.take(Fault::PanicIn(kind)) {
+            panic!("injected fault: panic in {kind}");
+        }
+    }
+}
+
+/// Tunables of one miner's runtime (from `[runtime]` and the seed flags).
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub checkpoint_every: u64,
+    pub download_concurrency: usize,
+    pub peer_deadline: Duration,
+    pub progress_timeout: Duration,
+    pub peer_failures_before_skip: u32,
+    pub peer_skip: Duration,
+    pub refresh_period: Duration,
+    pub max_restarts: usize,
+    pub restart_period: Duration,
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
+    pub shutdown_timeout: Duration,
+    pub clock_skew: Duration,
+    /// Nominal block time, to extrapolate window bounds (12 s on subtensor).
+    pub block_time: Duration,
+    /// Read every peer's committed bucket (`--remote`), else only the own one.
+    pub remote: bool,
+    /// No slices downloaded or applied (`--baseline`).
+    pub baseline: bool,
+    /// Random pages instead of the UID's (`--random`).
+    pub random: bool,
+    /// Replay state history at start (`--sync_state`).
+    pub sync_state: bool,
+    /// Sequences per micro-batch (`--actual_batch_size`).
+    pub batch_size: usize,
+    pub pages_per_window: usize,
+    pub upload_dtype: Dtype,
+    /// Block-stream stall detection.
+    pub stall_timeout: Duration,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 10,
+            download_concurrency: 16,
+            peer_deadline: Duration::from_secs(30),
+            progress_timeout: Duration::from_secs(10),
+            peer_failures_before_skip: 3,
+            peer_skip: Duration::from_secs(300),
+            refresh_period: Duration::from_secs(60),
+            max_restarts: 5,
+            restart_period: Duration::from_secs(300),
+            restart_backoff: Duration::from_millis(500),
+            restart_backoff_max: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            clock_skew: Duration::from_secs(30),
+            block_time: Duration::from_secs(12),
+            remote: false,
+            baseline: false,
+            random: false,
+            sync_state: false,
+            batch_size: 8,
+            pages_per_window: 15,
+            upload_dtype: Dtype::F32,
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The model side of a miner: architecture, layout, where checkpoints go, data.
+pub struct ModelSpec {
+    pub device: tessera_core::config::Device,
+    pub llama: LlamaConfig,
+    pub optim: OptimSettings,
+    pub layout: ParamLayout,
+    pub checkpoints: CheckpointStore,
+    pub source: Arc<dyn PageSource>,
+    pub tokenizer: TextTokenizer,
+}
+
+/// Everything one miner's actors share. Built once per miner; actors hold an `Arc`.
+pub struct MinerContext {
+    /// Label in logs, metrics and actor names (unique in the process).
+    pub name: String,
+    pub netuid: u16,
+    pub uid: u16,
+    pub hotkey: Arc<LoadedHotkey>,
+    pub hparams: Hparams,
+    pub schedule: WindowSchedule,
+    pub model: ModelSpec,
+    pub settings: RuntimeSettings,
+    pub chain: Arc<dyn Chain>,
+    pub own_bucket: BucketClient,
+    pub peer_clients: PeerClients,
+    pub cache: SliceCache,
+    pub clock: watch::Sender<ClockState>,
+    pub peers: watch::Sender<Arc<PeerView>>,
+    pub block_times: Mutex<BlockTimes>,
+    pub stats: MinerStats,
+    pub faults: Faults,
+    /// The engine outlives a Trainer actor's crash: the next Trainer takes it back.
+    pub engine: Mutex<Option<EngineHandle>>,
+    /// Set at shutdown: actors stop taking new work.
+    pub stopping: AtomicBool,
+    pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
+}
+
+/// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
+pub struct MinerParts {
+    pub name: String,
+    pub netuid: u16,
+    pub uid: u16,
+    pub hotkey: Arc<LoadedHotkey>,
+    pub hparams: Hparams,
+    pub schedule: WindowSchedule,
+    pub model: ModelSpec,
+    pub settings: RuntimeSettings,
+    pub chain: Arc<dyn Chain>,
+    pub own_bucket: BucketClient,
+    pub peer_clients: PeerClients,
+    pub cache: SliceCache,
+}
+
+impl MinerContext {
+    pub fn new(parts: MinerParts) -> Arc<Self> {
+        Arc::new(Self {
+            name: parts.name,
+            netuid: parts.netuid,
+            uid: parts.uid,
+            hotkey: parts.hotkey,
+            hparams: parts.hparams,
+            schedule: parts.schedule,
+            model: parts.model,
+            settings: parts.settings,
+            chain: parts.chain,
+            own_bucket: parts.own_bucket,
+            peer_clients: parts.peer_clients,
+            cache: parts.cache,
+            clock: watch::Sender::new(ClockState::default()),
+            peers: watch::Sender::new(Arc::new(PeerView::default())),
+            block_times: Mutex::new(BlockTimes::default()),
+            stats: MinerStats::default(),
+            faults: Faults::default(),
+            engine: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            index_cache: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Values in one slice of this model at this compression (every window the same).
+    pub fn slice_value_count(&self) -> usize {
+        let compression = self.hparams.compression;
+        self.model.layout.params().iter().map(|p| slice_len(p.numel() as u64, compression) as usize).sum()
+    }
+
+    /// The slice positions of `window`, computed off the async threads and kept for the
+    /// few windows that use them (state of `w+1` at the end of `w`, again at the start of `w+1`).
+    pub async fn indices(&self, window: Window) -> Result<Arc<SliceIndices>, RuntimeError> {
+        if let Some(found) = lock(&self.index_cache).iter().find(|(w, _)| *w == window) {
+            return Ok(found.1.clone());
+        }
+        let layout = self.model.layout.clone();
+        let compression = self.hparams.compression;
+        let computed = tokio::task::spawn_blocking(move || SliceIndices::compute(&layout, window, compression))
+            .await
+            .map_err(|e| RuntimeError::Task(e.to_string()))??;
+        let computed = Arc::new(computed);
+        let mut cache = lock(&self.index_cache);
+        cache.push_back((window, computed.clone()));
+        while cache.len() > 4 {
+            cache.pop_front();
+        }
+        Ok(computed)
+    }
+
+    pub fn own_location(&self) -> &BucketLocation {
+        self.own_bucket.location()
+    }
+
+    pub fn own_hotkey(&self) -> Hotkey {
+        self.hotkey.hotkey()
+    }
+
+    pub fn clock_now(&self) -> ClockState {
+        *self.clock.borrow()
+    }
+
+    pub fn peer_view(&self) -> Arc<PeerView> {
+        self.peers.borrow().clone()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Time bounds in which an object of `(kind, window)` may have been uploaded:
+    /// `state-w` is written at the end of window `w-1`, `delta-w` at the end of `w`; the
+    /// end work runs into the next window, and clocks differ by up to `clock_skew`.
+    pub fn upload_bounds(&self, kind: SliceKind, window: Window) -> Option<(i64, i64)> {
+        let written_after = match kind {
+            SliceKind::State => window.saturating_sub(1),
+            SliceKind::Delta => window,
+        };
+        let times = lock(&self.block_times);
+        let block_ms = self.settings.block_time.as_millis() as u64;
+        let (start, _) = times.window_bounds(&self.schedule, written_after, block_ms)?;
+        let (_, end) = times.window_bounds(&self.schedule, written_after + 1, block_ms)?;
+        let skew = self.settings.clock_skew.as_millis() as i64;
+        Some((start - skew, end + skew))
+    }
+
+    /// The peers whose buckets this miner reads: every committed bucket with `--remote`,
+    /// else only the own bucket (which several miners may share, as the seed's start.sh).
+    pub fn buckets_to_read(&self) -> Vec<BucketLocation> {
+        if !self.settings.remote {
+            return vec![self.own_location().clone()];
+        }
+        let view = self.peer_view();
+        let mut seen = HashSet::new();
+        let mut out = vec![self.own_location().clone()];
+        seen.insert(self.own_location().to_string());
+        for peer in &view.peers {
+            if seen.insert(peer.bucket.to_string()) {
+                out.push(peer.bucket.clone());
+            }
+        }
+        out
+    }
+
+    /// With `--remote`, the hotkeys committed to each bucket (a slice signed by a hotkey
+    /// found in another's bucket is not used).
+    pub fn committers_by_bucket(&self) -> HashMap<String, HashSet<Hotkey>> {
+        let view = self.peer_view();
+        let mut map: HashMap<String, HashSet<Hotkey>> = HashMap::new();
+        for peer in &view.peers {
+            map.entry(peer.bucket.to_string()).or_default().insert(peer.hotkey);
+        }
+        map.entry(self.own_location().to_string()).or_default().insert(self.own_hotkey());
+        map
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these small locks leaves consistent data behind.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_bounds_use_observed_blocks_and_extrapolate_the_rest() {
+        let schedule = WindowSchedule::new(2).unwrap();
+        let mut times = BlockTimes::default();
+        times.record(10, 10_000);
+        times.record(11, 11_000);
+        times.record(12, 12_500);
+        // Window 5 = blocks 10, 11; ends when block 12 arrives.
+        assert_eq!(times.window_bounds(&schedule, 5, 1000), Some((10_000, 12_500)));
+        // Window 6 = blocks 12, 13; block 14 not seen: 12_500 + 2 * 1000.
+        assert_eq!(times.window_bounds(&schedule, 6, 1000), Some((12_500, 14_500)));
+        // Before anything seen: back from block 10.
+        assert_eq!(times.window_bounds(&schedule, 4, 1000), Some((8_000, 10_000)));
+        assert_eq!(BlockTimes::default().window_bounds(&schedule, 1, 1000), None);
+    }
+
+    #[test]
+    fn an_armed_fault_fires_once() {
+        let faults = Faults::default();
+        faults.arm(Fault::PanicIn(ActorKind::Trainer));
+        assert!(!faults.take(Fault::PanicIn(ActorKind::WindowClock)));
+        assert!(faults.take(Fault::PanicIn(ActorKind::Trainer)));
+        assert!(!faults.take(Fault::PanicIn(ActorKind::Trainer)));
+    }
+}

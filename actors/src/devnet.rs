@@ -1,0 +1,259 @@
+//! A whole network in one process: the in-process dev chain, an embedded S3 server over
+//! HTTP on 127.0.0.1, and N miners on a tiny Llama with the synthetic data source — every
+//! real code path (slices through S3, commitments on the chain, the actor tree). The
+//! fault-injection tests run on it, and so does `tessera devnet`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tessera_core::chain::{Chain, DevChain, DevChainOptions};
+use tessera_core::config::{BucketName, Device};
+use tessera_core::hparams::Hparams;
+use tessera_core::model::ParamLayout;
+use tessera_core::storage::{AccessKeys, BucketClient, EmbeddedS3, PeerClients, SliceCache, TransferOptions};
+use tessera_core::wallet::LoadedHotkey;
+use tessera_core::window::WindowSchedule;
+use tessera_data::{SyntheticSource, TextTokenizer};
+use tessera_model::LlamaConfig;
+use tessera_model::checkpoint::CheckpointStore;
+use tessera_model::train::OptimSettings;
+use thiserror::Error;
+use tracing::info;
+
+use crate::context::{MinerContext, MinerParts, ModelSpec, RuntimeSettings};
+use crate::host::{Host, MinerShutdown};
+
+#[derive(Debug, Error)]
+pub enum DevnetError {
+    #[error("devnet setup: {0}")]
+    Setup(String),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DevnetError + '_ {
+    move |e| DevnetError::Setup(format!("{what}: {e}"))
+}
+
+/// How to run the devnet.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    pub miners: usize,
+    /// Extra miners that run with `--baseline` (train alone), for comparison.
+    pub baseline_miners: usize,
+    pub block_time: Duration,
+    pub state_dir: PathBuf,
+    pub netuid: u16,
+    pub hparams: Hparams,
+    /// Runtime tunables of every miner (the devnet's are quick).
+    pub settings: RuntimeSettings,
+    /// Blocks count on from the wall clock (block = unix time / block time), so a devnet
+    /// restarted on the same state directory continues its windows.
+    pub wall_clock_blocks: bool,
+    /// Prefix of the miners' names (actor names are process-wide: two devnets in one
+    /// process need different prefixes).
+    pub name_prefix: String,
+}
+
+impl DevnetOptions {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, DevnetError> {
+        let block_time = Duration::from_millis(500);
+        let hparams = tiny_hparams(2)?;
+        Ok(Self {
+            miners: 3,
+            baseline_miners: 0,
+            block_time,
+            state_dir: state_dir.into(),
+            netuid: 1,
+            hparams,
+            settings: devnet_settings(block_time),
+            wall_clock_blocks: false,
+            name_prefix: String::new(),
+        })
+    }
+}
+
+/// The devnet's runtime tunables: the chain's block time, quick deadlines and refreshes.
+pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
+    RuntimeSettings {
+        checkpoint_every: 1,
+        download_concurrency: 8,
+        peer_deadline: Duration::from_secs(5),
+        progress_timeout: Duration::from_secs(2),
+        peer_failures_before_skip: 3,
+        peer_skip: Duration::from_secs(5),
+        refresh_period: Duration::from_secs(1),
+        max_restarts: 20,
+        restart_period: Duration::from_secs(60),
+        restart_backoff: Duration::from_millis(100),
+        restart_backoff_max: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(20),
+        clock_skew: Duration::from_secs(2),
+        block_time,
+        remote: true,
+        baseline: false,
+        random: false,
+        sync_state: false,
+        batch_size: 4,
+        pages_per_window: 1,
+        upload_dtype: tessera_core::slice::Dtype::F32,
+        stall_timeout: (block_time * 8).max(Duration::from_secs(2)),
+    }
+}
+
+/// The seed's hparams with a tiny Llama (byte tokenizer, 2 layers, hidden 64) that
+/// learns the synthetic source on a CPU in seconds.
+pub fn tiny_hparams(window_length: u64) -> Result<Hparams, DevnetError> {
+    let mut hp = Hparams::builtin().map_err(setup("built-in hparams"))?;
+    hp.tokenizer_name = "bytes".to_owned();
+    hp.vocab_size = tessera_data::BYTE_VOCAB_SIZE;
+    hp.hidden_size = 64;
+    hp.intermediate_size = 128;
+    hp.num_hidden_layers = 2;
+    hp.num_attention_heads = 4;
+    hp.num_key_value_heads = 2;
+    hp.max_position_embeddings = 128;
+    hp.sequence_length = 64;
+    hp.compression = 10;
+    hp.window_length = window_length;
+    hp.learning_rate = 3e-3;
+    hp.max_history = 3;
+    hp.validate().map_err(setup("tiny hparams"))?;
+    Ok(hp)
+}
+
+/// A running devnet.
+pub struct Devnet {
+    pub chain: Arc<DevChain>,
+    s3: Option<EmbeddedS3>,
+    s3_addr: std::net::SocketAddr,
+    s3_root: PathBuf,
+    keys: AccessKeys,
+    pub host: Option<Host>,
+    pub options: DevnetOptions,
+}
+
+impl Devnet {
+    /// Starts the chain, the S3 server and the miners.
+    pub async fn start(options: DevnetOptions) -> Result<Self, DevnetError> {
+        let dir = &options.state_dir;
+        std::fs::create_dir_all(dir).map_err(setup("creating the state directory"))?;
+        let first_block = if options.wall_clock_blocks {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            (now.as_millis() / options.block_time.as_millis().max(1)) as u64
+        } else {
+            0
+        };
+        let chain = DevChain::start(DevChainOptions { block_time: Some(options.block_time), first_block });
+        chain.create_subnet(options.netuid);
+
+        let s3_root = dir.join("s3");
+        std::fs::create_dir_all(&s3_root).map_err(setup("creating the S3 directory"))?;
+        let keys = AccessKeys::new("devnet", "devnet-secret-key");
+        let s3 = EmbeddedS3::start(&s3_root, keys.clone()).await.map_err(setup("starting the S3 server"))?;
+        let s3_addr = s3.addr();
+        let cache = SliceCache::open(dir.join("slice-cache")).map_err(setup("opening the slice cache"))?;
+        let opts = TransferOptions {
+            request_timeout: Duration::from_secs(5),
+            transfer_timeout: options.settings.peer_deadline,
+            progress_timeout: options.settings.progress_timeout,
+            ..TransferOptions::default()
+        };
+        let peer_clients = PeerClients::new("us-east-1", opts.clone()).map_err(setup("peer clients"))?;
+        let shape = options.hparams.model_shape();
+        let layout = ParamLayout::llama(&shape).map_err(setup("model layout"))?;
+        let llama = LlamaConfig::from(&shape);
+        let optim = OptimSettings::from_hparams(&options.hparams).map_err(setup("optimizer settings"))?;
+        let schedule = WindowSchedule::new(options.hparams.window_length).map_err(setup("window schedule"))?;
+        let tokenizer = TextTokenizer::load("bytes").map_err(setup("tokenizer"))?;
+        let source = Arc::new(SyntheticSource::new(0));
+        let chain_dyn: Arc<dyn Chain> = chain.clone();
+
+        let mut miners = Vec::new();
+        let total = options.miners + options.baseline_miners;
+        for i in 0..total {
+            let baseline = i >= options.miners;
+            let name = if baseline { format!("baseline{}", i - options.miners + 1) } else { format!("miner{}", i + 1) };
+            let name = format!("{}{name}", options.name_prefix);
+            let hotkey = LoadedHotkey::dev(&format!("//tessera-devnet-{name}")).map_err(setup("dev hotkey"))?;
+            let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
+            let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
+            let uid = chain_dyn
+                .register(options.netuid, hotkey.keypair(), &hotkey.hotkey())
+                .await
+                .map_err(setup("registering"))?;
+            chain_dyn
+                .set_commitment(options.netuid, hotkey.keypair(), &location.to_string())
+                .await
+                .map_err(setup("committing the bucket"))?;
+            let credentials = keys.to_credentials().map_err(setup("credentials"))?;
+            let own_bucket =
+                BucketClient::new(&location, "us-east-1", credentials, opts.clone()).map_err(setup("bucket client"))?;
+            let mut settings = options.settings.clone();
+            settings.baseline = baseline;
+            settings.remote = settings.remote && !baseline;
+            let ctx = MinerContext::new(MinerParts {
+                name: name.clone(),
+                netuid: options.netuid,
+                uid,
+                hotkey: Arc::new(hotkey),
+                hparams: options.hparams.clone(),
+                schedule,
+                model: ModelSpec {
+                    device: Device::Cpu,
+                    llama: llama.clone(),
+                    optim: optim.clone(),
+                    layout: layout.clone(),
+                    checkpoints: CheckpointStore::new(dir.join(&name).join("checkpoints")),
+                    source: source.clone(),
+                    tokenizer: tokenizer.clone(),
+                },
+                settings,
+                chain: chain_dyn.clone(),
+                own_bucket,
+                peer_clients: peer_clients.clone(),
+                cache: cache.clone(),
+            });
+            info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
+            miners.push(ctx);
+        }
+        let host = Host::start(miners).await.map_err(setup("starting the actors"))?;
+        Ok(Self { chain, s3: Some(s3), s3_addr, s3_root, keys, host: Some(host), options })
+    }
+
+    pub fn miners(&self) -> &[Arc<MinerContext>] {
+        self.host.as_ref().map(Host::miners).unwrap_or_default()
+    }
+
+    pub fn s3_root(&self) -> &Path {
+        &self.s3_root
+    }
+
+    /// Stops the S3 server (connections in flight are cut): an outage.
+    pub async fn stop_s3(&mut self) {
+        if let Some(s3) = self.s3.take() {
+            s3.stop().await;
+        }
+    }
+
+    /// Starts the S3 server again on the same address with the same data.
+    pub async fn restart_s3(&mut self) -> Result<(), DevnetError> {
+        if self.s3.is_none() {
+            let s3 = EmbeddedS3::start_on(self.s3_addr, &self.s3_root, self.keys.clone())
+                .await
+                .map_err(setup("restarting the S3 server"))?;
+            self.s3 = Some(s3);
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown of the miners, then the servers.
+    pub async fn shutdown(mut self) -> Vec<MinerShutdown> {
+        let timeout = self.options.settings.shutdown_timeout;
+        let reports = match self.host.take() {
+            Some(host) => host.shutdown(timeout).await,
+            None => Vec::new(),
+        };
+        self.stop_s3().await;
+        reports
+    }
+}

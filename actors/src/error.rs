@@ -1,0 +1,28 @@
+//! Errors of the miner runtime's work (window tasks, transfers), named by cause.
+
+use tessera_core::slice::{EncodeError, IndexError};
+use tessera_core::storage::StorageError;
+use tessera_data::DataError;
+use thiserror::Error;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("slice positions: {0}")]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("window data: {0}")]
+    Data(#[from] DataError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("encoding a slice: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("a background task failed: {0}")]
+    Task(String),
+    #[error("the {0} actor is not running")]
+    ActorDown(&'static str),
+    #[error("the {actor} did not answer: {reason}")]
+    Call { actor: &'static str, reason: String },
+}

@@ -1,0 +1,101 @@
+//! Every message the actors exchange, in one place: the protocol of the runtime.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+use tessera_core::chain::{BlockEvent, BlockInfo};
+use tessera_core::slice::{ObjectKey, SliceKind};
+use tessera_core::window::{Block, Window};
+
+use crate::context::PeerView;
+
+/// To the ChainListener.
+pub enum ChainListenerMsg {
+    /// From its block-stream task.
+    Event(BlockEvent),
+    /// Time to re-read the metagraph and commitments.
+    Refresh,
+    /// A refresh finished (read off the handler).
+    Refreshed(Result<PeerView, String>),
+}
+
+/// To the WindowClock.
+pub enum WindowClockMsg {
+    Block(BlockInfo),
+}
+
+/// To the Trainer.
+pub enum TrainerMsg {
+    /// The clock entered `window` at `block`.
+    WindowStarted { window: Window, block: Block },
+    /// The current window task finished (or failed).
+    WindowDone(Result<WindowOutcome, String>),
+    /// Watchdog: engine liveness; the safe point where injected faults fire.
+    Tick,
+    /// Stop training, write a checkpoint, reply.
+    Shutdown(RpcReplyPort<ShutdownReport>),
+}
+
+/// What a window task did, for logs and counters.
+#[derive(Debug, Clone)]
+pub struct WindowOutcome {
+    pub window: Window,
+    pub trained: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub checkpoint_window: Option<Window>,
+    pub error: Option<String>,
+}
+
+/// To the StateSyncer.
+pub enum StateSyncerMsg {
+    /// The mean of the valid `kind` slices of `window` (the own one included).
+    Average { kind: SliceKind, window: Window, reply: RpcReplyPort<AverageOutcome> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AverageOutcome {
+    /// `None` when no valid slice was found.
+    pub mean: Option<Arc<Vec<f32>>>,
+    pub accepted: u32,
+    pub rejected: u32,
+}
+
+/// To the SliceDownloader.
+pub enum SliceDownloaderMsg {
+    /// Every usable `kind` object of `window` in the buckets this miner reads, fetched into
+    /// the cache; byte-level validation is the reader's.
+    Fetch { kind: SliceKind, window: Window, reply: RpcReplyPort<FetchOutcome> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FetchOutcome {
+    pub slices: Vec<FetchedSlice>,
+    /// Objects listed but not used (bad name, unregistered, wrong bucket, out of time).
+    pub refused: u32,
+    pub failed: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchedSlice {
+    pub key: ObjectKey,
+    pub path: PathBuf,
+    pub bucket: String,
+}
+
+/// To the SliceUploader.
+pub enum SliceUploaderMsg {
+    /// Publish the own slice; queued, never blocks the sender.
+    Upload { kind: SliceKind, window: Window, values: Arc<Vec<f32>> },
+    /// Delete own objects (bucket and cache) of windows before this one.
+    Prune { before: Window },
+    /// Retry the head of the queue (after a backoff).
+    Kick,
+    /// An upload task ended.
+    Finished { key: String, result: Result<(), String> },
+    /// Finish the upload in flight (or abandon it at the deadline) and reply.
+    Drain(RpcReplyPort<usize>),
+}

@@ -1,0 +1,260 @@
+//! SliceDownloader: lists the buckets this miner reads, refuses objects that cannot be
+//! used (name, version, signer not registered or not the bucket's, uploaded outside the
+//! window's time, too large), and fetches the rest into the host's slice cache with
+//! bounded concurrency, a deadline per object, and peers that keep failing skipped for a
+//! while. Byte-level validation belongs to the reader (StateSyncer).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tessera_core::slice::{ObjectKey, SliceKind, max_encoded_len};
+use tessera_core::storage::{BucketClient, BucketLocation, CacheEntry, ObjectInfo};
+use tessera_core::window::Window;
+use tracing::{debug, warn};
+
+use crate::context::{ActorKind, MinerContext, lock};
+use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg};
+use crate::stats::MinerStats;
+
+pub struct SliceDownloader;
+
+pub struct SliceDownloaderState {
+    ctx: Arc<MinerContext>,
+    health: Arc<Mutex<PeerHealth>>,
+}
+
+impl Actor for SliceDownloader {
+    type Msg = SliceDownloaderMsg;
+    type State = SliceDownloaderState;
+    type Arguments = Arc<MinerContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Arc<MinerContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ctx.stats.record_start(ActorKind::SliceDownloader);
+        let health = PeerHealth::new(ctx.settings.peer_failures_before_skip, ctx.settings.peer_skip);
+        Ok(SliceDownloaderState { ctx, health: Arc::new(Mutex::new(health)) })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SliceDownloaderMsg::Fetch { kind, window, reply } => {
+                state.ctx.faults.maybe_panic(ActorKind::SliceDownloader);
+                let (ctx, health) = (state.ctx.clone(), state.health.clone());
+                // Off the handler: a slow peer never delays the next request.
+                tokio::spawn(async move {
+                    let outcome = fetch_window(&ctx, &health, kind, window).await;
+                    let _ = reply.send(outcome);
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive failures per bucket; a bucket at the threshold is skipped until its time is up.
+#[derive(Debug)]
+pub struct PeerHealth {
+    threshold: u32,
+    skip_for: Duration,
+    peers: HashMap<String, (u32, Option<Instant>)>,
+}
+
+impl PeerHealth {
+    pub fn new(threshold: u32, skip_for: Duration) -> Self {
+        Self { threshold: threshold.max(1), skip_for, peers: HashMap::new() }
+    }
+
+    pub fn is_skipped(&self, bucket: &str, now: Instant) -> bool {
+        matches!(self.peers.get(bucket), Some((_, Some(until))) if now < *until)
+    }
+
+    /// Returns true when this failure starts a skip period.
+    pub fn failed(&mut self, bucket: &str, now: Instant) -> bool {
+        let entry = self.peers.entry(bucket.to_owned()).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= self.threshold {
+            entry.0 = 0;
+            entry.1 = Some(now + self.skip_for);
+            return true;
+        }
+        false
+    }
+
+    pub fn succeeded(&mut self, bucket: &str) {
+        self.peers.remove(bucket);
+    }
+}
+
+struct Candidate {
+    bucket: BucketLocation,
+    client: BucketClient,
+    key: ObjectKey,
+    info: ObjectInfo,
+}
+
+async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: SliceKind, window: Window) -> FetchOutcome {
+    let mut outcome = FetchOutcome::default();
+    let prefix = ObjectKey::prefix(kind, window);
+    let buckets: Vec<BucketLocation> = ctx
+        .buckets_to_read()
+        .into_iter()
+        .filter(|b| {
+            let skipped = lock(health).is_skipped(&b.to_string(), Instant::now());
+            if skipped {
+                debug!(miner = %ctx.name, bucket = %b, "skipping a failing peer for now");
+            }
+            !skipped
+        })
+        .collect();
+    let own = ctx.own_location().clone();
+    let listings = futures::stream::iter(buckets.into_iter().map(|bucket| {
+        let client = if bucket == own { ctx.own_bucket.clone() } else { ctx.peer_clients.client(&bucket) };
+        let prefix = prefix.clone();
+        let deadline = ctx.settings.peer_deadline;
+        async move {
+            let listed = tokio::time::timeout(deadline, client.list(&prefix)).await;
+            (bucket, client, listed)
+        }
+    }))
+    .buffer_unordered(ctx.settings.download_concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+
+    let max_bytes = max_encoded_len(ctx.slice_value_count()) as u64;
+    let bounds = ctx.upload_bounds(kind, window);
+    let view = ctx.peer_view();
+    let committers = ctx.settings.remote.then(|| ctx.committers_by_bucket());
+    let mut candidates = Vec::new();
+    for (bucket, client, listed) in listings {
+        let name = bucket.to_string();
+        let objects = match listed {
+            Ok(Ok(objects)) => objects,
+            Ok(Err(e)) => {
+                peer_failed(ctx, health, &name, &e.to_string());
+                outcome.failed += 1;
+                continue;
+            }
+            Err(_) => {
+                peer_failed(ctx, health, &name, "listing passed its deadline");
+                outcome.failed += 1;
+                continue;
+            }
+        };
+        for info in objects {
+            let refusal = (|| {
+                let key = ObjectKey::from_str(&info.key).map_err(|_| "bad_key")?;
+                if !key.is_current_version() {
+                    return Err("other_version");
+                }
+                if key.kind != kind || key.window != window {
+                    return Err("bad_key");
+                }
+                if view.refreshed_ms > 0 && !view.registered.contains(&key.hotkey) {
+                    return Err("unregistered_hotkey");
+                }
+                if let Some(committers) = &committers
+                    && !committers.get(&name).is_some_and(|set| set.contains(&key.hotkey))
+                {
+                    return Err("foreign_bucket");
+                }
+                if info.size > max_bytes {
+                    return Err("too_large");
+                }
+                match (bounds, info.last_modified_ms) {
+                    (Some((lo, hi)), Some(t)) if t < lo || t > hi => return Err("outside_window_time"),
+                    (Some(_), None) => return Err("outside_window_time"),
+                    _ => {}
+                }
+                Ok(key)
+            })();
+            match refusal {
+                Ok(key) => candidates.push(Candidate { bucket: bucket.clone(), client: client.clone(), key, info }),
+                Err(reason) => {
+                    debug!(miner = %ctx.name, bucket = %name, key = %info.key, reason, "refusing a listed object");
+                    ctx.stats.reject(reason);
+                    outcome.refused += 1;
+                }
+            }
+        }
+    }
+
+    let fetched = futures::stream::iter(candidates.into_iter().map(|c| async move {
+        let entry = CacheEntry { location: &c.bucket, key: &c.info.key, etag: None, size: c.info.size };
+        let client = c.client.clone();
+        let key = c.info.key.clone();
+        let fetch =
+            ctx.cache.get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
+        let result = tokio::time::timeout(ctx.settings.peer_deadline, fetch).await;
+        (c, result)
+    }))
+    .buffer_unordered(ctx.settings.download_concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+
+    for (c, result) in fetched {
+        let name = c.bucket.to_string();
+        match result {
+            Ok(Ok(cached)) => {
+                lock(health).succeeded(&name);
+                if cached.hit {
+                    MinerStats::add(&ctx.stats.cache_hits, 1);
+                } else {
+                    MinerStats::add(&ctx.stats.slices_downloaded, 1);
+                }
+                outcome.slices.push(FetchedSlice { key: c.key, path: cached.path, bucket: name });
+            }
+            Ok(Err(e)) => {
+                peer_failed(ctx, health, &name, &e.to_string());
+                outcome.failed += 1;
+            }
+            Err(_) => {
+                peer_failed(ctx, health, &name, "download passed its deadline");
+                outcome.failed += 1;
+            }
+        }
+    }
+    // Same order for everyone: the mean does not depend on arrival order.
+    outcome.slices.sort_by(|a, b| (a.key.hotkey.0, &a.bucket).cmp(&(b.key.hotkey.0, &b.bucket)));
+    outcome
+}
+
+fn peer_failed(ctx: &MinerContext, health: &Mutex<PeerHealth>, bucket: &str, error: &str) {
+    MinerStats::add(&ctx.stats.download_failures, 1);
+    if lock(health).failed(bucket, Instant::now()) {
+        MinerStats::add(&ctx.stats.peers_skipped, 1);
+        warn!(miner = %ctx.name, bucket, error, skip_secs = ctx.settings.peer_skip.as_secs(), "peer keeps failing; skipping it for a while");
+    } else {
+        warn!(miner = %ctx.name, bucket, error, "peer download failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_failing_repeatedly_is_skipped_until_its_time_is_up() {
+        let mut health = PeerHealth::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(!health.failed("b", t0));
+        assert!(!health.failed("b", t0));
+        assert!(!health.is_skipped("b", t0));
+        assert!(health.failed("b", t0));
+        assert!(health.is_skipped("b", t0 + Duration::from_secs(59)));
+        assert!(!health.is_skipped("b", t0 + Duration::from_secs(61)));
+        health.succeeded("b");
+        assert!(!health.is_skipped("b", t0));
+    }
+}

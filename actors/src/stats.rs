@@ -1,0 +1,90 @@
+//! Counters of one miner, updated by its actors and read by tests, the CLI and (later)
+//! the metrics endpoint. Plain atomics and small locks: telemetry never blocks training.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::context::{ActorKind, lock};
+
+/// What one window of training did, as the Trainer reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSummary {
+    pub window: u64,
+    pub loss: f32,
+    pub tokens: usize,
+    pub tokens_per_sec: f64,
+    pub micro_batches: usize,
+    pub sample_rate: f64,
+    pub lr: f64,
+    pub step: u64,
+    /// Slices averaged into the model (state at the start, delta at the end).
+    pub state_slices: u32,
+    pub delta_slices: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct MinerStats {
+    pub windows_completed: AtomicU64,
+    pub slices_uploaded: AtomicU64,
+    pub upload_failures: AtomicU64,
+    pub uploads_abandoned: AtomicU64,
+    pub slices_downloaded: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub download_failures: AtomicU64,
+    pub peers_skipped: AtomicU64,
+    pub slices_averaged: AtomicU64,
+    pub checkpoints_written: AtomicU64,
+    pub block_stream_losses: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Milliseconds from a restarted Trainer's start to its first micro-batch (0 = none yet).
+    pub last_restart_ready_ms: AtomicU64,
+    pub engine_rebuilds: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    restarts: Mutex<BTreeMap<ActorKind, u64>>,
+    windows: Mutex<Vec<WindowSummary>>,
+}
+
+impl MinerStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        *lock(&self.rejected).entry(reason).or_default() += 1;
+    }
+
+    /// Rejected slices by reason label.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.rejected).clone()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        lock(&self.rejected).values().sum()
+    }
+
+    pub fn record_start(&self, kind: ActorKind) {
+        *lock(&self.restarts).entry(kind).or_default() += 1;
+    }
+
+    /// Restarts per actor kind (starts after the first).
+    pub fn restarts(&self) -> BTreeMap<ActorKind, u64> {
+        lock(&self.restarts).iter().map(|(k, v)| (*k, v.saturating_sub(1))).collect()
+    }
+
+    pub fn record_window(&self, summary: WindowSummary) {
+        Self::add(&self.windows_completed, 1);
+        let mut windows = lock(&self.windows);
+        windows.push(summary);
+        let excess = windows.len().saturating_sub(10_000);
+        windows.drain(..excess);
+    }
+
+    pub fn windows(&self) -> Vec<WindowSummary> {
+        lock(&self.windows).clone()
+    }
+}
