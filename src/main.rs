@@ -2,18 +2,16 @@
 //! configuration rules live in `tessera-core`; this file only connects them.
 
 mod cli;
+mod miner;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
-use tessera_core::chain::{CommitmentChange, SubtensorChain, ensure_commitment, find_uid};
 use tessera_core::config::{ConfigError, ConfigSources, HparamsSettings, MinerConfig};
 use tessera_core::hparams::{LoadedHparams, load_hparams};
 use tessera_core::model::ParamLayout;
-use tessera_core::storage::{BucketClient, BucketLocation, TransferOptions};
-use tessera_core::wallet::WalletSpec;
 use tessera_core::window::WindowSchedule;
 use tracing::{info, warn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -110,66 +108,15 @@ async fn miner(args: MinerArgs) -> Result<()> {
         "model"
     );
 
-    let wallet = WalletSpec {
-        name: config.wallet.name.clone(),
-        hotkey: config.wallet.hotkey.clone(),
-        path: config.wallet.path.clone(),
-    };
-    let hotkey = wallet.load_hotkey()?;
-    info!(hotkey = %hotkey.hotkey(), wallet = %config.wallet.name, "loaded hotkey");
-
-    let chain = SubtensorChain::connect(&config.subtensor.chain_endpoint).await?;
-    let (uid, metagraph) = find_uid(&chain, config.netuid, &hotkey.hotkey()).await?;
-    let uid = uid.ok_or_else(|| not_registered(&config, &hotkey.hotkey().to_string()))?;
-    info!(uid, netuid = config.netuid, neurons = metagraph.size(), block = metagraph.block, "hotkey is registered");
-
-    let location = own_bucket(&config)?;
-    check_own_bucket(&config, &location).await?;
-    match ensure_commitment(&chain, config.netuid, hotkey.keypair(), &location.to_string()).await? {
-        CommitmentChange::Unchanged => info!(bucket = %location, "bucket commitment is current"),
-        CommitmentChange::Committed { previous } => {
-            info!(bucket = %location, previous = previous.as_deref().unwrap_or("none"), "committed the bucket location")
-        }
+    let instances = config.instances();
+    let shared = miner::Shared::new(&config, loaded.hparams.clone()).await?;
+    let mut miners = Vec::new();
+    for instance in &instances {
+        let ctx =
+            miner::prepare(instance, &shared).await.with_context(|| format!("starting miner {}", instance.name))?;
+        miners.push(ctx);
     }
-    bail!(
-        "the miner's window loop is not available in this build yet; the configuration, hparams, \
-         wallet, registration (UID {uid}) and bucket commitment above are valid"
-    )
-}
-
-/// The seed's advice when the hotkey is not registered, with today's btcli spelling.
-fn not_registered(config: &MinerConfig, hotkey: &str) -> anyhow::Error {
-    anyhow!(
-        "hotkey {hotkey} of wallet {name}/{hk} is not registered on subnet {netuid} at {endpoint}. \
-         You need to register first with:\n    btcli subnet register --netuid {netuid} --wallet.name {name} \
-         --wallet.hotkey {hk} --subtensor.network {network}",
-        name = config.wallet.name,
-        hk = config.wallet.hotkey,
-        netuid = config.netuid,
-        endpoint = config.subtensor.chain_endpoint,
-        network = config.subtensor.network,
-    )
-}
-
-/// Fails early, with the bucket named, when the own bucket cannot be listed with the
-/// configured credentials — rather than at the first upload, a window later.
-async fn check_own_bucket(config: &MinerConfig, location: &BucketLocation) -> Result<()> {
-    let credentials = config.s3.credentials().resolve()?;
-    let client = BucketClient::new(location, &config.s3.region, credentials, TransferOptions::default())?;
-    let existing =
-        client.list("state-").await.with_context(|| format!("checking access to the own bucket {location}"))?;
-    info!(bucket = %location, state_slices = existing.len(), "own bucket is reachable");
-    Ok(())
-}
-
-/// Where peers find this miner's slices: `s3://bucket` on AWS, or the configured
-/// S3-compatible endpoint with the bucket as its path.
-fn own_bucket(config: &MinerConfig) -> Result<BucketLocation> {
-    Ok(match &config.s3.endpoint {
-        None => BucketLocation::aws(config.bucket.clone()),
-        Some(endpoint) => BucketLocation::endpoint(endpoint, config.bucket.clone())
-            .with_context(|| format!("s3.endpoint {endpoint} with bucket {}", config.bucket))?,
-    })
+    miner::run(miners, config.runtime.shutdown_timeout()).await
 }
 
 /// The errors of `load_hparams` already name the file or URL and the cache.

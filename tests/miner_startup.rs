@@ -1,5 +1,8 @@
-//! The miner's start-up against the real subtensor runtime (chopsticks): an unregistered
-//! hotkey stops with the registration advice; a registered one commits its bucket.
+//! The real `tessera miner` binary against the real subtensor runtime (chopsticks) and an
+//! S3 server over HTTP: an unregistered hotkey stops with the registration advice; a
+//! registered one commits its bucket, trains window after window, and stops gracefully on
+//! SIGTERM with a checkpoint; killed with SIGKILL at random points, it resumes from its
+//! checkpoint and leaves no corrupt file in the checkpoint or cache directory.
 
 #[path = "../core/tests/support/chopsticks.rs"]
 mod chopsticks;
@@ -22,30 +25,159 @@ struct Bucket {
     keys: AccessKeys,
 }
 
-async fn run_miner(dir: &Path, endpoint: &str, netuid: u16, bucket: &Bucket) -> Output {
+fn miner_command(dir: &Path, endpoint: &str, netuid: u16, bucket: &Bucket) -> tokio::process::Command {
     let exe = env!("CARGO_BIN_EXE_tessera");
     let netuid = netuid.to_string();
     let wallets = dir.join("wallets");
-    tokio::process::Command::new(exe)
-        .args(["miner", "--bucket", "tessera-test-bucket", "--device", "cpu", "--netuid", &netuid])
+    let hparams = dir.join("tiny-hparams.json");
+    if !hparams.exists() {
+        let tiny = tessera_actors::devnet::tiny_hparams(2).unwrap();
+        std::fs::write(&hparams, serde_json::to_vec(&tiny).unwrap()).unwrap();
+    }
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["miner", "--bucket", "tessera-test-bucket", "--device", "cpu", "--netuid", &netuid])
         .args(["--subtensor.chain_endpoint", endpoint, "--wallet.name", "op", "--wallet.hotkey", "m1"])
+        .args(["--actual_batch_size", "4"])
         .arg("--wallet.path")
         .arg(&wallets)
         .arg("--state_dir")
         .arg(dir.join("state"))
+        .arg("--hparams")
+        .arg(&hparams)
         .env("TESSERA_CONFIG_DIR", dir.join("no-config"))
         .env("TESSERA__S3__ENDPOINT", &bucket.endpoint)
         .env("TESSERA__S3__ACCESS_KEY_ID", &bucket.keys.access_key)
         .env("TESSERA__S3__SECRET_ACCESS_KEY", &bucket.keys.secret_key)
+        .env("TESSERA__DATA__SOURCE", "synthetic")
+        .env("TESSERA__DATA__PAGES_PER_WINDOW", "1")
+        .env("TESSERA__RUNTIME__CHECKPOINT_EVERY", "1")
+        .env("TESSERA__RUNTIME__REFRESH_SECS", "2")
         .env_remove("RUST_LOG")
         .current_dir(dir)
-        .output()
-        .await
-        .expect("run tessera")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the miner to its exit.
+async fn run_miner(dir: &Path, endpoint: &str, netuid: u16, bucket: &Bucket) -> Output {
+    miner_command(dir, endpoint, netuid, bucket).output().await.expect("run tessera")
+}
+
+/// What to do to the miner once its log shows the awaited line.
+#[derive(Clone, Copy)]
+enum Then {
+    Term,
+    Kill { after: Duration },
+}
+
+/// Runs the miner until its stderr has `lines` lines containing `needle`, then signals it
+/// as `then` says; returns its exit status and whole stderr.
+async fn run_miner_until(
+    dir: &Path,
+    endpoint: &str,
+    netuid: u16,
+    bucket: &Bucket,
+    needle: &str,
+    lines: usize,
+    then: Then,
+) -> (std::process::ExitStatus, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = miner_command(dir, endpoint, netuid, bucket)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tessera");
+    let pid = child.id().expect("pid") as i32;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let line = tokio::time::timeout_at(deadline, stderr.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within the deadline:\n{log}"));
+        let Some(line) = line.unwrap() else { break };
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(needle) {
+            seen += 1;
+            if seen == lines {
+                match then {
+                    Then::Term => signal(pid, "TERM"),
+                    Then::Kill { after } => {
+                        // The random point of the kill, not a synchronisation.
+                        tokio::time::sleep(after).await;
+                        signal(pid, "KILL");
+                    }
+                }
+            }
+        }
+    }
+    let status = tokio::time::timeout_at(deadline, child.wait()).await.expect("exit in time").unwrap();
+    (status, log)
+}
+
+fn signal(pid: i32, name: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(ok.success(), "kill -{name} {pid}");
+}
+
+/// Every checkpoint on disk loads; every file in the slice cache is a complete slice.
+fn assert_state_is_sound(dir: &Path) {
+    use tessera_model::LlamaConfig;
+    let tiny = tessera_actors::devnet::tiny_hparams(2).unwrap();
+    let config = LlamaConfig::from(&tiny.model_shape());
+    let ckpts = dir.join("state").join("checkpoints");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&ckpts).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".ckpt") {
+            tessera_model::checkpoint::read_checkpoint_meta(&path, &config)
+                .unwrap_or_else(|e| panic!("corrupt checkpoint {}: {e}", path.display()));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 1, "no checkpoint in {}", ckpts.display());
+    let layout = tessera_core::model::ParamLayout::llama(&tiny.model_shape()).unwrap();
+    let value_count = layout
+        .params()
+        .iter()
+        .map(|p| tessera_core::slice::slice_len(p.numel() as u64, tiny.compression) as usize)
+        .sum();
+    let mut cached = 0;
+    let mut stack = vec![dir.join("state").join("slice-cache")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let Some((key, _)) = name.rsplit_once('.') else { continue };
+            let Ok(key) = key.parse::<tessera_core::slice::ObjectKey>() else { continue };
+            let bytes = std::fs::read(&path).unwrap();
+            let expected = tessera_core::slice::Expected {
+                kind: key.kind,
+                window: key.window,
+                hotkey: Some(key.hotkey),
+                registered: None,
+                fingerprint: layout.fingerprint(),
+                compression: tiny.compression,
+                value_count,
+            };
+            tessera_core::slice::decode(&bytes, &expected)
+                .unwrap_or_else(|e| panic!("corrupt cached slice {}: {e}", path.display()));
+            cached += 1;
+        }
+    }
+    assert!(cached >= 1, "no cached slice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn miner_start_up_checks_registration_and_commits_its_bucket() {
+async fn the_miner_binary_registers_trains_stops_gracefully_and_survives_sigkill() {
     let node = Chopsticks::start().await;
     let chain = SubtensorChain::connect(&node.endpoint()).await.expect("connect");
     let _producer = BlockProducer::start(node.endpoint(), Duration::from_millis(100)).await;
@@ -86,17 +218,40 @@ async fn miner_start_up_checks_registration_and_commits_its_bucket() {
         .await
         .expect("fund the hotkey");
     let uid = chain.register(netuid, &alice, &hotkey).await.expect("register");
-    let out = run_miner(dir.path(), &node.endpoint(), netuid, &bucket).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("registration (UID {uid})")), "{stderr}");
+    let (status, stderr) =
+        run_miner_until(dir.path(), &node.endpoint(), netuid, &bucket, "window done", 2, Then::Term).await;
+    assert!(stderr.contains(&format!("hotkey is registered")) && stderr.contains(&format!("uid={uid}")), "{stderr}");
     assert!(stderr.contains("own bucket is reachable"), "{stderr}");
     assert!(stderr.contains("committed the bucket location"), "{stderr}");
     assert_eq!(chain.commitment(netuid, &hotkey).await.unwrap(), Some(committed.clone()));
+    assert!(status.success(), "SIGTERM ends the miner with exit 0: {status}\n{stderr}");
+    assert!(stderr.contains("checkpoint written at shutdown") && stderr.contains("stopped"), "{stderr}");
 
-    // A second start finds the commitment current and does not write it again.
-    let out = run_miner(dir.path(), &node.endpoint(), netuid, &bucket).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A second start finds the commitment current and resumes from the checkpoint.
+    let (status, stderr) =
+        run_miner_until(dir.path(), &node.endpoint(), netuid, &bucket, "window done", 1, Then::Term).await;
     assert!(stderr.contains("bucket commitment is current"), "{stderr}");
+    assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
+    assert!(status.success(), "{status}\n{stderr}");
+
+    // Killed at random points: each restart resumes from a sound checkpoint.
+    let mut rng = 0x2545_f491_u64;
+    for round in 0..3 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after = Duration::from_millis(rng % 1500);
+        let (status, stderr) =
+            run_miner_until(dir.path(), &node.endpoint(), netuid, &bucket, "window done", 1, Then::Kill { after })
+                .await;
+        assert!(!status.success(), "round {round}: SIGKILL");
+        assert!(stderr.contains("resumed from checkpoint"), "round {round}: {stderr}");
+        assert_state_is_sound(dir.path());
+    }
+    let (status, stderr) =
+        run_miner_until(dir.path(), &node.endpoint(), netuid, &bucket, "window done", 1, Then::Term).await;
+    assert!(stderr.contains("resumed from checkpoint") && status.success(), "{status}\n{stderr}");
+    assert_state_is_sound(dir.path());
 
     // Wrong credentials stop the start-up with the bucket named, before anything is uploaded.
     let wrong = Bucket {

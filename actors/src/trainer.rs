@@ -264,7 +264,7 @@ impl WindowJob {
             .engine
             .run(move |ops| {
                 let mut rate = rate;
-                let mut rng = StdRng::seed_from_u64(window ^ 0x7e55_e7a);
+                let mut rng = StdRng::seed_from_u64(window ^ 0x07e5_5e7a);
                 let window_ended = || {
                     if stop_ctx.faults.take(Fault::EnginePanic) {
                         panic!("injected fault: panic in the training engine");
@@ -321,7 +321,7 @@ impl WindowJob {
         );
         ctx.stats.record_window(summary);
         let completed = MinerStats::get(&ctx.stats.windows_completed);
-        if completed % ctx.settings.checkpoint_every.max(1) == 0 {
+        if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
             let meta = self.engine.run(move |ops| ops.checkpoint(window)).await??;
             MinerStats::add(&ctx.stats.checkpoints_written, 1);
             debug!(miner = %ctx.name, window, step = meta.step, "checkpoint written");

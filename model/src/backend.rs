@@ -213,6 +213,19 @@ pub trait WithBackend {
     fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output;
 }
 
+/// What `device` trains on, or why it cannot (no CUDA in this build, no driver, no such
+/// GPU): a cheap check at start-up, before any model is built.
+pub fn describe_device(device: &Device) -> Result<String, BackendError> {
+    struct Describe;
+    impl WithBackend for Describe {
+        type Output = String;
+        fn run<B: AutodiffBackend>(self, _device: B::Device, info: &BackendInfo) -> String {
+            info.to_string()
+        }
+    }
+    dispatch(device, Describe)
+}
+
 /// Runs `job` on the backend for `device`, in fp32 ([`FloatType::F32`]).
 pub fn dispatch<W: WithBackend>(device: &Device, job: W) -> Result<W::Output, BackendError> {
     dispatch_with(device, FloatType::F32, job)

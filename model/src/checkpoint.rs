@@ -262,6 +262,7 @@ impl CheckpointStore {
         settings: OptimSettings,
         device: &B::Device,
     ) -> Result<Option<(Trainer<B>, CheckpointMeta)>, CheckpointError> {
+        self.remove_leftovers();
         let (latest, previous) = (self.latest_path(), self.previous_path());
         let first_error = if latest.exists() {
             match load_checkpoint(&latest, config, settings.clone(), device) {
@@ -285,6 +286,26 @@ impl CheckpointStore {
                 Ok(Some(loaded))
             }
             Err(e) => Err(first_error.unwrap_or(e)),
+        }
+    }
+}
+
+impl CheckpointStore {
+    /// Removes temp files of a writer that was killed mid-save. Only this store's owner
+    /// writes here, and it is starting, so any such file is garbage.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tessera-ckpt-") && name.ends_with(".tmp") {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(path = %entry.path().display(), "removed an unfinished checkpoint"),
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an unfinished checkpoint")
+                    }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,255 @@
+//! `tessera miner`: start-up checks for each configured miner, then the actor tree until
+//! SIGTERM/SIGINT (graceful: checkpoint, uploads finished or abandoned, exit 0) or until
+//! every miner has failed (exit non-zero with the reasons).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tessera_actors::context::{MinerParts, ModelSpec, RuntimeSettings};
+use tessera_actors::{Host, MinerContext};
+use tessera_core::chain::{Chain, CommitmentChange, SubtensorChain, ensure_commitment, find_uid};
+use tessera_core::config::{DataConfig, DataSourceSpec, MinerConfig, MinerInstance};
+use tessera_core::hparams::Hparams;
+use tessera_core::model::ParamLayout;
+use tessera_core::slice::Dtype;
+use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache, TransferOptions};
+use tessera_core::wallet::WalletSpec;
+use tessera_core::window::WindowSchedule;
+use tessera_data::{HfRowsConfig, HfRowsSource, LocalFilesSource, PageSource, SyntheticSource, TextTokenizer};
+use tessera_model::LlamaConfig;
+use tessera_model::backend::describe_device;
+use tessera_model::checkpoint::CheckpointStore;
+use tessera_model::train::OptimSettings;
+use tracing::{error, info, warn};
+
+/// Subtensor's block time: window bounds are extrapolated with it between observed blocks.
+const SUBTENSOR_BLOCK_TIME: Duration = Duration::from_secs(12);
+
+/// Everything the miners of the process share.
+pub struct Shared {
+    pub hparams: Hparams,
+    pub chain: Arc<SubtensorChain>,
+    pub peer_clients: PeerClients,
+    pub cache: SliceCache,
+    pub source: Arc<dyn PageSource>,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Shared {
+    pub async fn new(config: &MinerConfig, hparams: Hparams) -> Result<Self> {
+        let tokenizer = TextTokenizer::load(&hparams.tokenizer_name)
+            .with_context(|| format!("loading the tokenizer {:?} named by the hparams", hparams.tokenizer_name))?;
+        if tokenizer.vocab_size() > hparams.vocab_size {
+            bail!(
+                "the tokenizer {:?} has {} tokens but the model's vocabulary (hparams vocab_size) is {}",
+                hparams.tokenizer_name,
+                tokenizer.vocab_size(),
+                hparams.vocab_size
+            );
+        }
+        let source = page_source(&config.data)?;
+        let chain = Arc::new(SubtensorChain::connect(&config.subtensor.chain_endpoint).await?);
+        let runtime = &config.runtime;
+        let opts = TransferOptions {
+            transfer_timeout: runtime.peer_deadline(),
+            progress_timeout: runtime.progress_timeout(),
+            ..TransferOptions::default()
+        };
+        let peer_clients = PeerClients::new(&config.s3.region, opts)?;
+        let cache_dir = runtime.cache_dir.clone();
+        let cache = tokio::task::spawn_blocking(move || SliceCache::open(cache_dir)).await??;
+        Ok(Self { hparams, chain, peer_clients, cache, source, tokenizer })
+    }
+}
+
+fn page_source(data: &DataConfig) -> Result<Arc<dyn PageSource>> {
+    Ok(match &data.source {
+        DataSourceSpec::HuggingFace => {
+            let mut hf = HfRowsConfig::default();
+            if let Some(dataset) = &data.dataset {
+                hf.dataset = dataset.clone();
+            }
+            Arc::new(HfRowsSource::new(hf)?)
+        }
+        DataSourceSpec::Synthetic => Arc::new(SyntheticSource::new(data.synthetic_seed)),
+        DataSourceSpec::Local(path) => Arc::new(LocalFilesSource::new(path.clone())),
+    })
+}
+
+/// The start-up of one miner: wallet, registration, own bucket, commitment; then its context.
+pub async fn prepare(instance: &MinerInstance, shared: &Shared) -> Result<Arc<MinerContext>> {
+    let config = &instance.config;
+    let name = &instance.name;
+    let hp = &shared.hparams;
+    let wallet = WalletSpec {
+        name: config.wallet.name.clone(),
+        hotkey: config.wallet.hotkey.clone(),
+        path: config.wallet.path.clone(),
+    };
+    let hotkey = wallet.load_hotkey()?;
+    info!(miner = %name, hotkey = %hotkey.hotkey(), wallet = %config.wallet.name, "loaded hotkey");
+
+    let chain: &dyn Chain = shared.chain.as_ref();
+    let (uid, metagraph) = find_uid(chain, config.netuid, &hotkey.hotkey()).await?;
+    let uid = uid.ok_or_else(|| not_registered(config, &hotkey.hotkey().to_string()))?;
+    info!(miner = %name, uid, netuid = config.netuid, neurons = metagraph.size(), block = metagraph.block, "hotkey is registered");
+
+    let location = own_bucket(config)?;
+    let own_bucket = check_own_bucket(config, &location).await?;
+    match ensure_commitment(chain, config.netuid, hotkey.keypair(), &location.to_string()).await? {
+        CommitmentChange::Unchanged => info!(miner = %name, bucket = %location, "bucket commitment is current"),
+        CommitmentChange::Committed { previous } => info!(
+            miner = %name,
+            bucket = %location,
+            previous = previous.as_deref().unwrap_or("none"),
+            "committed the bucket location"
+        ),
+    }
+
+    let backend = tokio::task::spawn_blocking({
+        let device = config.device;
+        move || describe_device(&device)
+    })
+    .await??;
+    info!(miner = %name, %backend, "training device");
+
+    let shape = hp.model_shape();
+    let checkpoints = config.checkpoint_path.clone().unwrap_or_else(|| instance.state_dir.join("checkpoints"));
+    let settings = runtime_settings(config, hp);
+    Ok(MinerContext::new(MinerParts {
+        name: name.clone(),
+        netuid: config.netuid,
+        uid,
+        hotkey: Arc::new(hotkey),
+        hparams: hp.clone(),
+        schedule: WindowSchedule::new(hp.window_length)?,
+        model: ModelSpec {
+            device: config.device,
+            llama: LlamaConfig::from(&shape),
+            optim: OptimSettings::from_hparams(hp)?,
+            layout: ParamLayout::llama(&shape)?,
+            checkpoints: CheckpointStore::new(checkpoints),
+            source: shared.source.clone(),
+            tokenizer: shared.tokenizer.clone(),
+        },
+        settings,
+        chain: shared.chain.clone(),
+        own_bucket,
+        peer_clients: shared.peer_clients.clone(),
+        cache: shared.cache.clone(),
+    }))
+}
+
+fn runtime_settings(config: &MinerConfig, hp: &Hparams) -> RuntimeSettings {
+    let r = &config.runtime;
+    RuntimeSettings {
+        checkpoint_every: r.checkpoint_every,
+        download_concurrency: r.download_concurrency as usize,
+        peer_deadline: r.peer_deadline(),
+        progress_timeout: r.progress_timeout(),
+        peer_failures_before_skip: r.peer_failures_before_skip,
+        peer_skip: r.peer_skip(),
+        refresh_period: r.refresh_period(),
+        max_restarts: r.max_restarts as usize,
+        restart_period: r.restart_period(),
+        restart_backoff: r.restart_backoff(),
+        restart_backoff_max: r.restart_backoff_max(),
+        shutdown_timeout: r.shutdown_timeout(),
+        clock_skew: r.clock_skew(),
+        block_time: SUBTENSOR_BLOCK_TIME,
+        remote: config.remote,
+        baseline: config.baseline,
+        random: config.random,
+        sync_state: config.sync_state,
+        batch_size: config.actual_batch_size as usize,
+        pages_per_window: config.data.pages_per_window.unwrap_or(hp.validator_window_eval_size) as usize,
+        upload_dtype: Dtype::F32,
+        stall_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Runs the host until a signal (graceful stop, Ok) or until every miner failed (Err).
+pub async fn run(miners: Vec<Arc<MinerContext>>, shutdown_timeout: Duration) -> Result<()> {
+    let mut host = Host::start(miners).await.map_err(|e| anyhow!("starting the miners: {e}"))?;
+    let signal = shutdown_signal();
+    tokio::select! {
+        name = signal => {
+            info!(signal = name, timeout_secs = shutdown_timeout.as_secs(), "shutting down: checkpoint, finish uploads, stop");
+            let reports = host.shutdown(shutdown_timeout).await;
+            for r in reports.iter().filter(|r| r.error.is_some()) {
+                warn!(miner = %r.miner, error = r.error.as_deref().unwrap_or(""), "shutdown incomplete");
+            }
+            info!("stopped");
+            Ok(())
+        }
+        status = host.stopped() => {
+            for (miner, reason) in &status.failed {
+                error!(miner = %miner, %reason, "miner failed");
+            }
+            let names: Vec<String> = status.failed.iter().map(|(m, r)| format!("{m} ({r})")).collect();
+            bail!("every miner of this process stopped after repeated failures: {}", names.join("; "))
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// The seed's advice when the hotkey is not registered, with today's btcli spelling.
+fn not_registered(config: &MinerConfig, hotkey: &str) -> anyhow::Error {
+    anyhow!(
+        "hotkey {hotkey} of wallet {name}/{hk} is not registered on subnet {netuid} at {endpoint}. \
+         You need to register first with:\n    btcli subnet register --netuid {netuid} --wallet.name {name} \
+         --wallet.hotkey {hk} --subtensor.network {network}",
+        name = config.wallet.name,
+        hk = config.wallet.hotkey,
+        netuid = config.netuid,
+        endpoint = config.subtensor.chain_endpoint,
+        network = config.subtensor.network,
+    )
+}
+
+/// Fails early, with the bucket named, when the own bucket cannot be listed with the
+/// configured credentials — rather than at the first upload, a window later.
+async fn check_own_bucket(config: &MinerConfig, location: &BucketLocation) -> Result<BucketClient> {
+    let credentials = config.s3.credentials().resolve()?;
+    let opts = TransferOptions {
+        transfer_timeout: config.runtime.peer_deadline().max(Duration::from_secs(120)),
+        ..TransferOptions::default()
+    };
+    let client = BucketClient::new(location, &config.s3.region, credentials, opts)?;
+    let existing =
+        client.list("state-").await.with_context(|| format!("checking access to the own bucket {location}"))?;
+    info!(bucket = %location, state_slices = existing.len(), "own bucket is reachable");
+    Ok(client)
+}
+
+/// Where peers find this miner's slices: `s3://bucket` on AWS, or the configured
+/// S3-compatible endpoint with the bucket as its path.
+fn own_bucket(config: &MinerConfig) -> Result<BucketLocation> {
+    Ok(match &config.s3.endpoint {
+        None => BucketLocation::aws(config.bucket.clone()),
+        Some(endpoint) => BucketLocation::endpoint(endpoint, config.bucket.clone())
+            .with_context(|| format!("s3.endpoint {endpoint} with bucket {}", config.bucket))?,
+    })
+}
