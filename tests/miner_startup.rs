@@ -220,7 +220,7 @@ async fn the_miner_binary_registers_trains_stops_gracefully_and_survives_sigkill
     let uid = chain.register(netuid, &alice, &hotkey).await.expect("register");
     let (status, stderr) =
         run_miner_until(dir.path(), &node.endpoint(), netuid, &bucket, "window done", 2, Then::Term).await;
-    assert!(stderr.contains(&format!("hotkey is registered")) && stderr.contains(&format!("uid={uid}")), "{stderr}");
+    assert!(stderr.contains("hotkey is registered") && stderr.contains(&format!("uid={uid}")), "{stderr}");
     assert!(stderr.contains("own bucket is reachable"), "{stderr}");
     assert!(stderr.contains("committed the bucket location"), "{stderr}");
     assert_eq!(chain.commitment(netuid, &hotkey).await.unwrap(), Some(committed.clone()));
