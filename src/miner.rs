@@ -138,6 +138,7 @@ pub async fn prepare(instance: &MinerInstance, shared: &Shared) -> Result<Arc<Mi
         own_bucket,
         peer_clients: shared.peer_clients.clone(),
         cache: shared.cache.clone(),
+        hparams_refresh: Some(config.hparams_settings()),
     }))
 }
 

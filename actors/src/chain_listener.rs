@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::atomic::Ordering;
 use tessera_core::chain::{BlockEvent, BlockStreamOptions, resilient_blocks};
 use tessera_core::storage::BucketLocation;
-use tracing::{debug, info, warn};
+
+use tessera_core::hparams::{Hparams, HparamsSource, load_hparams};
+use tracing::{debug, error, info, warn};
 
 use crate::context::{ActorKind, MinerContext, Peer, PeerView, lock, lookup, unix_ms};
 use crate::messages::{ChainListenerMsg, WindowClockMsg};
@@ -21,6 +24,8 @@ pub struct ChainListenerState {
     ctx: Arc<MinerContext>,
     _blocks: AbortOnDrop,
     refreshing: Option<AbortOnDrop>,
+    /// The last hparams change reported, so it is logged once, not every refresh.
+    reported_change: Option<Hparams>,
 }
 
 impl Actor for ChainListener {
@@ -46,7 +51,7 @@ impl Actor for ChainListener {
         });
         myself.send_interval(ctx.settings.refresh_period, || ChainListenerMsg::Refresh);
         myself.cast(ChainListenerMsg::Refresh)?;
-        Ok(ChainListenerState { ctx, _blocks: AbortOnDrop(blocks), refreshing: None })
+        Ok(ChainListenerState { ctx, _blocks: AbortOnDrop(blocks), refreshing: None, reported_change: None })
     }
 
     async fn handle(
@@ -81,6 +86,14 @@ impl Actor for ChainListener {
                 let task = tokio::spawn(async move {
                     let result = read_peer_view(&ctx).await;
                     let _ = me.cast(ChainListenerMsg::Refreshed(result));
+                    if let Some(settings) = ctx.hparams_refresh.as_ref().filter(|s| s.source != HparamsSource::BuiltIn)
+                    {
+                        let loaded = load_hparams(&settings.source, &settings.cache_path)
+                            .await
+                            .map(|l| l.hparams)
+                            .map_err(|e| e.to_string());
+                        let _ = me.cast(ChainListenerMsg::HparamsLoaded(loaded));
+                    }
                 });
                 state.refreshing = Some(AbortOnDrop(task));
             }
@@ -88,11 +101,43 @@ impl Actor for ChainListener {
                 debug!(miner = %ctx.name, neurons = view.metagraph.size(), peers = view.peers.len(), "peer view refreshed");
                 ctx.peers.send_replace(Arc::new(view));
             }
+            ChainListenerMsg::HparamsLoaded(Ok(hparams)) => state.follow_hparams(hparams),
+            ChainListenerMsg::HparamsLoaded(Err(e)) => {
+                warn!(miner = %ctx.name, error = %e, "hparams refresh failed; keeping the current ones");
+            }
             ChainListenerMsg::Refreshed(Err(e)) => {
                 warn!(miner = %ctx.name, error = %e, "metagraph refresh failed; keeping the previous view");
             }
         }
         Ok(())
+    }
+}
+
+impl ChainListenerState {
+    /// Follows `max_history`; a change the running miner cannot follow (model, slices,
+    /// clock) or that takes effect at the next start (optimizer) is reported once.
+    fn follow_hparams(&mut self, new: Hparams) {
+        let ctx = &self.ctx;
+        let old_history = ctx.max_history.swap(new.max_history, Ordering::Relaxed);
+        if old_history != new.max_history {
+            info!(miner = %ctx.name, from = old_history, to = new.max_history, "hparams: max_history changed");
+        }
+        let mut rest = new.clone();
+        rest.max_history = ctx.hparams.max_history;
+        if rest == ctx.hparams || self.reported_change.as_ref() == Some(&new) {
+            return;
+        }
+        let protocol = ctx.hparams.protocol_differences(&new);
+        if protocol.is_empty() {
+            warn!(miner = %ctx.name, "the network's hparams changed (optimizer or data settings); they apply at the next start");
+        } else {
+            error!(
+                miner = %ctx.name,
+                changed = protocol.join(", "),
+                "the network's hparams changed the protocol; restart the miner to follow them (until then peers reject its slices)"
+            );
+        }
+        self.reported_change = Some(new);
     }
 }
 

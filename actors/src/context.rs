@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ractor::{ActorRef, Message};
 use tessera_core::chain::{Chain, Metagraph};
+use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
@@ -277,6 +278,9 @@ pub struct MinerContext {
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
     pub cache: SliceCache,
+    /// `hparams.max_history` as last refreshed (the one hparam a running miner follows).
+    pub max_history: AtomicU64,
+    pub hparams_refresh: Option<HparamsSettings>,
     pub clock: watch::Sender<ClockState>,
     pub peers: watch::Sender<Arc<PeerView>>,
     pub block_times: Mutex<BlockTimes>,
@@ -303,6 +307,8 @@ pub struct MinerParts {
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
     pub cache: SliceCache,
+    /// Where to re-read the hparams every refresh (`None`: built in, never changes).
+    pub hparams_refresh: Option<HparamsSettings>,
 }
 
 impl MinerContext {
@@ -312,6 +318,7 @@ impl MinerContext {
             netuid: parts.netuid,
             uid: parts.uid,
             hotkey: parts.hotkey,
+            max_history: AtomicU64::new(parts.hparams.max_history),
             hparams: parts.hparams,
             schedule: parts.schedule,
             model: parts.model,
@@ -320,6 +327,7 @@ impl MinerContext {
             own_bucket: parts.own_bucket,
             peer_clients: parts.peer_clients,
             cache: parts.cache,
+            hparams_refresh: parts.hparams_refresh,
             clock: watch::Sender::new(ClockState::default()),
             peers: watch::Sender::new(Arc::new(PeerView::default())),
             block_times: Mutex::new(BlockTimes::default()),

@@ -212,6 +212,7 @@ impl Devnet {
                 own_bucket,
                 peer_clients: peer_clients.clone(),
                 cache: cache.clone(),
+                hparams_refresh: None,
             });
             info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
             miners.push(ctx);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ractor::RpcReplyPort;
 use tessera_core::chain::{BlockEvent, BlockInfo};
+use tessera_core::hparams::Hparams;
 use tessera_core::slice::{ObjectKey, SliceKind};
 use tessera_core::window::{Block, Window};
 
@@ -18,6 +19,8 @@ pub enum ChainListenerMsg {
     Refresh,
     /// A refresh finished (read off the handler).
     Refreshed(Result<PeerView, String>),
+    /// The hparams were read again.
+    HparamsLoaded(Result<Hparams, String>),
 }
 
 /// To the WindowClock.

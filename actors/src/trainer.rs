@@ -84,7 +84,7 @@ impl Actor for Trainer {
                     warn!(miner = %ctx.name, "the model was lost; rebuilding it from the last checkpoint");
                 }
                 let engine = EngineHandle::start(engine_spec(&ctx)).await?;
-                let history_start = ctx.clock_now().window.saturating_sub(ctx.hparams.max_history);
+                let history_start = ctx.clock_now().window.saturating_sub(ctx.max_history.load(Ordering::Relaxed));
                 let resync_from = match &engine.start.resumed {
                     Some(meta) => Some((meta.window + 1).max(history_start)),
                     None if ctx.settings.sync_state && !ctx.settings.baseline => Some(history_start),
@@ -292,7 +292,8 @@ impl WindowJob {
         let state = self.gather(window + 1).await?;
         self.upload(SliceKind::State, window + 1, state);
         if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
-            let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(ctx.hparams.max_history) });
+            let max_history = ctx.max_history.load(Ordering::Relaxed);
+            let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
         }
 
         let summary = WindowSummary {

@@ -286,6 +286,26 @@ impl Hparams {
         }
     }
 
+    /// Fields that differ from `other` and that a running miner cannot follow: they change
+    /// the model, the slice positions or the window clock, so following them means a
+    /// restart (peers still on the old values reject the new slices and vice versa).
+    pub fn protocol_differences(&self, other: &Hparams) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.model_shape() != other.model_shape() {
+            out.push("model shape");
+        }
+        if self.compression != other.compression {
+            out.push("compression");
+        }
+        if self.window_length != other.window_length {
+            out.push("window_length");
+        }
+        if self.tokenizer_name != other.tokenizer_name {
+            out.push("tokenizer_name");
+        }
+        out
+    }
+
     /// Names of the fields this build does not know (kept in [`Hparams::extra`]).
     pub fn unknown_fields(&self) -> Vec<&str> {
         self.extra.keys().map(String::as_str).collect()
@@ -681,6 +701,20 @@ fn error_chain(e: &dyn StdError) -> String {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn protocol_differences_name_what_needs_a_restart() {
+        let a = Hparams::builtin().unwrap();
+        let mut b = a.clone();
+        assert!(a.protocol_differences(&b).is_empty());
+        b.max_history = 99;
+        b.learning_rate = 1.0;
+        assert!(a.protocol_differences(&b).is_empty(), "history and LR are not protocol");
+        b.compression = 7;
+        b.hidden_size = 64;
+        b.window_length = 5;
+        assert_eq!(a.protocol_differences(&b), ["model shape", "compression", "window_length"]);
+    }
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
