@@ -109,13 +109,18 @@ async fn miner(args: MinerArgs) -> Result<()> {
     );
 
     let instances = config.instances();
-    let shared = miner::Shared::new(&config, loaded.hparams.clone()).await?;
-    let mut miners = Vec::new();
+    let mut hotkeys = Vec::new();
     for instance in &instances {
-        let ctx =
-            miner::prepare(instance, &shared).await.with_context(|| format!("starting miner {}", instance.name))?;
-        miners.push(ctx);
+        hotkeys.push(miner::load_wallet(instance).with_context(|| format!("starting miner {}", instance.name))?);
     }
+    let shared = miner::Shared::new(&config, loaded.hparams.clone()).await?;
+    let mut prepared = Vec::new();
+    for (instance, hotkey) in instances.iter().zip(hotkeys) {
+        let ready = miner::prepare(instance, hotkey, &shared).await;
+        prepared.push(ready.with_context(|| format!("starting miner {}", instance.name))?);
+    }
+    let data = miner::DataInputs::load(&config, &shared.hparams)?;
+    let miners = prepared.into_iter().map(|p| miner::build(p, &shared, &data)).collect::<Result<Vec<_>>>()?;
     miner::run(miners, config.runtime.shutdown_timeout()).await
 }
 

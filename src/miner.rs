@@ -14,7 +14,7 @@ use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
 use tessera_core::slice::Dtype;
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache, TransferOptions};
-use tessera_core::wallet::WalletSpec;
+use tessera_core::wallet::{LoadedHotkey, WalletSpec};
 use tessera_core::window::WindowSchedule;
 use tessera_data::{HfRowsConfig, HfRowsSource, LocalFilesSource, PageSource, SyntheticSource, TextTokenizer};
 use tessera_model::LlamaConfig;
@@ -32,23 +32,10 @@ pub struct Shared {
     pub chain: Arc<SubtensorChain>,
     pub peer_clients: PeerClients,
     pub cache: SliceCache,
-    pub source: Arc<dyn PageSource>,
-    pub tokenizer: TextTokenizer,
 }
 
 impl Shared {
     pub async fn new(config: &MinerConfig, hparams: Hparams) -> Result<Self> {
-        let tokenizer = TextTokenizer::load(&hparams.tokenizer_name)
-            .with_context(|| format!("loading the tokenizer {:?} named by the hparams", hparams.tokenizer_name))?;
-        if tokenizer.vocab_size() > hparams.vocab_size {
-            bail!(
-                "the tokenizer {:?} has {} tokens but the model's vocabulary (hparams vocab_size) is {}",
-                hparams.tokenizer_name,
-                tokenizer.vocab_size(),
-                hparams.vocab_size
-            );
-        }
-        let source = page_source(&config.data)?;
         let chain = Arc::new(SubtensorChain::connect(&config.subtensor.chain_endpoint).await?);
         let runtime = &config.runtime;
         let opts = TransferOptions {
@@ -59,7 +46,33 @@ impl Shared {
         let peer_clients = PeerClients::new(&config.s3.region, opts)?;
         let cache_dir = runtime.cache_dir.clone();
         let cache = tokio::task::spawn_blocking(move || SliceCache::open(cache_dir)).await??;
-        Ok(Self { hparams, chain, peer_clients, cache, source, tokenizer })
+        Ok(Self { hparams, chain, peer_clients, cache })
+    }
+}
+
+/// The training data of the process: the tokenizer the hparams name and the page source.
+pub struct DataInputs {
+    pub source: Arc<dyn PageSource>,
+    pub tokenizer: TextTokenizer,
+}
+
+impl DataInputs {
+    pub fn load(config: &MinerConfig, hparams: &Hparams) -> Result<Self> {
+        let name = &hparams.tokenizer_name;
+        let tokenizer = TextTokenizer::load(name).with_context(|| {
+            format!(
+                "loading the tokenizer {name:?} named by the hparams (fetch it once with `huggingface-cli download \
+                 {name} tokenizer.json tokenizer_config.json`, or point tokenizer_name at a tokenizer.json)"
+            )
+        })?;
+        if tokenizer.vocab_size() > hparams.vocab_size {
+            bail!(
+                "the tokenizer {name:?} has {} tokens but the model's vocabulary (hparams vocab_size) is {}",
+                tokenizer.vocab_size(),
+                hparams.vocab_size
+            );
+        }
+        Ok(Self { source: page_source(&config.data)?, tokenizer })
     }
 }
 
@@ -77,18 +90,33 @@ fn page_source(data: &DataConfig) -> Result<Arc<dyn PageSource>> {
     })
 }
 
-/// The start-up of one miner: wallet, registration, own bucket, commitment; then its context.
-pub async fn prepare(instance: &MinerInstance, shared: &Shared) -> Result<Arc<MinerContext>> {
+/// The miner's hotkey from its wallet: checked first, before anything touches the network.
+pub fn load_wallet(instance: &MinerInstance) -> Result<LoadedHotkey> {
     let config = &instance.config;
-    let name = &instance.name;
-    let hp = &shared.hparams;
     let wallet = WalletSpec {
         name: config.wallet.name.clone(),
         hotkey: config.wallet.hotkey.clone(),
         path: config.wallet.path.clone(),
     };
     let hotkey = wallet.load_hotkey()?;
-    info!(miner = %name, hotkey = %hotkey.hotkey(), wallet = %config.wallet.name, "loaded hotkey");
+    info!(miner = %instance.name, hotkey = %hotkey.hotkey(), wallet = %config.wallet.name, "loaded hotkey");
+    Ok(hotkey)
+}
+
+/// A miner whose identity checks passed: its hotkey is registered, its bucket reachable
+/// and committed, its device usable.
+pub struct Prepared {
+    instance: MinerInstance,
+    hotkey: LoadedHotkey,
+    uid: u16,
+    own_bucket: BucketClient,
+}
+
+/// The start-up checks of one miner, in the seed's order: wallet, registration, own
+/// bucket, commitment; then the training device.
+pub async fn prepare(instance: &MinerInstance, hotkey: LoadedHotkey, shared: &Shared) -> Result<Prepared> {
+    let config = &instance.config;
+    let name = &instance.name;
 
     let chain: &dyn Chain = shared.chain.as_ref();
     let (uid, metagraph) = find_uid(chain, config.netuid, &hotkey.hotkey()).await?;
@@ -113,12 +141,18 @@ pub async fn prepare(instance: &MinerInstance, shared: &Shared) -> Result<Arc<Mi
     })
     .await??;
     info!(miner = %name, %backend, "training device");
+    Ok(Prepared { instance: instance.clone(), hotkey, uid, own_bucket })
+}
 
+/// The miner's runtime context, from its checks and what the process shares.
+pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs) -> Result<Arc<MinerContext>> {
+    let Prepared { instance, hotkey, uid, own_bucket } = prepared;
+    let config = &instance.config;
+    let hp = &shared.hparams;
     let shape = hp.model_shape();
     let checkpoints = config.checkpoint_path.clone().unwrap_or_else(|| instance.state_dir.join("checkpoints"));
-    let settings = runtime_settings(config, hp);
     Ok(MinerContext::new(MinerParts {
-        name: name.clone(),
+        name: instance.name.clone(),
         netuid: config.netuid,
         uid,
         hotkey: Arc::new(hotkey),
@@ -130,10 +164,10 @@ pub async fn prepare(instance: &MinerInstance, shared: &Shared) -> Result<Arc<Mi
             optim: OptimSettings::from_hparams(hp)?,
             layout: ParamLayout::llama(&shape)?,
             checkpoints: CheckpointStore::new(checkpoints),
-            source: shared.source.clone(),
-            tokenizer: shared.tokenizer.clone(),
+            source: data.source.clone(),
+            tokenizer: data.tokenizer.clone(),
         },
-        settings,
+        settings: runtime_settings(config, hp),
         chain: shared.chain.clone(),
         own_bucket,
         peer_clients: shared.peer_clients.clone(),
