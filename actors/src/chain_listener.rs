@@ -90,7 +90,7 @@ impl Actor for ChainListener {
                     {
                         let loaded = load_hparams(&settings.source, &settings.cache_path)
                             .await
-                            .map(|l| l.hparams)
+                            .map(|l| Box::new(l.hparams))
                             .map_err(|e| e.to_string());
                         let _ = me.cast(ChainListenerMsg::HparamsLoaded(loaded));
                     }
@@ -101,7 +101,7 @@ impl Actor for ChainListener {
                 debug!(miner = %ctx.name, neurons = view.metagraph.size(), peers = view.peers.len(), "peer view refreshed");
                 ctx.peers.send_replace(Arc::new(view));
             }
-            ChainListenerMsg::HparamsLoaded(Ok(hparams)) => state.follow_hparams(hparams),
+            ChainListenerMsg::HparamsLoaded(Ok(hparams)) => state.follow_hparams(*hparams),
             ChainListenerMsg::HparamsLoaded(Err(e)) => {
                 warn!(miner = %ctx.name, error = %e, "hparams refresh failed; keeping the current ones");
             }

@@ -20,7 +20,7 @@ pub enum ChainListenerMsg {
     /// A refresh finished (read off the handler).
     Refreshed(Result<PeerView, String>),
     /// The hparams were read again.
-    HparamsLoaded(Result<Hparams, String>),
+    HparamsLoaded(Result<Box<Hparams>, String>),
 }
 
 /// To the WindowClock.
