@@ -84,6 +84,8 @@ pub const KEYS: &[&str] = &[
     "device",
     "hparams",
     "local",
+    "log_format",
+    "metrics.listen",
     "miners",
     "netuid",
     "process_name",
@@ -123,7 +125,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys that hold tables.
-const SECTIONS: &[&str] = &["wallet", "subtensor", "s3", "runtime", "data"];
+const SECTIONS: &[&str] = &["wallet", "subtensor", "s3", "runtime", "data", "metrics"];
 
 /// Every key of one `[[miners]]` entry, dotted, relative to the entry (`miners[0].wallet.name`
 /// is `wallet.name`).
@@ -198,6 +200,10 @@ pub struct MinerConfig {
     pub sync_state: bool,
     pub debug: bool,
     pub trace: bool,
+    /// Log lines as text for people (default) or JSON for log collectors.
+    pub log_format: LogFormat,
+    /// The `/metrics`, `/healthz` and `/readyz` endpoint.
+    pub metrics: MetricsConfig,
     /// Train on random pages instead of the UID's deterministic ones.
     pub random: bool,
     /// Train alone: no slices downloaded or applied.
@@ -657,6 +663,40 @@ fn ser_opt_path<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Er
     match p {
         Some(p) => s.collect_str(&p.display()),
         None => s.serialize_none(),
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[metrics]`: where the Prometheus and health endpoints listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    /// `host:port`, or `None` (written `"off"`) for no endpoint.
+    #[serde(serialize_with = "ser_listen")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The metrics endpoint's default: loopback, so a bare-metal miner exposes nothing;
+/// containers set `0.0.0.0:9464`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_METRICS_LISTEN.parse().ok() }
+    }
+}
+
+fn ser_listen<S: Serializer>(listen: &Option<std::net::SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match listen {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("off"),
     }
 }
 
@@ -1390,6 +1430,8 @@ struct Draft {
     sync_state: bool,
     debug: bool,
     trace: bool,
+    log_format: LogFormat,
+    metrics: MetricsConfig,
     random: bool,
     baseline: bool,
     test: bool,
@@ -1543,6 +1585,8 @@ impl Draft {
             sync_state: false,
             debug: false,
             trace: false,
+            log_format: LogFormat::Text,
+            metrics: MetricsConfig::default(),
             random: false,
             baseline: false,
             test: false,
@@ -1598,6 +1642,21 @@ impl Draft {
             "remote" => self.remote = e.boolean()?,
             "sync_state" => self.sync_state = e.boolean()?,
             "debug" => self.debug = e.boolean()?,
+            "log_format" => {
+                self.log_format = match e.text("\"text\" or \"json\"")?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(e.bad("\"text\" or \"json\"")),
+                }
+            }
+            "metrics.listen" => {
+                const LISTEN: &str = "host:port (e.g. \"0.0.0.0:9464\") or \"off\"";
+                let text = e.text(LISTEN)?;
+                self.metrics.listen = match text.trim() {
+                    "off" => None,
+                    addr => Some(addr.parse().map_err(|_| e.bad(LISTEN))?),
+                };
+            }
             "trace" => self.trace = e.boolean()?,
             "random" => self.random = e.boolean()?,
             "baseline" => self.baseline = e.boolean()?,
@@ -1898,6 +1957,8 @@ impl Draft {
             sync_state: self.sync_state,
             debug: self.debug,
             trace: self.trace,
+            log_format: self.log_format,
+            metrics: self.metrics,
             random: self.random,
             baseline: self.baseline,
             test: self.test,
@@ -1980,6 +2041,8 @@ mod tests {
             sync_state: false,
             debug: false,
             trace: false,
+            log_format: LogFormat::Text,
+            metrics: MetricsConfig::default(),
             random: false,
             baseline: false,
             test: false,
