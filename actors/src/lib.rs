@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod messages;
+pub mod observe;
 pub mod slice_downloader;
 pub mod slice_uploader;
 pub mod state_syncer;

@@ -16,6 +16,8 @@ pub struct WindowSummary {
     pub tokens_per_sec: f64,
     pub micro_batches: usize,
     pub sample_rate: f64,
+    /// Share of the window's wall time spent training.
+    pub utilization: f64,
     pub lr: f64,
     pub step: u64,
     /// Slices averaged into the model (state at the start, delta at the end).
@@ -40,6 +42,8 @@ pub struct MinerStats {
     /// Milliseconds from a restarted Trainer's start to its first micro-batch (0 = none yet).
     pub last_restart_ready_ms: AtomicU64,
     pub engine_rebuilds: AtomicU64,
+    /// Telemetry rows (W&B) dropped rather than delay training.
+    pub telemetry_dropped: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     restarts: Mutex<BTreeMap<ActorKind, u64>>,
     windows: Mutex<Vec<WindowSummary>>,

@@ -303,6 +303,7 @@ impl WindowJob {
             tokens_per_sec: report.tokens as f64 / elapsed,
             micro_batches: report.micro_batches,
             sample_rate: report.sample_rate,
+            utilization: self.utilization(elapsed),
             lr,
             step,
             state_slices,
@@ -366,6 +367,18 @@ impl WindowJob {
             self.engine.run(move |ops| ops.apply(&indices, &mean)).await??;
         }
         Ok(outcome.accepted)
+    }
+
+    /// Training time over the window's duration (observed block times, else nominal).
+    fn utilization(&self, train_secs: f64) -> f64 {
+        let ctx = &self.ctx;
+        let block_ms = ctx.settings.block_time.as_millis() as u64;
+        let span = lock(&ctx.block_times).window_bounds(&ctx.schedule, self.window, block_ms);
+        let window_secs = match span {
+            Some((start, end)) if end > start => (end - start) as f64 / 1000.0,
+            _ => (ctx.schedule.window_length() * block_ms) as f64 / 1000.0,
+        };
+        (train_secs / window_secs.max(1e-3)).clamp(0.0, 1.0)
     }
 
     async fn gather(&self, window: Window) -> Result<Arc<Vec<f32>>, RuntimeError> {

@@ -1,0 +1,189 @@
+//! The operator's window into a running host: Prometheus `/metrics` (rendered from the
+//! miners' counters at each scrape by `metrics-exporter-prometheus`, so there is one
+//! source of truth), `/healthz` (the supervisor is alive: some miner is running) and
+//! `/readyz` (every running miner has trained a recent window).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::context::MinerContext;
+use crate::stats::MinerStats;
+use crate::supervisor::HostStatus;
+use crate::task::AbortOnDrop;
+
+/// A miner is ready once it trained a window no more than this many windows ago.
+pub const READY_MAX_LAG: u64 = 2;
+
+struct Observer {
+    miners: Vec<Arc<MinerContext>>,
+    status: watch::Receiver<HostStatus>,
+    recorder: PrometheusRecorder,
+}
+
+/// Serves the endpoints on `listen` until the returned guard is dropped.
+pub async fn serve(
+    listen: SocketAddr,
+    miners: Vec<Arc<MinerContext>>,
+    status: watch::Receiver<HostStatus>,
+) -> std::io::Result<(SocketAddr, AbortOnDrop)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let observer = Arc::new(Observer { miners, status, recorder: PrometheusBuilder::new().build_recorder() });
+    info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let observer = observer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let observer = observer.clone();
+                    async move { Ok::<_, Infallible>(observer.route(&req)) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                    debug!(error = %e, "metrics connection ended");
+                }
+            });
+        }
+    });
+    Ok((addr, AbortOnDrop(task)))
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+impl Observer {
+    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, self.render());
+                response
+                    .headers_mut()
+                    .insert("content-type", hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                response
+            }
+            "/healthz" => {
+                let status = self.status.borrow().clone();
+                if status.running.is_empty() {
+                    let failed: Vec<String> = status.failed.iter().map(|(m, r)| format!("{m}: {r}")).collect();
+                    text(StatusCode::SERVICE_UNAVAILABLE, format!("no miner running\n{}\n", failed.join("\n")))
+                } else {
+                    text(StatusCode::OK, format!("ok: {}\n", status.running.join(", ")))
+                }
+            }
+            "/readyz" => {
+                let waiting = self.not_ready();
+                if waiting.is_empty() && !self.status.borrow().running.is_empty() {
+                    text(StatusCode::OK, "ready\n".into())
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", waiting.join("; ")))
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into()),
+        }
+    }
+
+    /// Running miners that have not trained a recent window, with why.
+    fn not_ready(&self) -> Vec<String> {
+        let running = self.status.borrow().running.clone();
+        self.miners
+            .iter()
+            .filter(|m| running.contains(&m.name))
+            .filter_map(|m| {
+                let clock = m.clock_now();
+                let last = m.stats.windows().last().map(|w| w.window);
+                match last {
+                    _ if !clock.started => Some(format!("{}: waiting for the first block", m.name)),
+                    None => Some(format!("{}: syncing, no window trained yet", m.name)),
+                    Some(w) if clock.window.saturating_sub(w) > READY_MAX_LAG => {
+                        Some(format!("{}: last trained window {w}, the clock is at {}", m.name, clock.window))
+                    }
+                    Some(_) => None,
+                }
+            })
+            .collect()
+    }
+
+    fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || {
+            describe();
+            for m in &self.miners {
+                record(m);
+            }
+        });
+        self.recorder.handle().render()
+    }
+}
+
+fn describe() {
+    describe_gauge!("tessera_loss", "Mean training loss of the miner's last window.");
+    describe_gauge!("tessera_tokens_per_second", "Training throughput of the last window.");
+    describe_gauge!("tessera_sample_rate", "Share of the window's micro-batches trained (adapts as the seed's).");
+    describe_gauge!("tessera_learning_rate", "Learning rate of the last optimizer step.");
+    describe_gauge!("tessera_utilization", "Share of the last window's wall time spent training.");
+    describe_gauge!("tessera_window", "The chain clock's current window.");
+    describe_gauge!("tessera_window_lag", "Windows between the clock and the last window trained.");
+    describe_gauge!("tessera_optimizer_step", "Optimizer steps taken.");
+    describe_counter!("tessera_slices_rejected_total", "Peer slices not used, by reason.");
+    describe_counter!("tessera_actor_restarts_total", "Restarts of the miner's actors, by actor.");
+}
+
+fn record(m: &MinerContext) {
+    let miner = m.name.clone();
+    let s = &m.stats;
+    let clock = m.clock_now();
+    gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
+    if let Some(last) = s.windows().last() {
+        gauge!("tessera_loss", "miner" => miner.clone()).set(f64::from(last.loss));
+        gauge!("tessera_tokens_per_second", "miner" => miner.clone()).set(last.tokens_per_sec);
+        gauge!("tessera_sample_rate", "miner" => miner.clone()).set(last.sample_rate);
+        gauge!("tessera_learning_rate", "miner" => miner.clone()).set(last.lr);
+        gauge!("tessera_utilization", "miner" => miner.clone()).set(last.utilization);
+        gauge!("tessera_optimizer_step", "miner" => miner.clone()).set(last.step as f64);
+        gauge!("tessera_window_lag", "miner" => miner.clone()).set(clock.window.saturating_sub(last.window) as f64);
+    }
+    let counters = [
+        ("tessera_windows_completed_total", &s.windows_completed),
+        ("tessera_slices_uploaded_total", &s.slices_uploaded),
+        ("tessera_slices_downloaded_total", &s.slices_downloaded),
+        ("tessera_slice_cache_hits_total", &s.cache_hits),
+        ("tessera_slices_averaged_total", &s.slices_averaged),
+        ("tessera_upload_failures_total", &s.upload_failures),
+        ("tessera_uploads_abandoned_total", &s.uploads_abandoned),
+        ("tessera_download_failures_total", &s.download_failures),
+        ("tessera_peers_skipped_total", &s.peers_skipped),
+        ("tessera_checkpoints_written_total", &s.checkpoints_written),
+        ("tessera_block_stream_losses_total", &s.block_stream_losses),
+        ("tessera_chain_reconnects_total", &s.reconnects),
+        ("tessera_engine_rebuilds_total", &s.engine_rebuilds),
+        ("tessera_telemetry_dropped_total", &s.telemetry_dropped),
+    ];
+    for (name, value) in counters {
+        counter!(name, "miner" => miner.clone()).absolute(MinerStats::get(value));
+    }
+    for (reason, n) in s.rejected() {
+        counter!("tessera_slices_rejected_total", "miner" => miner.clone(), "reason" => reason).absolute(n);
+    }
+    for (actor, n) in s.restarts() {
+        counter!("tessera_actor_restarts_total", "miner" => miner.clone(), "actor" => actor.as_str()).absolute(n);
+    }
+}
