@@ -28,6 +28,80 @@ pub enum Command {
     Miner(Box<MinerArgs>),
     /// Print the validated network hyperparameters and the model they define (JSON).
     Hparams(HparamsArgs),
+    /// Run a whole network on this machine: a dev chain, an S3 server and N miners
+    /// training a tiny Llama on CPU, every real code path; prints each window and a summary.
+    Devnet(DevnetArgs),
+}
+
+/// The flags of `tessera devnet`.
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// Miners exchanging slices.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub miners: u16,
+
+    /// Stop after every miner has trained this many windows (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 40)]
+    pub windows: u64,
+
+    /// Time between blocks, e.g. 500ms or 1s (windows are 2 blocks).
+    #[arg(long = "block-time", default_value = "500ms", value_parser = parse_duration)]
+    pub block_time: std::time::Duration,
+
+    /// Add one miner that trains alone (--baseline), for comparison.
+    #[arg(long = "baseline-miner")]
+    pub baseline_miner: bool,
+
+    /// Keep the state (checkpoints, buckets, cache) here and reuse it on the next run
+    /// [default: a temporary directory, removed at exit].
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Exit non-zero unless the loss fell on every exchanging miner and slices flowed
+    /// between them (for CI).
+    #[arg(long)]
+    pub check: bool,
+
+    /// Serve /metrics, /healthz and /readyz on this host:port.
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    #[command(flatten)]
+    pub logs: LogArgs,
+}
+
+/// Log flags shared by the long-running commands.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log lines as text (default) or json (one object per line, for log collectors).
+    #[arg(long = "log-format", value_name = "text|json")]
+    pub log_format: Option<String>,
+
+    /// Enable debug logging (RUST_LOG overrides).
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Enable trace logging, very verbose (RUST_LOG overrides).
+    #[arg(long)]
+    pub trace: bool,
+}
+
+/// `500ms`, `2s`, `1.5s` or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a duration like 500ms or 1s"))?;
+    let secs = value * scale;
+    if !(0.05..=600.0).contains(&secs) {
+        return Err(format!("{text:?}: the block time must be between 50ms and 600s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// The flags of `tessera miner`. Defaults are those of the configuration (see
@@ -86,6 +160,14 @@ pub struct MinerArgs {
     /// Enable trace logging, very verbose (RUST_LOG overrides).
     #[arg(long)]
     pub trace: bool,
+
+    /// Log lines as text (default) or json (one object per line, for log collectors).
+    #[arg(long = "log-format", value_name = "text|json")]
+    pub log_format: Option<String>,
+
+    /// Serve /metrics, /healthz and /readyz on this host:port, or "off" [default: 127.0.0.1:9464].
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 
     /// Train on random data pages instead of this UID's deterministic ones.
     #[arg(long)]
@@ -207,6 +289,8 @@ impl MinerArgs {
         o.value("subtensor.chain_endpoint", &self.subtensor_chain_endpoint);
         o.value("checkpoint_path", &self.checkpoint_path);
         o.value("process_name", &self.process_name);
+        o.value("log_format", &self.log_format);
+        o.value("metrics.listen", &self.metrics_listen);
         self.common.add_overrides(&mut o);
         o.0
     }
@@ -226,6 +310,15 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn block_times_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.25"), Ok(std::time::Duration::from_millis(250)));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("1ms").unwrap_err().contains("between"));
+    }
 
     #[test]
     fn clap_definition_is_consistent() {

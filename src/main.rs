@@ -2,6 +2,7 @@
 //! configuration rules live in `tessera-core`; this file only connects them.
 
 mod cli;
+mod devnet;
 mod miner;
 
 use std::io::IsTerminal;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tessera_core::config::{ConfigError, ConfigSources, HparamsSettings, MinerConfig};
+use tessera_core::config::{ConfigError, ConfigSources, HparamsSettings, LogFormat, MinerConfig};
 use tessera_core::hparams::{LoadedHparams, load_hparams};
 use tessera_core::model::ParamLayout;
 use tessera_core::window::WindowSchedule;
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Miner(args) => miner(*args).await,
         Command::Hparams(args) => hparams(args).await,
+        Command::Devnet(args) => devnet::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,14 +44,47 @@ async fn main() -> ExitCode {
 type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 /// Logs go to stderr; stdout is kept for the CLI's own output. `RUST_LOG`, when set,
-/// replaces the level the flags choose.
-fn init_logging(debug: bool, trace: bool) -> LogHandle {
-    let (filter, handle) = reload::Layer::new(log_filter(debug, trace));
-    // No colour codes where stderr is a file or a pipe (pm2, docker logs).
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+/// replaces the level the flags choose. Text for people (with the span of the window
+/// being trained, so each line names the miner and window), or one JSON object per line.
+fn init_logging(debug: bool, trace: bool, format: LogFormat) -> LogHandle {
+    init_logging_with(log_filter(debug, trace), format)
+}
+
+fn init_logging_with(filter: EnvFilter, format: LogFormat) -> LogHandle {
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     // Fails only if a subscriber is already set, which nothing else here does.
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+            .try_init(),
+        // No colour codes where stderr is a file or a pipe (pm2, docker logs).
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
+    };
     handle
+}
+
+/// `--log-format`, else `TESSERA__LOG_FORMAT`, else a config file's `log_format` (read
+/// quietly first, so the format holds from the first line), else text.
+fn log_format(flag: Option<&str>, sources: Option<&ConfigSources>) -> LogFormat {
+    let parse = |v: &str| match v.trim() {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    };
+    if let Some(format) = flag.and_then(parse) {
+        return format;
+    }
+    if let Some(format) = std::env::var("TESSERA__LOG_FORMAT").ok().as_deref().and_then(parse) {
+        return format;
+    }
+    sources.and_then(|s| MinerConfig::load(s).ok()).map(|c| c.log_format).unwrap_or_default()
 }
 
 fn log_filter(debug: bool, trace: bool) -> EnvFilter {
@@ -72,8 +107,9 @@ fn log_filter(debug: bool, trace: bool) -> EnvFilter {
 }
 
 async fn miner(args: MinerArgs) -> Result<()> {
-    let log = init_logging(args.debug, args.trace);
     let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
+    let format = log_format(args.log_format.as_deref(), Some(&sources));
+    let log = init_logging(args.debug, args.trace, format);
     let config = MinerConfig::load(&sources)?;
     let effective = config.effective_toml();
     if args.print_config {
@@ -88,9 +124,6 @@ async fn miner(args: MinerArgs) -> Result<()> {
     info!("effective configuration:\n{effective}");
     if config.autoupdate {
         warn!("--autoupdate is not applicable: tessera is updated by image or binary version; ignoring it");
-    }
-    if config.use_wandb {
-        warn!("Weights & Biases logging is not available in this build yet; --use_wandb is ignored");
     }
 
     let loaded = load_network_hparams(&config.hparams_settings()).await?;
@@ -121,7 +154,7 @@ async fn miner(args: MinerArgs) -> Result<()> {
     }
     let data = miner::DataInputs::load(&config, &shared.hparams)?;
     let miners = prepared.into_iter().map(|p| miner::build(p, &shared, &data)).collect::<Result<Vec<_>>>()?;
-    miner::run(miners, config.runtime.shutdown_timeout()).await
+    miner::run(miners, &config).await
 }
 
 /// The errors of `load_hparams` already name the file or URL and the cache.
@@ -130,7 +163,7 @@ async fn load_network_hparams(settings: &HparamsSettings) -> Result<LoadedHparam
 }
 
 async fn hparams(args: HparamsArgs) -> Result<()> {
-    init_logging(false, false);
+    init_logging(false, false, LogFormat::Text);
     let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
     let settings = HparamsSettings::load(&sources)?;
     let loaded = load_network_hparams(&settings).await?;

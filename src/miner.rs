@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tessera_actors::context::{MinerParts, ModelSpec, RuntimeSettings};
+use tessera_actors::context::{MinerParts, ModelSpec, RuntimeSettings, WindowHook};
+use tessera_actors::observe;
 use tessera_actors::{Host, MinerContext};
 use tessera_core::chain::{Chain, CommitmentChange, SubtensorChain, ensure_commitment, find_uid};
 use tessera_core::config::{DataConfig, DataSourceSpec, MinerConfig, MinerInstance};
@@ -21,6 +22,7 @@ use tessera_model::LlamaConfig;
 use tessera_model::backend::describe_device;
 use tessera_model::checkpoint::CheckpointStore;
 use tessera_model::train::OptimSettings;
+use tessera_wandb::{WandbLogger, WandbSettings};
 use tracing::{error, info, warn};
 
 /// Subtensor's block time: window bounds are extrapolated with it between observed blocks.
@@ -204,18 +206,27 @@ fn runtime_settings(config: &MinerConfig, hp: &Hparams) -> RuntimeSettings {
     }
 }
 
-/// Runs the host until a signal (graceful stop, Ok) or until every miner failed (Err).
-pub async fn run(miners: Vec<Arc<MinerContext>>, shutdown_timeout: Duration) -> Result<()> {
-    let mut host = Host::start(miners).await.map_err(|e| anyhow!("starting the miners: {e}"))?;
+/// Runs the host until a signal (graceful stop, Ok) or until every miner failed (Err),
+/// with the metrics endpoint and, with `--use_wandb`, a W&B run per miner.
+pub async fn run(miners: Vec<Arc<MinerContext>>, config: &MinerConfig) -> Result<()> {
+    let loggers: Vec<WandbLogger> =
+        if config.use_wandb { miners.iter().map(|m| attach_wandb(m, config)).collect() } else { Vec::new() };
+    let mut host = Host::start(miners.clone()).await.map_err(|e| anyhow!("starting the miners: {e}"))?;
+    let _endpoint = match config.metrics.listen {
+        Some(listen) => Some(observe::serve(listen, miners, host.status_receiver()).await.with_context(|| {
+            format!("serving metrics on {listen}: set metrics.listen (--metrics-listen) to a free port, or \"off\"")
+        })?),
+        None => None,
+    };
+    let shutdown_timeout = config.runtime.shutdown_timeout();
     let signal = shutdown_signal();
-    tokio::select! {
+    let outcome = tokio::select! {
         name = signal => {
             info!(signal = name, timeout_secs = shutdown_timeout.as_secs(), "shutting down: checkpoint, finish uploads, stop");
             let reports = host.shutdown(shutdown_timeout).await;
             for r in reports.iter().filter(|r| r.error.is_some()) {
                 warn!(miner = %r.miner, error = r.error.as_deref().unwrap_or(""), "shutdown incomplete");
             }
-            info!("stopped");
             Ok(())
         }
         status = host.stopped() => {
@@ -223,9 +234,50 @@ pub async fn run(miners: Vec<Arc<MinerContext>>, shutdown_timeout: Duration) -> 
                 error!(miner = %miner, %reason, "miner failed");
             }
             let names: Vec<String> = status.failed.iter().map(|(m, r)| format!("{m} ({r})")).collect();
-            bail!("every miner of this process stopped after repeated failures: {}", names.join("; "))
+            Err(anyhow!("every miner of this process stopped after repeated failures: {}", names.join("; ")))
         }
+    };
+    futures::future::join_all(loggers.into_iter().map(|l| l.finish(Duration::from_secs(3)))).await;
+    if outcome.is_ok() {
+        info!("stopped");
     }
+    outcome
+}
+
+/// A W&B run named `M{uid}` in `--project`, fed with the seed's metrics after each
+/// window. Logging queues and returns: it never blocks or fails training.
+fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
+    let mut settings = WandbSettings::new(config.project.clone(), format!("M{}", ctx.uid));
+    settings.config = serde_json::json!({
+        "uid": ctx.uid,
+        "netuid": ctx.netuid,
+        "hotkey": ctx.own_hotkey().to_string(),
+        "device": config.device.to_string(),
+        "actual_batch_size": config.actual_batch_size,
+        "hparams": ctx.hparams,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let logger = WandbLogger::start(settings);
+    let feed = logger.clone();
+    let hook: WindowHook = Arc::new(move |ctx, w| {
+        let row = serde_json::json!({
+            "window": w.window,
+            "loss": w.loss,
+            "tokens_per_step": w.tokens,
+            "tokens_per_second": w.tokens_per_sec,
+            "sample_rate": w.sample_rate,
+            "utilization": w.utilization,
+            "learning_rate": w.lr,
+            "state_slices": w.state_slices,
+            "delta_slices": w.delta_slices,
+        });
+        if let serde_json::Value::Object(row) = row {
+            feed.log(w.step, row);
+        }
+        ctx.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
+    });
+    *ctx.window_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    logger
 }
 
 async fn shutdown_signal() -> &'static str {

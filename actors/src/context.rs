@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
-use crate::stats::MinerStats;
+use crate::stats::{MinerStats, WindowSummary};
 
 /// The actor kinds of a miner's tree; names in the registry are `{miner}/{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -263,6 +263,9 @@ pub struct ModelSpec {
     pub tokenizer: TextTokenizer,
 }
 
+/// Called with each window's summary (telemetry such as W&B); must return at once.
+pub type WindowHook = Arc<dyn Fn(&MinerContext, &WindowSummary) + Send + Sync>;
+
 /// Everything one miner's actors share. Built once per miner; actors hold an `Arc`.
 pub struct MinerContext {
     /// Label in logs, metrics and actor names (unique in the process).
@@ -291,6 +294,7 @@ pub struct MinerContext {
     /// Set at shutdown: actors stop taking new work.
     pub stopping: AtomicBool,
     pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
+    pub window_hook: Mutex<Option<WindowHook>>,
 }
 
 /// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
@@ -336,6 +340,7 @@ impl MinerContext {
             engine: Mutex::new(None),
             stopping: AtomicBool::new(false),
             index_cache: Mutex::new(VecDeque::new()),
+            window_hook: Mutex::new(None),
         })
     }
 

@@ -151,7 +151,6 @@ impl Devnet {
         let keys = AccessKeys::new("devnet", "devnet-secret-key");
         let s3 = EmbeddedS3::start(&s3_root, keys.clone()).await.map_err(setup("starting the S3 server"))?;
         let s3_addr = s3.addr();
-        let cache = SliceCache::open(dir.join("slice-cache")).map_err(setup("opening the slice cache"))?;
         let opts = TransferOptions {
             request_timeout: Duration::from_secs(5),
             transfer_timeout: options.settings.peer_deadline,
@@ -185,6 +184,9 @@ impl Devnet {
                 .set_commitment(options.netuid, hotkey.keypair(), &location.to_string())
                 .await
                 .map_err(setup("committing the bucket"))?;
+            // A cache per miner, as on separate hosts: every peer slice travels through S3.
+            let cache =
+                SliceCache::open(dir.join(&name).join("slice-cache")).map_err(setup("opening the slice cache"))?;
             let credentials = keys.to_credentials().map_err(setup("credentials"))?;
             let own_bucket =
                 BucketClient::new(&location, "us-east-1", credentials, opts.clone()).map_err(setup("bucket client"))?;
@@ -211,7 +213,7 @@ impl Devnet {
                 chain: chain_dyn.clone(),
                 own_bucket,
                 peer_clients: peer_clients.clone(),
-                cache: cache.clone(),
+                cache,
                 hparams_refresh: None,
             });
             info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");

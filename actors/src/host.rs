@@ -48,6 +48,11 @@ impl Host {
         &self.miners
     }
 
+    /// A receiver of the host's status, for the health endpoints.
+    pub fn status_receiver(&self) -> watch::Receiver<HostStatus> {
+        self.status.clone()
+    }
+
     pub fn status(&self) -> HostStatus {
         self.status.borrow().clone()
     }

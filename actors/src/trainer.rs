@@ -18,7 +18,7 @@ use tessera_core::window::Window;
 use tessera_data::{PageSelection, WindowData, WindowSpec};
 use tessera_model::train::SampleRate;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::context::{ActorKind, Fault, MinerContext, lock, lookup};
 use crate::engine::{EngineError, EngineHandle, EngineSpec};
@@ -199,10 +199,14 @@ impl TrainerState {
             ready_since: (self.restarted && self.task.is_none() && self.last_done.is_none()).then_some(self.started_at),
         };
         let me = myself.clone();
-        let handle = tokio::spawn(async move {
-            let result = job.run().await.map_err(|e| e.to_string());
-            let _ = me.cast(TrainerMsg::WindowDone(result));
-        });
+        let span = tracing::info_span!("window", miner = %self.ctx.name, window);
+        let handle = tokio::spawn(
+            async move {
+                let result = job.run().await.map_err(|e| e.to_string());
+                let _ = me.cast(TrainerMsg::WindowDone(result));
+            }
+            .instrument(span),
+        );
         self.task = Some(WindowTask { window, cancel, handle });
     }
 
@@ -283,17 +287,20 @@ impl WindowJob {
         }
 
         // End of the window: delta out, peers' deltas of the previous window in, state out.
-        let delta = self.gather(window).await?;
-        self.upload(SliceKind::Delta, window, delta);
+        // A baseline miner trains alone: nothing in, nothing out.
         let mut delta_slices = 0;
-        if !baseline && window > 0 {
-            delta_slices = self.average_and_apply(SliceKind::Delta, window - 1).await?;
-        }
-        let state = self.gather(window + 1).await?;
-        self.upload(SliceKind::State, window + 1, state);
-        if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
-            let max_history = ctx.max_history.load(Ordering::Relaxed);
-            let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
+        if !baseline {
+            let delta = self.gather(window).await?;
+            self.upload(SliceKind::Delta, window, delta);
+            if window > 0 {
+                delta_slices = self.average_and_apply(SliceKind::Delta, window - 1).await?;
+            }
+            let state = self.gather(window + 1).await?;
+            self.upload(SliceKind::State, window + 1, state);
+            if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
+                let max_history = ctx.max_history.load(Ordering::Relaxed);
+                let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
+            }
         }
 
         let summary = WindowSummary {
@@ -321,6 +328,10 @@ impl WindowJob {
             delta_slices,
             "window done"
         );
+        let hook = lock(&ctx.window_hook).clone();
+        if let Some(hook) = hook {
+            hook(ctx, &summary);
+        }
         ctx.stats.record_window(summary);
         let completed = MinerStats::get(&ctx.stats.windows_completed);
         if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
