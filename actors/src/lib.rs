@@ -21,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod messages;
 pub mod observe;
+pub mod progress;
 pub mod slice_downloader;
 pub mod slice_uploader;
 pub mod state_syncer;

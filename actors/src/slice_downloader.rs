@@ -190,6 +190,13 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         }
     }
 
+    let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
+    let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
+        crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.name), true)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let bar = &bar;
     let fetched = futures::stream::iter(candidates.into_iter().map(|c| async move {
         let entry = CacheEntry { location: &c.bucket, key: &c.info.key, etag: None, size: c.info.size };
         let client = c.client.clone();
@@ -197,12 +204,14 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         let fetch =
             ctx.cache.get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
         let result = tokio::time::timeout(ctx.settings.peer_deadline, fetch).await;
+        bar.inc(c.info.size);
         (c, result)
     }))
     .buffer_unordered(ctx.settings.download_concurrency.max(1))
     .collect::<Vec<_>>()
     .await;
 
+    bar.finish_and_clear();
     for (c, result) in fetched {
         let name = c.bucket.to_string();
         match result {

@@ -351,10 +351,13 @@ impl WindowJob {
             return Ok(());
         }
         info!(miner = %ctx.name, from, to = self.window - 1, "syncing state from history");
+        let bar = crate::progress::bar(total, format!("{}: state sync", ctx.name), false);
         for (i, w) in (from..self.window).enumerate() {
             let applied = self.average_and_apply(SliceKind::State, w).await?;
+            bar.inc(1);
             info!(miner = %ctx.name, window = w, progress = format!("{}/{}", i + 1, total), slices = applied, "state sync");
         }
+        bar.finish_and_clear();
         Ok(())
     }
 
