@@ -126,6 +126,11 @@ impl Actor for HostSupervisor {
         Ok(())
     }
 
+    async fn post_stop(&self, _myself: ActorRef<()>, state: &mut HostState) -> Result<(), ActorProcessingErr> {
+        state.status.send_modify(|s| s.running.clear());
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<()>,
