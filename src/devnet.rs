@@ -192,7 +192,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         if m.settings.baseline {
             continue;
         }
-        if losses.len() < 3 || last >= 0.9 * first {
+        if losses.len() < 3 || last >= first {
             ok = false;
             reasons.push(format!("{}: the loss did not fall ({first:.3} -> {last:.3})", m.name));
         }

@@ -19,6 +19,8 @@ fn a_short_devnet_trains_and_exchanges_slices() {
     assert!(stdout.lines().any(|l| l.starts_with("baseline1") && l.contains('%')), "{stdout}");
     let miner1 = stdout.lines().find(|l| l.starts_with("miner1 ")).expect("summary row");
     let columns: Vec<&str> = miner1.split_whitespace().collect();
+    let change: f64 = columns[4].trim_end_matches('%').parse().expect("change column");
+    assert!(change <= -10.0, "the loss fell visibly in 8 windows: {miner1}");
     let down: u64 = columns[7].parse().expect("down column");
     assert!(down > 0, "peer slices were downloaded over S3: {miner1}");
 }
