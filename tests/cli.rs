@@ -353,3 +353,23 @@ fn s3_settings_come_from_the_environment_with_the_keys_redacted() {
     let text = config_error(&sb, &["miner", "--bucket", "my-bucket"], &[("TESSERA__S3__ENDPOINT", "https://h/b")]);
     assert!(text.contains("invalid value \"https://h/b\" for s3.endpoint"), "{text}");
 }
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let sb = Sandbox::new();
+    let wallets = sb.write("wallets/.keep", "");
+    let wallets = wallets.parent().expect("wallets dir").to_str().expect("utf-8 path").to_owned();
+    let out = sb.run(
+        &["miner", "--bucket", "my-bucket", "--device", "cpu", "--log-format", "json", "--wallet.path", &wallets],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    let logs: Vec<&str> = err.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(logs.len() >= 3, "{err}");
+    for line in &logs {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value.get("level").is_some() && value.get("fields").is_some(), "{line}");
+    }
+    assert!(logs.iter().any(|l| l.contains("tessera miner starting")), "{err}");
+}
