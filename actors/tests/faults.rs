@@ -173,8 +173,10 @@ async fn a_dropped_block_stream_reconnects_and_windows_continue() {
     net.shutdown().await;
 }
 
-/// The hostile flavours, one hotkey each.
-const FLAVOURS: [&str; 6] = ["truncated", "oversized", "nan", "fingerprint", "forged", "random"];
+/// The hostile flavours, one hotkey each. "early" publishes valid slices for a window 8
+/// windows ahead: uploaded before that window's time bounds, they must not be used (the
+/// copying defence, by the bucket's LastModified).
+const FLAVOURS: [&str; 7] = ["truncated", "oversized", "nan", "fingerprint", "forged", "random", "early"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_slices_are_rejected_with_reasons_and_honest_peers_still_averaged() {
@@ -213,7 +215,8 @@ async fn hostile_slices_are_rejected_with_reasons_and_honest_peers_still_average
             if last != Some(window) {
                 last = Some(window);
                 for (flavour, key) in FLAVOURS.iter().zip(&hostile) {
-                    for (kind, w) in [(SliceKind::State, window + 1), (SliceKind::Delta, window)] {
+                    let ahead = if *flavour == "early" { 8 } else { 0 };
+                    for (kind, w) in [(SliceKind::State, window + 1 + ahead), (SliceKind::Delta, window + ahead)] {
                         let bytes = hostile_slice(&writer_ctx, flavour, key, kind, w);
                         let name = ObjectKey::new(kind, w, key.hotkey()).to_string();
                         let _ = client.put(&name, bytes.into()).await;
@@ -224,8 +227,15 @@ async fn hostile_slices_are_rejected_with_reasons_and_honest_peers_still_average
         }
     });
 
-    let expected_reasons =
-        ["body_size_mismatch", "too_large", "non_finite_value", "fingerprint_mismatch", "wrong_hotkey", "bad_magic"];
+    let expected_reasons = [
+        "body_size_mismatch",
+        "too_large",
+        "non_finite_value",
+        "fingerprint_mismatch",
+        "wrong_hotkey",
+        "bad_magic",
+        "outside_window_time",
+    ];
     wait_until("every hostile flavour rejected with its reason", || {
         let rejected = honest.stats.rejected();
         expected_reasons.iter().all(|r| rejected.contains_key(r))
@@ -288,6 +298,7 @@ fn hostile_slice(ctx: &MinerContext, flavour: &str, key: &LoadedHotkey, kind: Sl
             let other = LoadedHotkey::dev("//someone-else").unwrap();
             encode(meta, &values, &other).unwrap()
         }
+        "early" => encode(meta, &values, key).unwrap(),
         _ => {
             let len = tessera_core::slice::max_encoded_len(count) - 16;
             (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
