@@ -152,7 +152,7 @@ async fn miner(args: MinerArgs) -> Result<()> {
         let ready = miner::prepare(instance, hotkey, &shared).await;
         prepared.push(ready.with_context(|| format!("starting miner {}", instance.name))?);
     }
-    let data = miner::DataInputs::load(&config, &shared.hparams)?;
+    let data = miner::DataInputs::load(&config, &shared.hparams).await?;
     let miners = prepared.into_iter().map(|p| miner::build(p, &shared, &data)).collect::<Result<Vec<_>>>()?;
     miner::run(miners, &config).await
 }

@@ -17,7 +17,9 @@ use tessera_core::slice::Dtype;
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache, TransferOptions};
 use tessera_core::wallet::{LoadedHotkey, WalletSpec};
 use tessera_core::window::WindowSchedule;
-use tessera_data::{HfRowsConfig, HfRowsSource, LocalFilesSource, PageSource, SyntheticSource, TextTokenizer};
+use tessera_data::{
+    HfRowsConfig, HfRowsSource, HubClient, LocalFilesSource, PageSource, SyntheticSource, TextTokenizer,
+};
 use tessera_model::LlamaConfig;
 use tessera_model::backend::describe_device;
 use tessera_model::checkpoint::CheckpointStore;
@@ -59,12 +61,15 @@ pub struct DataInputs {
 }
 
 impl DataInputs {
-    pub fn load(config: &MinerConfig, hparams: &Hparams) -> Result<Self> {
+    /// The tokenizer from the local HF cache, else fetched from the Hub into it (once).
+    pub async fn load(config: &MinerConfig, hparams: &Hparams) -> Result<Self> {
         let name = &hparams.tokenizer_name;
-        let tokenizer = TextTokenizer::load(name).with_context(|| {
+        let hub = HubClient::from_env();
+        let tokenizer = TextTokenizer::load_or_fetch(name, hub.as_ref()).await.with_context(|| {
             format!(
-                "loading the tokenizer {name:?} named by the hparams (fetch it once with `huggingface-cli download \
-                 {name} tokenizer.json tokenizer_config.json`, or point tokenizer_name at a tokenizer.json)"
+                "loading the tokenizer {name:?} named by the hparams (offline? fetch it once with \
+                 `huggingface-cli download {name} tokenizer.json tokenizer_config.json`, or point \
+                 tokenizer_name at a tokenizer.json)"
             )
         })?;
         if tokenizer.vocab_size() > hparams.vocab_size {

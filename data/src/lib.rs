@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod hub;
 pub mod pages;
 pub mod source;
 pub mod tokenizer;
@@ -11,6 +12,7 @@ pub mod window;
 
 pub use batch::{Batch, build_batches, tokenize_documents};
 pub use error::DataError;
+pub use hub::{DEFAULT_HF_ENDPOINT, HubClient};
 pub use pages::{
     ConfigInfo, DatasetInfo, PAGES_DOMAIN, Page, PageSelection, ROWS_PER_PAGE, pages_for, pages_from_seed, random_pages,
 };

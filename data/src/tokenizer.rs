@@ -185,7 +185,7 @@ impl TextTokenizer {
 }
 
 /// `org/name` with no path-like parts.
-fn is_hub_name(spec: &str) -> bool {
+pub(crate) fn is_hub_name(spec: &str) -> bool {
     let mut parts = spec.split('/');
     let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p != "." && p != "..");
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none() && !spec.ends_with(".json")
