@@ -20,7 +20,7 @@ use tessera_core::window::{Block, Window, WindowSchedule};
 use tessera_data::{PageSource, TextTokenizer};
 use tessera_model::LlamaConfig;
 use tessera_model::checkpoint::CheckpointStore;
-use tessera_model::train::OptimSettings;
+use tessera_model::train::{OptimSettings, SampleRate};
 use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
@@ -295,6 +295,8 @@ pub struct MinerContext {
     pub stopping: AtomicBool,
     pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
     pub window_hook: Mutex<Option<WindowHook>>,
+    /// The seed's adaptive sample rate; here so that a restarted Trainer keeps it.
+    pub sample_rate: Arc<Mutex<SampleRate>>,
 }
 
 /// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
@@ -341,6 +343,7 @@ impl MinerContext {
             stopping: AtomicBool::new(false),
             index_cache: Mutex::new(VecDeque::new()),
             window_hook: Mutex::new(None),
+            sample_rate: Arc::new(Mutex::new(SampleRate::default())),
         })
     }
 

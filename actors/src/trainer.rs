@@ -105,11 +105,12 @@ impl Actor for Trainer {
         if clock.started {
             myself.cast(TrainerMsg::WindowStarted { window: clock.window, block: clock.block })?;
         }
+        let rate = ctx.sample_rate.clone();
         Ok(TrainerState {
             ctx,
             engine,
             task: None,
-            rate: Arc::new(Mutex::new(SampleRate::default())),
+            rate,
             resync_from,
             started_at,
             restarted,

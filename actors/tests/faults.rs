@@ -305,3 +305,46 @@ fn hostile_slice(ctx: &MinerContext, flavour: &str, key: &LoadedHotkey, kind: Sl
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_miner_over_its_restart_limit_stops_alone_and_the_host_stops_with_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start(dir.path(), "m-", |o| {
+        o.miners = 2;
+        o.settings.max_restarts = 2;
+        o.settings.restart_backoff = Duration::from_millis(20);
+    })
+    .await;
+    let miners: Vec<Arc<MinerContext>> = net.miners().to_vec();
+    wait_until("a window on every miner", || miners.iter().all(|m| windows(m) >= 1)).await;
+
+    // miner1's clock keeps crashing: over the limit, the miner stops, miner2 goes on.
+    let (first, second) = (miners[0].clone(), miners[1].clone());
+    let status = net.host.as_ref().unwrap().status_receiver();
+    let start_wait = Instant::now();
+    while !status.borrow().failed.iter().any(|(m, _)| m == &first.name) {
+        assert!(start_wait.elapsed() < DEADLINE, "miner1 never stopped: {:?}", *status.borrow());
+        first.faults.arm(Fault::PanicIn(ActorKind::WindowClock));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.borrow().running, vec![second.name.clone()]);
+    let stopped_at = windows(&first);
+    let before = windows(&second);
+    wait_until("miner2 trains on", || windows(&second) >= before + 3).await;
+    assert!(windows(&first) <= stopped_at + 1, "a stopped miner's actors stopped too");
+
+    // The last miner over its limit: the host stops, naming both.
+    let mut host = net.host.take().unwrap();
+    let stopped = tokio::spawn(async move { host.stopped().await });
+    let start_wait = Instant::now();
+    while !stopped.is_finished() {
+        assert!(start_wait.elapsed() < DEADLINE, "the host never stopped");
+        second.faults.arm(Fault::PanicIn(ActorKind::WindowClock));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let final_status = stopped.await.unwrap();
+    assert!(final_status.running.is_empty());
+    let failed: Vec<&str> = final_status.failed.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(failed, ["m-miner1", "m-miner2"]);
+    net.stop_s3().await;
+}
