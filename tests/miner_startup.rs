@@ -49,6 +49,8 @@ fn miner_command(dir: &Path, endpoint: &str, netuid: u16, bucket: &Bucket) -> to
         .env("TESSERA__S3__ACCESS_KEY_ID", &bucket.keys.access_key)
         .env("TESSERA__S3__SECRET_ACCESS_KEY", &bucket.keys.secret_key)
         .env("TESSERA__DATA__SOURCE", "synthetic")
+        // Tests run in parallel: a port of the system's choosing.
+        .env("TESSERA__METRICS__LISTEN", "127.0.0.1:0")
         .env("TESSERA__DATA__PAGES_PER_WINDOW", "1")
         .env("TESSERA__RUNTIME__CHECKPOINT_EVERY", "1")
         .env("TESSERA__RUNTIME__REFRESH_SECS", "2")
@@ -81,12 +83,19 @@ async fn run_miner_until(
     lines: usize,
     then: Then,
 ) -> (std::process::ExitStatus, String) {
+    run_until(miner_command(dir, endpoint, netuid, bucket), needle, lines, then).await
+}
+
+/// Runs `cmd` until its stderr has `lines` lines containing `needle`, then signals it.
+async fn run_until(
+    mut cmd: tokio::process::Command,
+    needle: &str,
+    lines: usize,
+    then: Then,
+) -> (std::process::ExitStatus, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = miner_command(dir, endpoint, netuid, bucket)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn tessera");
+    let mut child =
+        cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().expect("spawn tessera");
     let pid = child.id().expect("pid") as i32;
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = String::new();
@@ -263,5 +272,61 @@ async fn the_miner_binary_registers_trains_stops_gracefully_and_survives_sigkill
     assert!(!out.status.success());
     assert!(stderr.contains("checking access to the own bucket") && stderr.contains("tessera-test-bucket"), "{stderr}");
     assert!(!stderr.contains("wrong-secret"), "a secret leaked into the output: {stderr}");
+    s3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_runs_two_miners_from_miners_entries_that_exchange_slices() {
+    let node = Chopsticks::start().await;
+    let chain = SubtensorChain::connect(&node.endpoint()).await.expect("connect");
+    let _producer = BlockProducer::start(node.endpoint(), Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wallets = dir.path().join("wallets");
+    let alice = dev_keypair("Alice").unwrap();
+    let netuid = chain.register_network(&alice, &dev_keypair("Bob").unwrap().hotkey()).await.expect("subnet");
+    for (name, seed) in [("m1", [11u8; 32]), ("m2", [12u8; 32])] {
+        write_hotkey_file(&wallets, "op", name, &seed).expect("keyfile");
+        let hotkey = WalletSpec { name: "op".into(), hotkey: name.into(), path: wallets.clone() }
+            .load_hotkey()
+            .expect("load keyfile")
+            .hotkey();
+        let ss58 = hotkey.to_string();
+        chain
+            .raw_request(
+                "dev_setStorage",
+                serde_json::json!([{ "System": { "Account": [[[ss58], { "providers": 1, "data": { "free": 1_000_000_000_000_000u64 } }]] } }]),
+            )
+            .await
+            .expect("fund the hotkey");
+        chain.register(netuid, &alice, &hotkey).await.expect("register");
+    }
+    let keys = AccessKeys::random();
+    let s3 = EmbeddedS3::start(dir.path().join("s3"), keys.clone()).await.expect("embedded S3");
+    for bucket in ["tessera-one", "tessera-two", "tessera-test-bucket"] {
+        s3.create_bucket(bucket).await.expect("bucket");
+    }
+    let bucket = Bucket { endpoint: s3.endpoint().to_string(), keys };
+    let config = dir.path().join("miners.toml");
+    std::fs::write(
+        &config,
+        "[[miners]]\nname = \"one\"\nwallet = { hotkey = \"m1\" }\nbucket = \"tessera-one\"\n\
+         [[miners]]\nname = \"two\"\nwallet = { hotkey = \"m2\" }\nbucket = \"tessera-two\"\n",
+    )
+    .unwrap();
+    let mut cmd = miner_command(dir.path(), &node.endpoint(), netuid, &bucket);
+    cmd.arg("--config").arg(&config).arg("--remote");
+    // Enough windows for each to have averaged the other's state slices.
+    let (status, stderr) = run_until(cmd, "state_slices=2", 2, Then::Term).await;
+    assert!(status.success(), "{status}\n{stderr}");
+    for name in ["one", "two"] {
+        assert!(stderr.contains(&format!("miner={name}")), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("committed the bucket location") && l.contains(&format!("tessera-{name}"))),
+            "{stderr}"
+        );
+    }
+    assert_eq!(stderr.matches("checkpoint written at shutdown").count(), 2, "{stderr}");
     s3.stop().await;
 }
