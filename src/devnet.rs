@@ -111,9 +111,8 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         }
         let mut out = std::io::stdout().lock();
         for m in &miners {
-            let windows = m.stats.windows();
             let entry = seen.entry(m.name.clone()).or_default();
-            for w in windows.iter().skip(entry.lines) {
+            for w in m.stats.windows_after(entry.lines) {
                 first_window_at.get_or_insert_with(|| started.elapsed());
                 let now = counters(m);
                 writeln!(
@@ -137,7 +136,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
             }
         }
         drop(out);
-        if args.windows > 0 && exchanging.iter().all(|m| m.stats.windows().len() as u64 >= args.windows) {
+        if args.windows > 0 && exchanging.iter().all(|m| MinerStats::get(&m.stats.windows_completed) >= args.windows) {
             break;
         }
     }

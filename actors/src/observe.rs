@@ -110,7 +110,7 @@ impl Observer {
             .filter(|m| running.contains(&m.name))
             .filter_map(|m| {
                 let clock = m.clock_now();
-                let last = m.stats.windows().last().map(|w| w.window);
+                let last = m.stats.last_window().map(|w| w.window);
                 match last {
                     _ if !clock.started => Some(format!("{}: waiting for the first block", m.name)),
                     None => Some(format!("{}: syncing, no window trained yet", m.name)),
@@ -152,7 +152,7 @@ fn record(m: &MinerContext) {
     let s = &m.stats;
     let clock = m.clock_now();
     gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
-    if let Some(last) = s.windows().last() {
+    if let Some(last) = s.last_window() {
         gauge!("tessera_loss", "miner" => miner.clone()).set(f64::from(last.loss));
         gauge!("tessera_tokens_per_second", "miner" => miner.clone()).set(last.tokens_per_sec);
         gauge!("tessera_sample_rate", "miner" => miner.clone()).set(last.sample_rate);

@@ -88,7 +88,18 @@ impl MinerStats {
         windows.drain(..excess);
     }
 
+    /// Every window summary kept (up to 10,000): a copy, for summaries and tests.
     pub fn windows(&self) -> Vec<WindowSummary> {
         lock(&self.windows).clone()
+    }
+
+    /// The last window trained, without copying the history (scrapes, readiness).
+    pub fn last_window(&self) -> Option<WindowSummary> {
+        lock(&self.windows).last().cloned()
+    }
+
+    /// The summaries after the first `skip`, for a display that prints each once.
+    pub fn windows_after(&self, skip: usize) -> Vec<WindowSummary> {
+        lock(&self.windows).iter().skip(skip).cloned().collect()
     }
 }
