@@ -57,10 +57,59 @@ pub struct DevnetArgs {
     #[arg(long = "state-dir", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Exit non-zero unless the loss fell on every exchanging miner and slices flowed
-    /// between them (for CI).
+    /// Exit non-zero unless the held-out loss fell on every exchanging miner (or, resumed
+    /// from --state-dir, did not rise), slices flowed between them, and with a baseline the
+    /// exchanging miners end below it (judged on a fresh run only) (for CI).
     #[arg(long)]
     pub check: bool,
+
+    /// How the exchanging miners combine their training: "update" (each window's update,
+    /// averaged in place of the own one; protocol v2) or "seed" (the seed's values).
+    #[arg(long, value_name = "update|seed", default_value = "update")]
+    pub exchange: String,
+
+    /// Add this many miners that follow the seed's exchange beside the others, so the two
+    /// exchanges are compared in one run.
+    #[arg(long = "seed-exchange-miners", value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=32))]
+    pub seed_exchange_miners: u16,
+
+    /// Fixed compute: every miner trains exactly N micro-batches per window and the block
+    /// clock waits for all of them, so a difference is the protocol's, not the CPU's
+    /// (0: train until the window ends, as a real network does).
+    #[arg(long = "fixed-compute", value_name = "MICRO_BATCHES", default_value_t = 0)]
+    pub fixed_compute: u32,
+
+    /// The devnet network's `compression` hparam: a slice holds 1/N of each parameter.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub compression: u32,
+
+    /// The devnet network's `exchange_outer_lr` hparam (update exchange): the mean update
+    /// is applied scaled by this factor.
+    #[arg(long = "outer-lr", value_name = "LR")]
+    pub outer_lr: Option<f64>,
+
+    /// The devnet network's `exchange_max_peers` hparam (update exchange): read the own
+    /// slice and at most K − 1 peers' per window and kind.
+    #[arg(long = "max-peers", value_name = "K")]
+    pub max_peers: Option<u32>,
+
+    /// The devnet network's `learning_rate` hparam [default: the devnet's 0.003].
+    #[arg(long = "learning-rate", value_name = "LR")]
+    pub learning_rate: Option<f64>,
+
+    /// Seed of the model's initialisation and of the synthetic data (printed at start).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Evaluate every miner's held-out loss every N windows (0: never).
+    #[arg(long = "eval-every", value_name = "N", default_value_t = 1)]
+    pub eval_every: u64,
+
+    /// Write per-window figures (windows.csv), a summary (summary.json) and a plot of the
+    /// held-out loss per miner (heldout.svg) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 
     /// Serve /metrics, /healthz and /readyz on this host:port.
     #[arg(long = "metrics-listen", value_name = "ADDR")]

@@ -173,6 +173,7 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs) -> Result<A
             checkpoints: CheckpointStore::new(checkpoints),
             source: data.source.clone(),
             tokenizer: data.tokenizer.clone(),
+            init_seed: tessera_actors::engine::MODEL_INIT_SEED,
         },
         settings: runtime_settings(config, hp),
         chain: shared.chain.clone(),
@@ -208,6 +209,8 @@ fn runtime_settings(config: &MinerConfig, hp: &Hparams) -> RuntimeSettings {
         pages_per_window: config.data.pages_per_window.unwrap_or(hp.validator_window_eval_size) as usize,
         upload_dtype: Dtype::F32,
         stall_timeout: Duration::from_secs(60),
+        eval_every: r.eval_every,
+        ..RuntimeSettings::default()
     }
 }
 
@@ -265,7 +268,7 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
     let logger = WandbLogger::start(settings);
     let feed = logger.clone();
     let hook: WindowHook = Arc::new(move |ctx, w| {
-        let row = serde_json::json!({
+        let mut row = serde_json::json!({
             "window": w.window,
             "loss": w.loss,
             "tokens_per_step": w.tokens,
@@ -276,6 +279,9 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
             "state_slices": w.state_slices,
             "delta_slices": w.delta_slices,
         });
+        if let (Some(eval), serde_json::Value::Object(map)) = (w.eval_loss, &mut row) {
+            map.insert("eval_loss".into(), serde_json::json!(eval));
+        }
         if let serde_json::Value::Object(row) = row {
             feed.log(w.step, row);
         }

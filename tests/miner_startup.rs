@@ -176,6 +176,7 @@ fn assert_state_is_sound(dir: &Path) {
                 fingerprint: layout.fingerprint(),
                 compression: tiny.compression,
                 value_count,
+                version: 1,
             };
             tessera_core::slice::decode(&bytes, &expected)
                 .unwrap_or_else(|e| panic!("corrupt cached slice {}: {e}", path.display()));

@@ -13,11 +13,11 @@ use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Dtype, SliceIndices, SliceKind, slice_len};
+use tessera_core::slice::{Dtype, Exchange, SliceIndices, SliceKind, slice_len};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
 use tessera_core::wallet::LoadedHotkey;
 use tessera_core::window::{Block, Window, WindowSchedule};
-use tessera_data::{PageSource, TextTokenizer};
+use tessera_data::{Batch, PageSource, TextTokenizer};
 use tessera_model::LlamaConfig;
 use tessera_model::checkpoint::CheckpointStore;
 use tessera_model::train::{OptimSettings, SampleRate};
@@ -221,6 +221,15 @@ pub struct RuntimeSettings {
     pub upload_dtype: Dtype,
     /// Block-stream stall detection.
     pub stall_timeout: Duration,
+    /// Evaluate the held-out loss every this many windows (0: never; it costs compute).
+    pub eval_every: u64,
+    /// Held-out pages evaluated, and at most this many micro-batches of them.
+    pub eval_pages: usize,
+    pub eval_batches: usize,
+    /// Fixed compute (the devnet's fair comparison): train exactly this many micro-batches
+    /// per window whatever the clock says, and let the clock wait; 0: train until the
+    /// window ends, as the seed.
+    pub fixed_micro_batches: usize,
 }
 
 impl Default for RuntimeSettings {
@@ -248,6 +257,10 @@ impl Default for RuntimeSettings {
             pages_per_window: 15,
             upload_dtype: Dtype::F32,
             stall_timeout: Duration::from_secs(60),
+            eval_every: 0,
+            eval_pages: 1,
+            eval_batches: 16,
+            fixed_micro_batches: 0,
         }
     }
 }
@@ -261,6 +274,8 @@ pub struct ModelSpec {
     pub checkpoints: CheckpointStore,
     pub source: Arc<dyn PageSource>,
     pub tokenizer: TextTokenizer,
+    /// The seed the network initialises the model from (the same on every node).
+    pub init_seed: u64,
 }
 
 /// Called with each window's summary (telemetry such as W&B); must return at once.
@@ -297,6 +312,11 @@ pub struct MinerContext {
     pub window_hook: Mutex<Option<WindowHook>>,
     /// The seed's adaptive sample rate; here so that a restarted Trainer keeps it.
     pub sample_rate: Arc<Mutex<SampleRate>>,
+    /// The own updates of the last windows (update exchange), replaced by the peers' mean
+    /// a window later; here so that a restarted Trainer keeps them.
+    pub own_updates: Mutex<VecDeque<(Window, Arc<Vec<f32>>)>>,
+    /// The held-out micro-batches, loaded at the first evaluation.
+    pub held_out: tokio::sync::OnceCell<Arc<Vec<Batch>>>,
 }
 
 /// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
@@ -344,6 +364,8 @@ impl MinerContext {
             index_cache: Mutex::new(VecDeque::new()),
             window_hook: Mutex::new(None),
             sample_rate: Arc::new(Mutex::new(SampleRate::default())),
+            own_updates: Mutex::new(VecDeque::new()),
+            held_out: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -373,12 +395,37 @@ impl MinerContext {
         Ok(computed)
     }
 
+    /// How this miner exchanges training with its peers (the network's hparams).
+    pub fn exchange(&self) -> Exchange {
+        self.hparams.exchange
+    }
+
+    /// Keeps the own update of `window` (update exchange) for the next few windows.
+    pub fn remember_own_update(&self, window: Window, update: Arc<Vec<f32>>) {
+        let mut kept = lock(&self.own_updates);
+        kept.retain(|(w, _)| *w != window);
+        kept.push_back((window, update));
+        while kept.len() > 3 {
+            kept.pop_front();
+        }
+    }
+
+    /// The own update of `window`, if this miner trained it and still has it.
+    pub fn own_update(&self, window: Window) -> Option<Arc<Vec<f32>>> {
+        lock(&self.own_updates).iter().find(|(w, _)| *w == window).map(|(_, u)| u.clone())
+    }
+
     pub fn own_location(&self) -> &BucketLocation {
         self.own_bucket.location()
     }
 
     pub fn own_hotkey(&self) -> Hotkey {
         self.hotkey.hotkey()
+    }
+
+    /// The training engine is built (the Trainer started it, or a restarted one took it back).
+    pub fn engine_ready(&self) -> bool {
+        lock(&self.engine).as_ref().is_some_and(EngineHandle::is_alive)
     }
 
     pub fn clock_now(&self) -> ClockState {

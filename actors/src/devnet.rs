@@ -11,6 +11,7 @@ use tessera_core::chain::{Chain, DevChain, DevChainOptions};
 use tessera_core::config::{BucketName, Device};
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
+use tessera_core::slice::Exchange;
 use tessera_core::storage::{AccessKeys, BucketClient, EmbeddedS3, PeerClients, SliceCache, TransferOptions};
 use tessera_core::wallet::LoadedHotkey;
 use tessera_core::window::WindowSchedule;
@@ -23,6 +24,8 @@ use tracing::info;
 
 use crate::context::{MinerContext, MinerParts, ModelSpec, RuntimeSettings};
 use crate::host::{Host, MinerShutdown};
+use crate::stats::MinerStats;
+use crate::task::AbortOnDrop;
 
 #[derive(Debug, Error)]
 pub enum DevnetError {
@@ -40,6 +43,15 @@ pub struct DevnetOptions {
     pub miners: usize,
     /// Extra miners that run with `--baseline` (train alone), for comparison.
     pub baseline_miners: usize,
+    /// Extra miners that follow the seed's exchange (protocol v1) beside the others, so
+    /// the two exchanges are compared in one run (they never read each other's slices).
+    pub seed_exchange_miners: usize,
+    /// Seeds the model's initialisation and the synthetic data (the same for every miner).
+    pub seed: u64,
+    /// Fixed compute: every miner trains `settings.fixed_micro_batches` per window and the
+    /// chain builds the window's last block only when every miner finished the window and
+    /// its uploads (a comparison of protocols, not of CPU sharing).
+    pub lockstep: bool,
     pub block_time: Duration,
     pub state_dir: PathBuf,
     pub netuid: u16,
@@ -61,6 +73,9 @@ impl DevnetOptions {
         Ok(Self {
             miners: 3,
             baseline_miners: 0,
+            seed_exchange_miners: 0,
+            seed: 0,
+            lockstep: false,
             block_time,
             state_dir: state_dir.into(),
             netuid: 1,
@@ -97,6 +112,10 @@ pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
         pages_per_window: 1,
         upload_dtype: tessera_core::slice::Dtype::F32,
         stall_timeout: (block_time * 8).max(Duration::from_secs(2)),
+        eval_every: 1,
+        eval_pages: 1,
+        eval_batches: 16,
+        fixed_micro_batches: 0,
     }
 }
 
@@ -121,6 +140,86 @@ pub fn tiny_hparams(window_length: u64) -> Result<Hparams, DevnetError> {
     Ok(hp)
 }
 
+/// What a devnet miner is there for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Exchanges under the network's hparams (`exchange`).
+    Exchanging,
+    /// Exchanges under the seed's exchange beside the others, for comparison.
+    SeedExchange,
+    /// Trains alone (`--baseline`).
+    Baseline,
+}
+
+/// The devnet's miners, named by role: `miner1..`, `seedx1..`, `baseline1..`.
+pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {
+    let groups = [
+        ("miner", Role::Exchanging, options.miners),
+        ("seedx", Role::SeedExchange, options.seed_exchange_miners),
+        ("baseline", Role::Baseline, options.baseline_miners),
+    ];
+    groups
+        .into_iter()
+        .flat_map(|(stem, role, n)| (1..=n).map(move |i| (format!("{}{stem}{i}", options.name_prefix), role)))
+        .collect()
+}
+
+/// The role of a devnet miner from its name (see [`roster`]).
+pub fn role_of(name: &str, prefix: &str) -> Role {
+    let stem = name.strip_prefix(prefix).unwrap_or(name);
+    if stem.starts_with("baseline") {
+        Role::Baseline
+    } else if stem.starts_with("seedx") {
+        Role::SeedExchange
+    } else {
+        Role::Exchanging
+    }
+}
+
+/// The lockstep clock: builds each window's blocks `pace` apart and holds the block that
+/// would start the next window until every running miner has trained the window and
+/// its uploads have left the queue (or a generous deadline passed, which is logged).
+async fn drive_lockstep(
+    chain: Arc<DevChain>,
+    miners: Vec<Arc<MinerContext>>,
+    schedule: WindowSchedule,
+    pace: Duration,
+) {
+    const WAIT_LIMIT: Duration = Duration::from_secs(300);
+    const POLL: Duration = Duration::from_millis(10);
+    // Every engine built first, so that no miner loses the first window to start-up.
+    let ready = tokio::time::Instant::now() + WAIT_LIMIT;
+    while tokio::time::Instant::now() < ready && !miners.iter().all(|m| m.is_stopping() || m.engine_ready()) {
+        tokio::time::sleep(POLL).await;
+    }
+    loop {
+        let block = chain.produce_block().number;
+        let window = schedule.window_of_block(block);
+        if schedule.window_of_block(block + 1) == window {
+            tokio::time::sleep(pace).await;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let done = miners.iter().all(|m| {
+                let s = &m.stats;
+                m.is_stopping()
+                    || (s.last_window().is_some_and(|w| w.window >= window)
+                        && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested))
+            });
+            if done {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(window, "lockstep: a miner did not finish the window in time; moving on");
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tokio::time::sleep(pace).await;
+    }
+}
+
 /// A running devnet.
 pub struct Devnet {
     pub chain: Arc<DevChain>,
@@ -130,6 +229,7 @@ pub struct Devnet {
     keys: AccessKeys,
     pub host: Option<Host>,
     pub options: DevnetOptions,
+    _lockstep: Option<AbortOnDrop>,
 }
 
 impl Devnet {
@@ -143,7 +243,9 @@ impl Devnet {
         } else {
             0
         };
-        let chain = DevChain::start(DevChainOptions { block_time: Some(options.block_time), first_block });
+        // In lockstep the devnet's driver builds the blocks, else the chain's own clock.
+        let block_time = (!options.lockstep).then_some(options.block_time);
+        let chain = DevChain::start(DevChainOptions { block_time, first_block });
         chain.create_subnet(options.netuid);
 
         let s3_root = dir.join("s3");
@@ -164,15 +266,16 @@ impl Devnet {
         let optim = OptimSettings::from_hparams(&options.hparams).map_err(setup("optimizer settings"))?;
         let schedule = WindowSchedule::new(options.hparams.window_length).map_err(setup("window schedule"))?;
         let tokenizer = TextTokenizer::load("bytes").map_err(setup("tokenizer"))?;
-        let source = Arc::new(SyntheticSource::new(0));
+        let source = Arc::new(SyntheticSource::new(options.seed));
         let chain_dyn: Arc<dyn Chain> = chain.clone();
 
         let mut miners = Vec::new();
-        let total = options.miners + options.baseline_miners;
-        for i in 0..total {
-            let baseline = i >= options.miners;
-            let name = if baseline { format!("baseline{}", i - options.miners + 1) } else { format!("miner{}", i + 1) };
-            let name = format!("{}{name}", options.name_prefix);
+        for (name, role) in roster(&options) {
+            let baseline = role == Role::Baseline;
+            let mut hparams = options.hparams.clone();
+            if role == Role::SeedExchange {
+                hparams.exchange = Exchange::Seed;
+            }
             let hotkey = LoadedHotkey::dev(&format!("//tessera-devnet-{name}")).map_err(setup("dev hotkey"))?;
             let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
             let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
@@ -191,6 +294,11 @@ impl Devnet {
             let own_bucket =
                 BucketClient::new(&location, "us-east-1", credentials, opts.clone()).map_err(setup("bucket client"))?;
             let mut settings = options.settings.clone();
+            if options.lockstep {
+                settings.fixed_micro_batches = settings.fixed_micro_batches.max(1);
+                // Blocks wait for the slowest miner: a long window is not a stalled stream.
+                settings.stall_timeout = settings.stall_timeout.max(Duration::from_secs(600));
+            }
             settings.baseline = baseline;
             settings.remote = settings.remote && !baseline;
             let ctx = MinerContext::new(MinerParts {
@@ -198,7 +306,7 @@ impl Devnet {
                 netuid: options.netuid,
                 uid,
                 hotkey: Arc::new(hotkey),
-                hparams: options.hparams.clone(),
+                hparams,
                 schedule,
                 model: ModelSpec {
                     device: Device::Cpu,
@@ -208,6 +316,7 @@ impl Devnet {
                     checkpoints: CheckpointStore::new(dir.join(&name).join("checkpoints")),
                     source: source.clone(),
                     tokenizer: tokenizer.clone(),
+                    init_seed: options.seed,
                 },
                 settings,
                 chain: chain_dyn.clone(),
@@ -219,8 +328,11 @@ impl Devnet {
             info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
             miners.push(ctx);
         }
+        let lockstep = options.lockstep.then(|| {
+            AbortOnDrop(tokio::spawn(drive_lockstep(chain.clone(), miners.clone(), schedule, options.block_time)))
+        });
         let host = Host::start(miners).await.map_err(setup("starting the actors"))?;
-        Ok(Self { chain, s3: Some(s3), s3_addr, s3_root, keys, host: Some(host), options })
+        Ok(Self { chain, s3: Some(s3), s3_addr, s3_root, keys, host: Some(host), options, _lockstep: lockstep })
     }
 
     pub fn miners(&self) -> &[Arc<MinerContext>] {

@@ -30,6 +30,7 @@ pub mod supervisor;
 pub mod task;
 pub mod trainer;
 pub mod window_clock;
+mod window_job;
 
 pub use context::{ActorKind, ClockState, Fault, MinerContext, MinerParts, ModelSpec, PeerView, RuntimeSettings};
 pub use engine::{EngineError, EngineHandle};

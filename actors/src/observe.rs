@@ -143,6 +143,12 @@ fn describe() {
     describe_gauge!("tessera_window", "The chain clock's current window.");
     describe_gauge!("tessera_window_lag", "Windows between the clock and the last window trained.");
     describe_gauge!("tessera_optimizer_step", "Optimizer steps taken.");
+    describe_gauge!(
+        "tessera_eval_loss",
+        "Mean loss on the held-out pages at the last evaluation (runtime.eval_every)."
+    );
+    describe_gauge!("tessera_eval_window", "Window of the last held-out evaluation.");
+    describe_gauge!("tessera_window_idle", "1 when the last window trained nothing (the log says why), else 0.");
     describe_counter!("tessera_slices_rejected_total", "Peer slices not used, by reason.");
     describe_counter!("tessera_actor_restarts_total", "Restarts of the miner's actors, by actor.");
 }
@@ -153,7 +159,10 @@ fn record(m: &MinerContext) {
     let clock = m.clock_now();
     gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
     if let Some(last) = s.last_window() {
-        gauge!("tessera_loss", "miner" => miner.clone()).set(f64::from(last.loss));
+        if last.loss.is_finite() {
+            gauge!("tessera_loss", "miner" => miner.clone()).set(f64::from(last.loss));
+        }
+        gauge!("tessera_window_idle", "miner" => miner.clone()).set(if last.idle_reason.is_some() { 1.0 } else { 0.0 });
         gauge!("tessera_tokens_per_second", "miner" => miner.clone()).set(last.tokens_per_sec);
         gauge!("tessera_sample_rate", "miner" => miner.clone()).set(last.sample_rate);
         gauge!("tessera_learning_rate", "miner" => miner.clone()).set(last.lr);
@@ -161,10 +170,16 @@ fn record(m: &MinerContext) {
         gauge!("tessera_optimizer_step", "miner" => miner.clone()).set(last.step as f64);
         gauge!("tessera_window_lag", "miner" => miner.clone()).set(clock.window.saturating_sub(last.window) as f64);
     }
+    if let Some((window, loss)) = s.last_eval() {
+        gauge!("tessera_eval_loss", "miner" => miner.clone()).set(f64::from(loss));
+        gauge!("tessera_eval_window", "miner" => miner.clone()).set(window as f64);
+    }
     let counters = [
         ("tessera_windows_completed_total", &s.windows_completed),
         ("tessera_slices_uploaded_total", &s.slices_uploaded),
         ("tessera_slices_downloaded_total", &s.slices_downloaded),
+        ("tessera_slice_bytes_downloaded_total", &s.bytes_downloaded),
+        ("tessera_evaluations_total", &s.evaluations),
         ("tessera_slice_cache_hits_total", &s.cache_hits),
         ("tessera_slices_averaged_total", &s.slices_averaged),
         ("tessera_upload_failures_total", &s.upload_failures),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tessera_core::slice::{ObjectKey, SliceKind, max_encoded_len};
+use tessera_core::hotkey::Hotkey;
+use tessera_core::slice::{Exchange, ObjectKey, SliceKind, max_encoded_len};
 use tessera_core::storage::{BucketClient, BucketLocation, CacheEntry, ObjectInfo};
 use tessera_core::window::Window;
 use tracing::{debug, warn};
@@ -155,7 +156,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         for info in objects {
             let refusal = (|| {
                 let key = ObjectKey::from_str(&info.key).map_err(|_| "bad_key")?;
-                if !key.is_current_version() {
+                if key.version != ctx.exchange().protocol_version() {
                     return Err("other_version");
                 }
                 if key.kind != kind || key.window != window {
@@ -190,6 +191,12 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         }
     }
 
+    let max_peers = ctx.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
+    if let Some(k) = max_peers {
+        let before = candidates.len();
+        candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
+        debug!(miner = %ctx.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
+    }
     let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
     let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
         crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.name), true)
@@ -221,6 +228,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
                     MinerStats::add(&ctx.stats.cache_hits, 1);
                 } else {
                     MinerStats::add(&ctx.stats.slices_downloaded, 1);
+                    MinerStats::add(&ctx.stats.bytes_downloaded, c.info.size);
                 }
                 outcome.slices.push(FetchedSlice { key: c.key, path: cached.path, bucket: name });
             }
@@ -239,6 +247,32 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
     outcome
 }
 
+/// At most `k` of `items`: the own one, then the others in an order drawn per miner and
+/// window (BLAKE3 of both hotkeys, kind and window), so every miner reads its own bounded,
+/// changing subset of the network and no peer can make itself always read.
+fn bounded_subset<T>(
+    mut items: Vec<T>,
+    hotkey_of: impl Fn(&T) -> Hotkey,
+    own: Hotkey,
+    kind: SliceKind,
+    window: Window,
+    k: usize,
+) -> Vec<T> {
+    let rank = |hotkey: Hotkey| {
+        if hotkey == own {
+            return [0u8; 32];
+        }
+        let mut h = blake3::Hasher::new_derive_key("tessera bounded peer subset v1");
+        h.update(&own.0).update(&hotkey.0).update(kind.as_str().as_bytes()).update(&window.to_le_bytes());
+        let mut out = *h.finalize().as_bytes();
+        out[0] |= 1; // never ties with the own hotkey's rank
+        out
+    };
+    items.sort_by_cached_key(|item| rank(hotkey_of(item)));
+    items.truncate(k);
+    items
+}
+
 fn peer_failed(ctx: &MinerContext, health: &Mutex<PeerHealth>, bucket: &str, error: &str) {
     MinerStats::add(&ctx.stats.download_failures, 1);
     if lock(health).failed(bucket, Instant::now()) {
@@ -252,6 +286,21 @@ fn peer_failed(ctx: &MinerContext, health: &Mutex<PeerHealth>, bucket: &str, err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_subset_keeps_the_own_slice_and_varies_by_window() {
+        let key = |i: u8| Hotkey([i; 32]);
+        let all: Vec<Hotkey> = (1..=20).map(key).collect();
+        let own = key(7);
+        let a = bounded_subset(all.clone(), |h| *h, own, SliceKind::Delta, 5, 4);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a[0], own);
+        assert_eq!(a, bounded_subset(all.clone(), |h| *h, own, SliceKind::Delta, 5, 4), "deterministic");
+        let windows: std::collections::HashSet<Vec<Hotkey>> =
+            (0..10).map(|w| bounded_subset(all.clone(), |h| *h, own, SliceKind::Delta, w, 4)).collect();
+        assert!(windows.len() > 5, "the subset changes with the window");
+        assert_eq!(bounded_subset(all.clone(), |h| *h, own, SliceKind::Delta, 5, 50).len(), 20);
+    }
 
     #[test]
     fn a_peer_failing_repeatedly_is_skipped_until_its_time_is_up() {

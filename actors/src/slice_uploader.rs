@@ -37,7 +37,7 @@ struct Job {
 
 impl Job {
     fn key(&self, ctx: &MinerContext) -> String {
-        ObjectKey::new(self.kind, self.window, ctx.own_hotkey()).to_string()
+        ObjectKey::for_exchange(self.kind, self.window, ctx.own_hotkey(), ctx.exchange()).to_string()
     }
 }
 
@@ -95,6 +95,7 @@ impl Actor for SliceUploader {
                     Ok(()) => {
                         state.queue.pop_front();
                         MinerStats::add(&state.ctx.stats.slices_uploaded, 1);
+                        MinerStats::add(&state.ctx.stats.uploads_settled, 1);
                         debug!(miner = %state.ctx.name, %key, "uploaded");
                         state.start_next(&myself);
                     }
@@ -145,6 +146,7 @@ impl SliceUploaderState {
         let dropped = before - self.queue.len();
         if dropped > 0 {
             MinerStats::add(&self.ctx.stats.uploads_abandoned, dropped as u64);
+            MinerStats::add(&self.ctx.stats.uploads_settled, dropped as u64);
             warn!(miner = %self.ctx.name, dropped, window = now, "dropped uploads too old to matter");
         }
     }
@@ -186,6 +188,7 @@ async fn upload(
         fingerprint: ctx.model.layout.fingerprint(),
         compression: ctx.hparams.compression,
         dtype: ctx.settings.upload_dtype,
+        version: ctx.exchange().protocol_version(),
     };
     let signer = ctx.hotkey.clone();
     let bytes = tokio::task::spawn_blocking(move || encode(meta, &values, signer.as_ref()))

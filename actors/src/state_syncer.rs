@@ -102,6 +102,7 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
             fingerprint: ctx.model.layout.fingerprint(),
             compression: ctx.hparams.compression,
             value_count,
+            version: ctx.exchange().protocol_version(),
         };
         let added = decode(&bytes, &expected)
             .map_err(|e| (e.reason(), e.to_string()))

@@ -23,6 +23,12 @@ pub struct WindowSummary {
     /// Slices averaged into the model (state at the start, delta at the end).
     pub state_slices: u32,
     pub delta_slices: u32,
+    /// Why nothing was trained this window (`micro_batches == 0`), for the operator.
+    pub idle_reason: Option<String>,
+    /// Mean loss on the held-out pages after this window, when evaluated.
+    pub eval_loss: Option<f32>,
+    /// Bytes of peers' slices downloaded during this window (cache misses).
+    pub bytes_downloaded: u64,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +38,16 @@ pub struct MinerStats {
     pub upload_failures: AtomicU64,
     pub uploads_abandoned: AtomicU64,
     pub slices_downloaded: AtomicU64,
+    /// Bytes of peers' slices downloaded (cache misses).
+    pub bytes_downloaded: AtomicU64,
+    /// Uploads handed to the SliceUploader, and those that left its queue (uploaded or
+    /// dropped): equal when nothing is pending (the devnet's lockstep clock waits on it).
+    pub uploads_requested: AtomicU64,
+    pub uploads_settled: AtomicU64,
+    /// Held-out evaluations run.
+    pub evaluations: AtomicU64,
+    /// The model was resumed from a checkpoint (not built from the initial weights).
+    pub resumed_from_checkpoint: std::sync::atomic::AtomicBool,
     pub cache_hits: AtomicU64,
     pub download_failures: AtomicU64,
     pub peers_skipped: AtomicU64,
@@ -47,6 +63,7 @@ pub struct MinerStats {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     restarts: Mutex<BTreeMap<ActorKind, u64>>,
     windows: Mutex<Vec<WindowSummary>>,
+    last_eval: Mutex<Option<(u64, f32)>>,
 }
 
 impl MinerStats {
@@ -82,6 +99,9 @@ impl MinerStats {
 
     pub fn record_window(&self, summary: WindowSummary) {
         Self::add(&self.windows_completed, 1);
+        if let Some(loss) = summary.eval_loss {
+            *lock(&self.last_eval) = Some((summary.window, loss));
+        }
         let mut windows = lock(&self.windows);
         windows.push(summary);
         let excess = windows.len().saturating_sub(10_000);
@@ -96,6 +116,16 @@ impl MinerStats {
     /// The last window trained, without copying the history (scrapes, readiness).
     pub fn last_window(&self) -> Option<WindowSummary> {
         lock(&self.windows).last().cloned()
+    }
+
+    /// Whether the model was resumed from a checkpoint at some start.
+    pub fn resumed(&self) -> bool {
+        self.resumed_from_checkpoint.load(Ordering::Relaxed)
+    }
+
+    /// The window and loss of the last held-out evaluation.
+    pub fn last_eval(&self) -> Option<(u64, f32)> {
+        *lock(&self.last_eval)
     }
 
     /// The summaries after the first `skip`, for a display that prints each once.

@@ -1,30 +1,24 @@
 //! Trainer: the window loop of the seed, and the only writer of the model. Its handler only
-//! starts and finishes window tasks; each window task runs the seed's steps in order —
-//! state average in, train on the window's pages until the window ends, delta out, delta
-//! average in, state out, history pruned, checkpoint when due — with every computation on
-//! the engine thread. A restarted Trainer takes the engine back (the model survives), or
+//! starts and finishes window tasks ([`crate::window_job`]: averages in, train, slices out,
+//! history pruned, evaluation and checkpoint when due), every computation on the engine
+//! thread. A restarted Trainer takes the engine back (the model survives), or
 //! rebuilds it from the last checkpoint and re-syncs the state slices published since.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tessera_core::slice::SliceKind;
 use tessera_core::window::Window;
-use tessera_data::{PageSelection, WindowData, WindowSpec};
 use tessera_model::train::SampleRate;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
-use crate::context::{ActorKind, Fault, MinerContext, lock, lookup};
+use crate::context::{ActorKind, MinerContext, lock};
 use crate::engine::{EngineError, EngineHandle, EngineSpec};
-use crate::error::RuntimeError;
-use crate::messages::{ShutdownReport, SliceUploaderMsg, StateSyncerMsg, TrainerMsg, WindowOutcome};
-use crate::stats::{MinerStats, WindowSummary};
+use crate::messages::{ShutdownReport, TrainerMsg};
+use crate::stats::MinerStats;
+use crate::window_job::WindowJob;
 
 /// How often the Trainer checks that the engine is alive.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
@@ -85,6 +79,9 @@ impl Actor for Trainer {
                 }
                 let engine = EngineHandle::start(engine_spec(&ctx)).await?;
                 let history_start = ctx.clock_now().window.saturating_sub(ctx.max_history.load(Ordering::Relaxed));
+                if engine.start.resumed.is_some() {
+                    ctx.stats.resumed_from_checkpoint.store(true, Ordering::Relaxed);
+                }
                 let resync_from = match &engine.start.resumed {
                     Some(meta) => Some((meta.window + 1).max(history_start)),
                     None if ctx.settings.sync_state && !ctx.settings.baseline => Some(history_start),
@@ -181,6 +178,7 @@ fn engine_spec(ctx: &MinerContext) -> EngineSpec {
         config: ctx.model.llama.clone(),
         settings: ctx.model.optim.clone(),
         checkpoints: ctx.model.checkpoints.clone(),
+        init_seed: ctx.model.init_seed,
     }
 }
 
@@ -227,199 +225,5 @@ impl TrainerState {
             };
             let _ = reply.send(report);
         });
-    }
-}
-
-/// One window of the seed's loop.
-struct WindowJob {
-    ctx: Arc<MinerContext>,
-    engine: EngineHandle,
-    window: Window,
-    rate: Arc<Mutex<SampleRate>>,
-    resync_from: Option<Window>,
-    cancel: Arc<AtomicBool>,
-    /// Set for the first window after a restart: when the restarted Trainer started.
-    ready_since: Option<Instant>,
-}
-
-impl WindowJob {
-    async fn run(self) -> Result<WindowOutcome, RuntimeError> {
-        let (ctx, window) = (&self.ctx, self.window);
-        let baseline = ctx.settings.baseline;
-        let mut state_slices = 0;
-        if !baseline {
-            if let Some(from) = self.resync_from {
-                self.replay_state(from).await?;
-            }
-            state_slices = self.average_and_apply(SliceKind::State, window).await?;
-        }
-
-        let data = self.load_data().await?;
-        let batches = Arc::new(data.batches);
-        if let Some(since) = self.ready_since {
-            let ms = since.elapsed().as_millis() as u64;
-            ctx.stats.last_restart_ready_ms.store(ms.max(1), Ordering::Relaxed);
-            info!(miner = %ctx.name, window, ready_ms = ms, "training again after a restart");
-        }
-        let rate = *lock(&self.rate);
-        let clock = ctx.clock.subscribe();
-        let (stop_ctx, cancel) = (ctx.clone(), self.cancel.clone());
-        let started = Instant::now();
-        let (report, rate) = self
-            .engine
-            .run(move |ops| {
-                let mut rate = rate;
-                let mut rng = StdRng::seed_from_u64(window ^ 0x07e5_5e7a);
-                let window_ended = || {
-                    if stop_ctx.faults.take(Fault::EnginePanic) {
-                        panic!("injected fault: panic in the training engine");
-                    }
-                    clock.borrow().window != window || stop_ctx.is_stopping() || cancel.load(Ordering::Acquire)
-                };
-                let report = ops.train(&batches, &mut rate, &mut || rng.random::<f64>(), &window_ended);
-                (report.map(|r| (r, ops.step_count(), ops.current_lr())), rate)
-            })
-            .await?;
-        let (report, step, lr) = report?;
-        *lock(&self.rate) = rate;
-        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-        if ctx.is_stopping() || self.cancel.load(Ordering::Acquire) {
-            return Ok(WindowOutcome { window, trained: report.micro_batches > 0 });
-        }
-
-        // End of the window: delta out, peers' deltas of the previous window in, state out.
-        // A baseline miner trains alone: nothing in, nothing out.
-        let mut delta_slices = 0;
-        if !baseline {
-            let delta = self.gather(window).await?;
-            self.upload(SliceKind::Delta, window, delta);
-            if window > 0 {
-                delta_slices = self.average_and_apply(SliceKind::Delta, window - 1).await?;
-            }
-            let state = self.gather(window + 1).await?;
-            self.upload(SliceKind::State, window + 1, state);
-            if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
-                let max_history = ctx.max_history.load(Ordering::Relaxed);
-                let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
-            }
-        }
-
-        let summary = WindowSummary {
-            window,
-            loss: report.mean_loss,
-            tokens: report.tokens,
-            tokens_per_sec: report.tokens as f64 / elapsed,
-            micro_batches: report.micro_batches,
-            sample_rate: report.sample_rate,
-            utilization: self.utilization(elapsed),
-            lr,
-            step,
-            state_slices,
-            delta_slices,
-        };
-        info!(
-            miner = %ctx.name,
-            window,
-            loss = report.mean_loss,
-            tokens_per_sec = summary.tokens_per_sec.round(),
-            micro_batches = report.micro_batches,
-            sample_rate = report.sample_rate,
-            lr,
-            state_slices,
-            delta_slices,
-            "window done"
-        );
-        let hook = lock(&ctx.window_hook).clone();
-        if let Some(hook) = hook {
-            hook(ctx, &summary);
-        }
-        ctx.stats.record_window(summary);
-        let completed = MinerStats::get(&ctx.stats.windows_completed);
-        if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
-            let meta = self.engine.run(move |ops| ops.checkpoint(window)).await??;
-            MinerStats::add(&ctx.stats.checkpoints_written, 1);
-            debug!(miner = %ctx.name, window, step = meta.step, "checkpoint written");
-        }
-        Ok(WindowOutcome { window, trained: report.micro_batches > 0 })
-    }
-
-    /// State slices published since the model was saved (or `max_history` windows with
-    /// `--sync_state`), applied window by window.
-    async fn replay_state(&self, from: Window) -> Result<(), RuntimeError> {
-        let ctx = &self.ctx;
-        let total = self.window.saturating_sub(from);
-        if total == 0 {
-            return Ok(());
-        }
-        info!(miner = %ctx.name, from, to = self.window - 1, "syncing state from history");
-        let bar = crate::progress::bar(total, format!("{}: state sync", ctx.name), false);
-        for (i, w) in (from..self.window).enumerate() {
-            let applied = self.average_and_apply(SliceKind::State, w).await?;
-            bar.inc(1);
-            info!(miner = %ctx.name, window = w, progress = format!("{}/{}", i + 1, total), slices = applied, "state sync");
-        }
-        bar.finish_and_clear();
-        Ok(())
-    }
-
-    /// Averages the peers' `kind` slices of `window` into the model; returns how many.
-    async fn average_and_apply(&self, kind: SliceKind, window: Window) -> Result<u32, RuntimeError> {
-        let ctx = &self.ctx;
-        let Some(syncer) = lookup::<StateSyncerMsg>(&ctx.name, ActorKind::StateSyncer) else {
-            warn!(miner = %ctx.name, %kind, window, "no state syncer running; skipping this average");
-            return Ok(0);
-        };
-        let deadline = ctx.settings.peer_deadline * 6 + Duration::from_secs(10);
-        let outcome = match syncer.call(|reply| StateSyncerMsg::Average { kind, window, reply }, Some(deadline)).await {
-            Ok(CallResult::Success(outcome)) => outcome,
-            Ok(_) | Err(_) => {
-                warn!(miner = %ctx.name, %kind, window, "the state syncer did not answer; skipping this average");
-                return Ok(0);
-            }
-        };
-        if let Some(mean) = outcome.mean {
-            let indices = ctx.indices(window).await?;
-            self.engine.run(move |ops| ops.apply(&indices, &mean)).await??;
-        }
-        Ok(outcome.accepted)
-    }
-
-    /// Training time over the window's duration (observed block times, else nominal).
-    fn utilization(&self, train_secs: f64) -> f64 {
-        let ctx = &self.ctx;
-        let block_ms = ctx.settings.block_time.as_millis() as u64;
-        let span = lock(&ctx.block_times).window_bounds(&ctx.schedule, self.window, block_ms);
-        let window_secs = match span {
-            Some((start, end)) if end > start => (end - start) as f64 / 1000.0,
-            _ => (ctx.schedule.window_length() * block_ms) as f64 / 1000.0,
-        };
-        (train_secs / window_secs.max(1e-3)).clamp(0.0, 1.0)
-    }
-
-    async fn gather(&self, window: Window) -> Result<Arc<Vec<f32>>, RuntimeError> {
-        let indices = self.ctx.indices(window).await?;
-        Ok(Arc::new(self.engine.run(move |ops| ops.gather(&indices)).await??))
-    }
-
-    fn upload(&self, kind: SliceKind, window: Window, values: Arc<Vec<f32>>) {
-        match lookup::<SliceUploaderMsg>(&self.ctx.name, ActorKind::SliceUploader) {
-            Some(uploader) => {
-                let _ = uploader.cast(SliceUploaderMsg::Upload { kind, window, values });
-            }
-            None => warn!(miner = %self.ctx.name, %kind, window, "no slice uploader running; slice not published"),
-        }
-    }
-
-    async fn load_data(&self) -> Result<WindowData, RuntimeError> {
-        let ctx = &self.ctx;
-        let spec = WindowSpec {
-            selection: if ctx.settings.random { PageSelection::Random } else { PageSelection::Uid(ctx.uid) },
-            window: self.window,
-            n_pages: ctx.settings.pages_per_window.max(1),
-            seq_len: ctx.hparams.sequence_length,
-            batch_size: ctx.settings.batch_size.max(1),
-            max_concurrent_fetches: 4,
-        };
-        Ok(WindowData::load(ctx.model.source.as_ref(), &ctx.model.tokenizer, &spec).await?)
     }
 }

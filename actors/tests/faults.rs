@@ -147,6 +147,7 @@ fn assert_no_partial_objects(root: &Path, hparams: &tessera_core::hparams::Hpara
                 fingerprint: ctx.model.layout.fingerprint(),
                 compression: hparams.compression,
                 value_count: ctx.slice_value_count(),
+                version: ctx.exchange().protocol_version(),
             };
             decode(&bytes, &expected).unwrap_or_else(|e| panic!("{} is not a complete slice: {e}", path.display()));
             checked += 1;
@@ -267,6 +268,7 @@ fn hostile_slice(ctx: &MinerContext, flavour: &str, key: &LoadedHotkey, kind: Sl
         fingerprint: ctx.model.layout.fingerprint(),
         compression: ctx.hparams.compression,
         dtype: tessera_core::slice::Dtype::F32,
+        version: ctx.exchange().protocol_version(),
     };
     match flavour {
         "truncated" => {

@@ -114,6 +114,7 @@ fn main() {
         fingerprint: layout.fingerprint(),
         compression: COMPRESSION,
         dtype: Dtype::F32,
+        version: 1,
     };
     let (t, encoded) = time(reps, || encode(meta, &values, &signers[0]).expect("encode"));
     report("encode f32", t, encoded.len(), &format!("{} bytes", encoded.len()));
@@ -130,6 +131,7 @@ fn main() {
         fingerprint: layout.fingerprint(),
         compression: COMPRESSION,
         value_count: k,
+        version: 1,
     };
     let (t, _) = time(reps, || decode(&encoded, &expected).map(|v| v.body_len()).expect("decode"));
     report("decode+verify f32", t, encoded.len(), "");

@@ -96,6 +96,7 @@ pub const KEYS: &[&str] = &[
     "runtime.checkpoint_every",
     "runtime.clock_skew_secs",
     "runtime.download_concurrency",
+    "runtime.eval_every",
     "runtime.max_restarts",
     "runtime.peer_deadline_secs",
     "runtime.peer_failures_before_skip",
@@ -261,6 +262,9 @@ pub struct RuntimeConfig {
     /// Tolerance, in seconds, when a slice object's bucket `LastModified` is checked against
     /// its window's time bounds.
     pub clock_skew_secs: u64,
+    /// Evaluate the model's loss on the held-out pages every this many windows (0: never;
+    /// it costs compute on the critical GPU).
+    pub eval_every: u64,
     /// The slice cache shared by all miners of the host: the configured directory, else
     /// `<state_dir>/slice-cache` (always set after loading).
     #[serde(serialize_with = "ser_path")]
@@ -284,6 +288,7 @@ impl RuntimeConfig {
             restart_backoff_max_ms: 30_000,
             shutdown_timeout_secs: 30,
             clock_skew_secs: 30,
+            eval_every: 0,
             cache_dir,
         }
     }
@@ -1704,6 +1709,7 @@ impl Draft {
             }
             "runtime.shutdown_timeout_secs" => rt.shutdown_timeout_secs = e.count(1, SECONDS)?,
             "runtime.clock_skew_secs" => rt.clock_skew_secs = e.count(0, SECONDS)?,
+            "runtime.eval_every" => rt.eval_every = e.count(0, "a number of windows (0: never)")?,
             "runtime.cache_dir" => self.cache_dir = Some(e.path_text()?),
             "data.source" => {
                 self.data.source =
@@ -2067,6 +2073,7 @@ mod tests {
                 restart_backoff_max_ms: 30_000,
                 shutdown_timeout_secs: 30,
                 clock_skew_secs: 30,
+                eval_every: 0,
                 cache_dir: PathBuf::from("/home/op/.tessera/slice-cache"),
             },
             data: DataConfig {

@@ -20,6 +20,7 @@ use url::Url;
 
 use crate::fsutil::write_atomic;
 use crate::model::{ModelShape, ModelShapeError, ParamLayout};
+use crate::slice::Exchange;
 
 /// The network's `hparams.json` as shipped with this build (`config/hparams.json`).
 pub const BUILTIN_HPARAMS_JSON: &str = include_str!("../../config/hparams.json");
@@ -109,6 +110,20 @@ pub struct Hparams {
     /// The seed's file spells this key `valdiator_sample_rate`.
     #[serde(default, alias = "valdiator_sample_rate", skip_serializing_if = "Option::is_none")]
     pub validator_sample_rate: Option<f64>,
+    /// How peers combine their training (tessera's addition; absent: the seed's values
+    /// exchange). `"update"` exchanges each window's update under protocol v2; see
+    /// [`crate::slice::Exchange`].
+    #[serde(default, skip_serializing_if = "Exchange::is_seed")]
+    pub exchange: Exchange,
+    /// Update exchange: the mean update is applied scaled by this factor (an outer
+    /// learning rate, as DiLoCo's); absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_outer_lr: Option<f64>,
+    /// Update exchange: read the slices of at most this many peers per window and kind
+    /// (own included; each miner draws its own subset every window), which bounds a
+    /// miner's download whatever the network's size; absent or 0: every peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_max_peers: Option<u32>,
     /// Fields this build does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -303,6 +318,9 @@ impl Hparams {
         if self.tokenizer_name != other.tokenizer_name {
             out.push("tokenizer_name");
         }
+        if self.exchange != other.exchange {
+            out.push("exchange");
+        }
         out
     }
 
@@ -377,6 +395,11 @@ impl Hparams {
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(invalid("learning_rate", self.learning_rate, "a finite number > 0"));
+        }
+        if let Some(lr) = self.exchange_outer_lr
+            && !(lr.is_finite() && lr > 0.0 && lr <= 10.0)
+        {
+            return Err(invalid("exchange_outer_lr", lr, "a number in (0, 10]"));
         }
         for (field, beta) in [("optimizer_beta1", self.optimizer_beta1), ("optimizer_beta2", self.optimizer_beta2)] {
             if !(0.0..1.0).contains(&beta) {

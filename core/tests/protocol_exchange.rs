@@ -44,6 +44,7 @@ fn two_peers_converge_on_the_mean_at_the_window_positions_only() {
         fingerprint: layout.fingerprint(),
         compression: 10,
         dtype: Dtype::F32,
+        version: 1,
     };
     // Each peer publishes its slice under its object key.
     let published: Vec<(String, Vec<u8>)> = [(&alice, &model_a), (&bob, &model_b)]
@@ -66,6 +67,7 @@ fn two_peers_converge_on_the_mean_at_the_window_positions_only() {
             fingerprint: layout.fingerprint(),
             compression: 10,
             value_count: indices.total_len(),
+            version: 1,
         };
         mean.add(&decode(bytes, &expected).unwrap()).unwrap();
     }

@@ -503,3 +503,26 @@ async fn hostile_commitments_are_rejected_and_a_valid_one_reaches_the_bucket() {
     let peer = PeerClients::new("us-east-1", opts()).unwrap().client(&location);
     assert_eq!(&peer.get_bytes("ok", 2).await.unwrap()[..], b"ok");
 }
+
+/// s3s-fs deletes an object but keeps its `.internal.json`/`.metadata.json` side files; the
+/// embedded server's sweep removes those of deleted objects and nothing else.
+#[tokio::test]
+async fn the_sweep_removes_side_files_of_deleted_objects_only() {
+    let fx = fixture(opts()).await;
+    let root = fx.server.root().to_path_buf();
+    let side_files = || dir_entries(&root).into_iter().filter(|n| n.starts_with(".bucket-")).count();
+    fx.own.put("kept.slice", payload(100, 3)).await.unwrap();
+    fx.own.put("gone.slice", payload(100, 4)).await.unwrap();
+    let before = side_files();
+    assert!(before >= 2, "s3s-fs writes side files: {:?}", dir_entries(&root));
+    fx.own.delete("gone.slice").await.unwrap();
+    assert_eq!(side_files(), before, "s3s-fs leaves the deleted object's side files behind");
+
+    // Too young to be touched: a put in flight may be writing them.
+    assert_eq!(tessera_core::storage::sweep_orphans(&root, Duration::from_secs(3600)).unwrap(), 0);
+    let removed = tessera_core::storage::sweep_orphans(&root, Duration::ZERO).unwrap();
+    assert!(removed >= 1, "the deleted object's side files go");
+    assert_eq!(side_files(), before - removed);
+    assert_eq!(fx.own.get_bytes("kept.slice", 100).await.unwrap(), payload(100, 3), "the kept object is intact");
+    assert_eq!(tessera_core::storage::sweep_orphans(&root, Duration::ZERO).unwrap(), 0, "nothing else is removed");
+}

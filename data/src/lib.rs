@@ -17,7 +17,8 @@ pub use pages::{
     ConfigInfo, DatasetInfo, PAGES_DOMAIN, Page, PageSelection, ROWS_PER_PAGE, pages_for, pages_from_seed, random_pages,
 };
 pub use source::{
-    DEFAULT_DATASET, DEFAULT_HF_BASE_URL, HfRowsConfig, HfRowsSource, LocalFilesSource, PageSource, SyntheticSource,
+    DEFAULT_DATASET, DEFAULT_HF_BASE_URL, HELD_OUT_DOMAIN, HfRowsConfig, HfRowsSource, LocalFilesSource, PageSource,
+    SyntheticSource,
 };
 pub use tokenizer::{BYTE_EOS_ID, BYTE_PAD_ID, BYTE_VOCAB_SIZE, HfTokenizer, TextTokenizer, default_hub_dirs};
 pub use window::{WindowData, WindowSpec};

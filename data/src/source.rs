@@ -10,7 +10,7 @@ pub use local::LocalFilesSource;
 pub use synthetic::SyntheticSource;
 
 use crate::error::DataError;
-use crate::pages::{DatasetInfo, Page};
+use crate::pages::{DatasetInfo, Page, pages_from_seed};
 
 /// A dataset that can say what configs it has and hand out the text of a page's rows.
 #[async_trait::async_trait]
@@ -23,7 +23,18 @@ pub trait PageSource: Send + Sync {
     fn describe(&self) -> String {
         "page source".to_owned()
     }
+    /// `n_pages` pages for held-out evaluation, the same on every node. This default
+    /// draws them from the training rows with a reserved seed ([`HELD_OUT_DOMAIN`]), so a
+    /// miner may in principle be assigned one of them (rare on a large dataset); sources
+    /// that can reserve rows no miner is ever assigned override it.
+    async fn held_out_pages(&self, n_pages: usize) -> Result<Vec<Page>, DataError> {
+        let info = self.info().await?;
+        Ok(pages_from_seed(blake3::derive_key(HELD_OUT_DOMAIN, b"held-out pages"), n_pages, &info))
+    }
 }
+
+/// BLAKE3 `derive_key` context of the held-out pages.
+pub const HELD_OUT_DOMAIN: &str = "tessera-data 2026-12 held-out pages v1";
 
 /// Chain of `source()` messages, because reqwest's and std's top-level messages omit the useful part.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

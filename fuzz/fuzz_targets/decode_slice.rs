@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         fingerprint: ModelFingerprint([1; 32]),
         compression: 10,
         value_count: VALUES,
+        version: 1,
     };
     if let Ok(view) = decode(data, &expected) {
         let values = view.values();

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod engine;
 pub mod hf;
 pub mod init;
 pub mod llama;

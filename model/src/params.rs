@@ -222,6 +222,27 @@ impl<B: Backend> Llama<B> {
         Ok(self)
     }
 
+    /// Adds `deltas` at the window's positions (on the device); nothing else changes.
+    pub fn scatter_add(mut self, indices: &SliceIndices, deltas: &[f32]) -> Result<Self, ParamError> {
+        self.check_layout(indices)?;
+        if deltas.len() != indices.total_len() {
+            return Err(ParamError::WrongLength {
+                index: usize::MAX,
+                expected: indices.total_len(),
+                found: deltas.len(),
+            });
+        }
+        let device = self.embed_tokens.val().device();
+        let offsets = indices.offsets();
+        for p in 0..self.num_params() {
+            let part = &deltas[offsets[p]..offsets[p + 1]];
+            let idx = index_tensor::<B>(indices.param(p), &device);
+            let vals = Tensor::<B, 1>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
+            self = self.map_param(p, |t| t.select_assign(0, idx, vals, IndexingUpdateOp::Add))?;
+        }
+        Ok(self)
+    }
+
     fn check_layout(&self, indices: &SliceIndices) -> Result<(), ParamError> {
         if indices.num_params() != self.num_params() {
             return Err(ParamError::LayoutMismatch { expected: self.num_params(), found: indices.num_params() });

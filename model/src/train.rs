@@ -348,6 +348,25 @@ pub fn train_window<'a, B: AutodiffBackend>(
     })
 }
 
+/// Mean loss per target token over `batches` on the inner (non-autodiff) model: the
+/// held-out evaluation. Every batch is checked as in training; NaN when nothing counts.
+pub fn evaluate<B: AutodiffBackend>(model: &Llama<B>, batches: &[TokenBatch<'_>]) -> Result<f32, TrainError> {
+    let vocab = model.embed_tokens.val().dims()[0];
+    let valid = inner(model);
+    let (mut sum, mut count) = (0f64, 0usize);
+    for batch in batches {
+        batch.check(vocab)?;
+        let targets = batch.target_tokens();
+        if targets == 0 {
+            continue;
+        }
+        let loss = causal_lm_loss(&valid, *batch).into_scalar().elem::<f32>();
+        sum += f64::from(loss) * targets as f64;
+        count += targets;
+    }
+    Ok(if count == 0 { f32::NAN } else { (sum / count as f64) as f32 })
+}
+
 /// Autodiff model to its inner backend (evaluation, checkpoints).
 pub fn inner<B: AutodiffBackend>(model: &Llama<B>) -> Llama<B::InnerBackend> {
     model.valid()

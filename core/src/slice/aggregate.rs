@@ -74,7 +74,14 @@ mod tests {
     const N: usize = 1000;
 
     fn meta(dtype: Dtype) -> SliceMeta {
-        SliceMeta { kind: SliceKind::State, window: 3, fingerprint: ModelFingerprint([9; 32]), compression: 10, dtype }
+        SliceMeta {
+            kind: SliceKind::State,
+            window: 3,
+            fingerprint: ModelFingerprint([9; 32]),
+            compression: 10,
+            dtype,
+            version: 1,
+        }
     }
 
     fn expected() -> Expected<'static> {
@@ -86,6 +93,7 @@ mod tests {
             fingerprint: ModelFingerprint([9; 32]),
             compression: 10,
             value_count: N,
+            version: 1,
         }
     }
 

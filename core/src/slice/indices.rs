@@ -211,6 +211,32 @@ impl SliceIndices {
     pub fn num_params(&self) -> usize {
         self.per_param.len()
     }
+
+    /// The positions both windows share: pairs of (position in this slice body, position
+    /// in `other`'s), by a merge of each parameter's sorted indices. Empty when the two are
+    /// for different models.
+    pub fn overlap(&self, other: &SliceIndices) -> Vec<(usize, usize)> {
+        if self.num_params() != other.num_params() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for p in 0..self.num_params() {
+            let (a, b) = (&self.per_param[p], &other.per_param[p]);
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                match a[i].cmp(&b[j]) {
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                    std::cmp::Ordering::Equal => {
+                        out.push((self.offsets[p] + i, other.offsets[p] + j));
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +244,39 @@ mod tests {
     use super::*;
     use crate::model::ModelShape;
     use proptest::prelude::*;
+
+    #[test]
+    fn overlap_pairs_the_shared_positions_of_two_windows() {
+        let layout = ParamLayout::llama(&ModelShape {
+            vocab_size: 40,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            max_position_embeddings: 16,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+        })
+        .unwrap();
+        let (a, b) = (SliceIndices::compute(&layout, 1, 3).unwrap(), SliceIndices::compute(&layout, 2, 3).unwrap());
+        let pairs = a.overlap(&b);
+        let mut expected = 0;
+        for p in 0..a.num_params() {
+            let other: std::collections::HashSet<u32> = b.param(p).iter().copied().collect();
+            expected += a.param(p).iter().filter(|i| other.contains(i)).count();
+        }
+        assert_eq!(pairs.len(), expected);
+        assert!(expected > 0, "windows at compression 3 share positions");
+        let flat = |s: &SliceIndices, pos: usize| {
+            let p = s.offsets().partition_point(|&o| o <= pos) - 1;
+            (p, s.param(p)[pos - s.offsets()[p]])
+        };
+        for (i, j) in pairs {
+            assert_eq!(flat(&a, i), flat(&b, j), "the pair names one parameter position");
+        }
+        assert_eq!(a.overlap(&a).len(), a.total_len());
+    }
 
     fn hash_of(indices: &[u32]) -> String {
         let mut h = blake3::Hasher::new();

@@ -82,6 +82,11 @@ impl ObjectKey {
     pub fn is_current_version(&self) -> bool {
         self.version == PROTOCOL_VERSION
     }
+
+    /// The key of `kind` for `window` under `exchange`'s protocol version.
+    pub fn for_exchange(kind: SliceKind, window: Window, hotkey: Hotkey, exchange: super::Exchange) -> Self {
+        Self { kind, window, hotkey, version: exchange.protocol_version() }
+    }
 }
 
 impl fmt::Display for ObjectKey {

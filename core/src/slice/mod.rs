@@ -4,12 +4,14 @@
 //! ([`aggregate`]).
 
 pub mod aggregate;
+pub mod exchange;
 pub mod extract;
 pub mod indices;
 pub mod key;
 pub mod wire;
 
 pub use aggregate::{AggregateError, MeanAccumulator};
+pub use exchange::{Exchange, download_bytes_per_window};
 pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};

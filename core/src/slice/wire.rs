@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0    8 bytes   MAGIC "TESSLICE"
-//! 8    u16 LE    format version (= PROTOCOL_VERSION)
+//! 8    u16 LE    format version (the exchange's protocol version: 1 seed, 2 update)
 //! 10   u16 LE    header length H (≤ MAX_HEADER_LEN)
 //! 12   H bytes   postcard(SliceHeader)
 //! 12+H 64 bytes  sr25519 signature by the header's hotkey over bytes [0, 12+H)
@@ -20,7 +20,7 @@ use half::bf16;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::key::{PROTOCOL_VERSION, SliceKind};
+use super::key::SliceKind;
 use crate::hotkey::{Hotkey, HotkeySigner, verify};
 use crate::model::ModelFingerprint;
 use crate::window::Window;
@@ -75,6 +75,8 @@ pub struct Expected<'a> {
     pub fingerprint: ModelFingerprint,
     pub compression: u32,
     pub value_count: usize,
+    /// The protocol version (exchange) the reader follows; others are rejected.
+    pub version: u16,
 }
 
 /// Why a slice was rejected. Every variant is a peer's fault or a corruption, never ours.
@@ -179,6 +181,8 @@ pub struct SliceMeta {
     pub fingerprint: ModelFingerprint,
     pub compression: u32,
     pub dtype: Dtype,
+    /// The protocol version of the exchange the slice belongs to.
+    pub version: u16,
 }
 
 /// Encodes and signs a slice of `values` (canonical order, see `extract`).
@@ -253,7 +257,7 @@ fn assemble(
     body(&mut out)?;
     header.body_hash = hash_body(&out[offset..]);
     out[..8].copy_from_slice(&MAGIC);
-    out[8..10].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out[8..10].copy_from_slice(&meta.version.to_le_bytes());
     out[10..12].copy_from_slice(&(header_len as u16).to_le_bytes());
     let header_end = PREFIX_LEN + header_len;
     postcard::to_slice(&header, &mut out[PREFIX_LEN..header_end]).map_err(|e| EncodeError::Header(e.to_string()))?;
@@ -328,8 +332,8 @@ pub fn decode<'a>(bytes: &'a [u8], expected: &Expected<'_>) -> Result<SliceView<
         return Err(SliceError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != PROTOCOL_VERSION {
-        return Err(SliceError::UnsupportedVersion { found: version, supported: PROTOCOL_VERSION });
+    if version != expected.version {
+        return Err(SliceError::UnsupportedVersion { found: version, supported: expected.version });
     }
     let header_len = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
     let offset = body_offset(header_len);

@@ -54,7 +54,14 @@ pub struct EmbeddedS3 {
     keys: AccessKeys,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
 }
+
+/// How often the server removes what s3s-fs leaves of deleted objects.
+const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+/// A side file is only removed once this old, so a put in flight (which may write its
+/// side files before the object's rename) never loses them.
+const SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Lets unsigned requests read and nothing more; signed ones were already verified by
 /// `SimpleAuth` (a bad signature never reaches this check).
@@ -102,8 +109,23 @@ impl EmbeddedS3 {
         let (shutdown, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("embedded_s3", %addr);
         let task = tokio::spawn(serve(listener, service, stop_rx).instrument(span));
+        let sweep_root = root.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let root = sweep_root.clone();
+                match tokio::task::spawn_blocking(move || sweep_orphans(&root, SWEEP_MIN_AGE)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => debug!(removed = n, "removed side files of deleted objects"),
+                    Ok(Err(e)) => warn!(error = %e, "sweeping side files of deleted objects failed"),
+                    Err(e) => warn!(error = %e, "the side-file sweep task failed"),
+                }
+            }
+        });
         info!(%addr, root = %root.display(), "embedded S3 started");
-        Ok(Self { addr, endpoint, root, keys, shutdown: Some(shutdown), task: Some(task) })
+        Ok(Self { addr, endpoint, root, keys, shutdown: Some(shutdown), task: Some(task), sweeper: Some(sweeper) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,6 +164,9 @@ impl EmbeddedS3 {
     /// Stops accepting, aborts every open connection and waits until they are closed and
     /// the port is released.
     pub async fn stop(mut self) {
+        if let Some(sweeper) = self.sweeper.take() {
+            sweeper.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -152,6 +177,54 @@ impl EmbeddedS3 {
         }
         info!(addr = %self.addr, "embedded S3 stopped");
     }
+}
+
+impl Drop for EmbeddedS3 {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.take() {
+            sweeper.abort();
+        }
+    }
+}
+
+/// Removes the side files s3s-fs keeps beside an object (`.bucket-B.object-K.internal.json`
+/// and `.bucket-B.object-K[.upload-U].metadata.json`, names in URL-safe base64) once the
+/// object is gone and the file is older than `min_age`: s3s-fs deletes only the object, so
+/// a devnet that runs for days would otherwise grow by two files per deleted slice.
+/// Returns how many files were removed.
+pub fn sweep_orphans(root: &Path, min_age: std::time::Duration) -> std::io::Result<usize> {
+    use base64::Engine as _;
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok().and_then(|b| String::from_utf8(b).ok())
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(".bucket-") else { continue };
+        let Some(stem) = rest.strip_suffix(".internal.json").or_else(|| rest.strip_suffix(".metadata.json")) else {
+            continue;
+        };
+        let Some((bucket, object)) = stem.split_once(".object-") else { continue };
+        // An upload's metadata carries `.upload-<uuid>`; its object is the key before it.
+        let object = object.split_once(".upload-").map_or(object, |(key, _)| key);
+        let (Some(bucket), Some(key)) = (decode(bucket), decode(object)) else { continue };
+        if bucket.contains("..") || key.contains("..") || root.join(&bucket).join(&key).exists() {
+            continue;
+        }
+        let age = entry.metadata()?.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        if age < min_age {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// A listener with `SO_REUSEADDR`, so a restart can take the port back at once even

@@ -21,7 +21,7 @@ pub use client::{
     AccessKeys, BucketClient, CredentialSource, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_REGION, ObjectInfo, PeerClients,
     TEMP_PREFIX, TransferOptions, parse_last_modified,
 };
-pub use embedded::EmbeddedS3;
+pub use embedded::{EmbeddedS3, sweep_orphans};
 pub use error::StorageError;
 pub use location::{BucketLocation, LocationError, MAX_LOCATION_LEN};
 pub use retry::RetryPolicy;

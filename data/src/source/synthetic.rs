@@ -12,6 +12,11 @@ use crate::pages::{ConfigInfo, DatasetInfo, Page, below};
 /// BLAKE3 `derive_key` context for synthetic rows.
 const SYNTHETIC_DOMAIN: &str = "tessera-data 2024-11 synthetic rows v1";
 const SPLIT: &str = "train";
+/// The reserved split of held-out rows: rows after the training range, which page
+/// selection never reaches (it draws offsets from [`PageSource::info`]'s row counts).
+const HELD_OUT_SPLIT: &str = "heldout";
+/// Rows per config in the held-out split.
+const HELD_OUT_ROWS: u64 = 100_000;
 
 const ADJECTIVES: [&str; 8] = ["red", "small", "quick", "old", "bright", "quiet", "green", "heavy"];
 const NOUNS: [&str; 8] = ["cat", "dog", "bird", "tree", "river", "stone", "house", "ship"];
@@ -100,19 +105,37 @@ impl PageSource for SyntheticSource {
             rows: page.rows,
             message: message.to_owned(),
         };
+        let (first_row, rows) = match page.split.as_str() {
+            SPLIT => (0, self.rows_per_config),
+            HELD_OUT_SPLIT => (self.rows_per_config, HELD_OUT_ROWS),
+            _ => return Err(bad("no such synthetic split")),
+        };
         let index = page
             .config
             .strip_prefix("synthetic-")
             .and_then(|s| s.parse::<u32>().ok())
-            .filter(|&i| i < self.configs && Self::config_name(i) == page.config && page.split == SPLIT)
+            .filter(|&i| i < self.configs && Self::config_name(i) == page.config)
             .ok_or_else(|| bad("no such synthetic config"))?;
-        let end = page.offset.checked_add(u64::from(page.rows)).filter(|&e| e <= self.rows_per_config);
+        let end = page.offset.checked_add(u64::from(page.rows)).filter(|&e| e <= rows);
         let end = end.ok_or_else(|| bad("past the end of the synthetic config"))?;
-        Ok((page.offset..end).map(|row| self.document(index, row)).collect())
+        Ok((page.offset..end).map(|row| self.document(index, first_row + row)).collect())
     }
 
     fn describe(&self) -> String {
         format!("synthetic text (seed {})", self.seed)
+    }
+
+    /// Pages of the reserved `heldout` split: rows no miner is ever assigned.
+    async fn held_out_pages(&self, n_pages: usize) -> Result<Vec<Page>, DataError> {
+        let configs = (0..self.configs)
+            .map(|i| ConfigInfo {
+                name: Self::config_name(i),
+                split: HELD_OUT_SPLIT.to_owned(),
+                num_rows: HELD_OUT_ROWS,
+            })
+            .collect();
+        let seed = blake3::derive_key(crate::source::HELD_OUT_DOMAIN, &self.seed.to_le_bytes());
+        Ok(crate::pages::pages_from_seed(seed, n_pages, &DatasetInfo { configs }))
     }
 }
 
@@ -138,7 +161,29 @@ mod tests {
         assert_ne!(a, src.rows(&page("synthetic-04", 10, 5)).await.expect("config 4"));
         assert!(a.iter().all(|d| !d.is_empty() && d.is_ascii()));
 
-        for bad in [page("synthetic-08", 0, 1), page("synthetic-3", 0, 1), page("synthetic-00", 999_950, 100)] {
+        let held_out = src.held_out_pages(3).await.expect("held-out pages");
+        assert_eq!(held_out.len(), 3);
+        assert_eq!(held_out, SyntheticSource::new(7).held_out_pages(3).await.expect("again"), "fixed for a run");
+        for p in &held_out {
+            assert_eq!(p.split, HELD_OUT_SPLIT);
+            let rows = src.rows(p).await.expect("held-out rows");
+            // The held-out rows are the ones after the training range: no miner's page reaches them.
+            let index: u32 = p.config["synthetic-".len()..].parse().unwrap();
+            assert_eq!(rows[0], src.document(index, 1_000_000 + p.offset));
+        }
+        // Every page a miner can be assigned is in the training split.
+        let info = src.info().await.unwrap();
+        for uid in 0..20 {
+            assert!(crate::pages::pages_for(uid, 5, 4, &info).iter().all(|p| p.split == SPLIT));
+        }
+
+        for bad in [
+            page("synthetic-08", 0, 1),
+            page("synthetic-3", 0, 1),
+            page("synthetic-00", 999_950, 100),
+            Page { config: "synthetic-00".into(), split: HELD_OUT_SPLIT.into(), offset: 99_990, rows: 20 },
+            Page { config: "synthetic-00".into(), split: "test".into(), offset: 0, rows: 1 },
+        ] {
             assert!(matches!(src.rows(&bad).await, Err(DataError::BadPage { .. })), "{bad}");
         }
     }

@@ -33,7 +33,14 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn meta(&self, dtype: Dtype) -> SliceMeta {
-        SliceMeta { kind: SliceKind::Delta, window: 11, fingerprint: self.layout.fingerprint(), compression: 4, dtype }
+        SliceMeta {
+            kind: SliceKind::Delta,
+            window: 11,
+            fingerprint: self.layout.fingerprint(),
+            compression: 4,
+            dtype,
+            version: 1,
+        }
     }
 
     fn expected(&self) -> Expected<'static> {
@@ -45,6 +52,7 @@ impl Fixture {
             fingerprint: self.layout.fingerprint(),
             compression: 4,
             value_count: self.indices.total_len(),
+            version: 1,
         }
     }
 

@@ -1,0 +1,263 @@
+//! The model behind an object-safe interface: [`ModelOps`] is everything the rest of the
+//! system may ask of the model (average slices in, read slices out, train a window,
+//! evaluate, checkpoint), and [`run_engine`] builds the model for a device and hands it to
+//! a non-generic body. Every burn generic is instantiated here, in this crate, so that this
+//! crate alone needs an optimised dev profile for the devnet and the tests to train at
+//! near-release speed while the crates above rebuild quickly.
+
+use std::panic::AssertUnwindSafe;
+
+use tessera_core::config::Device;
+use tessera_core::slice::SliceIndices;
+use thiserror::Error;
+
+use crate::LlamaConfig;
+use crate::backend::{BackendError, BackendInfo, WithBackend, dispatch};
+use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
+use crate::init::initialize;
+use crate::train::{OptimSettings, SampleRate, TokenBatch, TrainError, Trainer, WindowReport, evaluate, train_window};
+use burn::tensor::backend::AutodiffBackend;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("the training engine stopped (a panic while computing); the model will be rebuilt from the checkpoint")]
+    Died,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("building the model: {0}")]
+    Model(String),
+    #[error("training: {0}")]
+    Train(#[from] TrainError),
+    #[error("slice of {found} values does not fit this window's {expected} positions")]
+    SliceLength { expected: usize, found: usize },
+    #[error("the model's parameters: {0}")]
+    Param(String),
+}
+
+/// The model operations the rest of the system may ask for; none exposes the backend type.
+pub trait ModelOps {
+    /// Sets the model's values at `indices` (an average of slices).
+    fn apply(&mut self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError>;
+    /// Adds `deltas` to the model's values at `indices` (an update exchanged by peers).
+    fn add(&mut self, indices: &SliceIndices, deltas: &[f32]) -> Result<(), EngineError>;
+    /// The model's values at `indices` (a slice to publish).
+    fn gather(&self, indices: &SliceIndices) -> Result<Vec<f32>, EngineError>;
+    /// One window of training: micro-batches until the data or the window ends, then a step.
+    fn train(
+        &mut self,
+        batches: &[TokenBatch<'_>],
+        rate: &mut SampleRate,
+        coin: &mut dyn FnMut() -> f64,
+        window_ended: &dyn Fn() -> bool,
+    ) -> Result<WindowReport, EngineError>;
+    /// Mean loss per target token on `batches`, without gradients or any change.
+    fn eval(&self, batches: &[TokenBatch<'_>]) -> Result<f32, EngineError>;
+    fn checkpoint(&self, window: u64) -> Result<CheckpointMeta, EngineError>;
+    fn step_count(&self) -> u64;
+    fn current_lr(&self) -> f64;
+}
+
+struct Engine<B: AutodiffBackend> {
+    trainer: Trainer<B>,
+    config: LlamaConfig,
+    store: CheckpointStore,
+}
+
+impl<B: AutodiffBackend> Engine<B> {
+    fn check(&self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError> {
+        if values.len() != indices.total_len() {
+            return Err(EngineError::SliceLength { expected: indices.total_len(), found: values.len() });
+        }
+        if indices.num_params() != self.trainer.model().num_params() {
+            return Err(EngineError::Param("slice indices are for another model".into()));
+        }
+        Ok(())
+    }
+}
+
+impl<B: AutodiffBackend> ModelOps for Engine<B> {
+    fn apply(&mut self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError> {
+        self.check(indices, values)?;
+        // Lengths and layout are checked above, which are scatter's only failure cases.
+        self.trainer.replace_model(|m| match m.scatter(indices, values) {
+            Ok(m) => m,
+            Err(e) => panic!("scatter failed after its inputs were checked: {e}"),
+        });
+        Ok(())
+    }
+
+    fn add(&mut self, indices: &SliceIndices, deltas: &[f32]) -> Result<(), EngineError> {
+        self.check(indices, deltas)?;
+        self.trainer.replace_model(|m| match m.scatter_add(indices, deltas) {
+            Ok(m) => m,
+            Err(e) => panic!("scatter_add failed after its inputs were checked: {e}"),
+        });
+        Ok(())
+    }
+
+    fn gather(&self, indices: &SliceIndices) -> Result<Vec<f32>, EngineError> {
+        self.trainer.model().gather(indices).map_err(|e| EngineError::Param(e.to_string()))
+    }
+
+    fn train(
+        &mut self,
+        batches: &[TokenBatch<'_>],
+        rate: &mut SampleRate,
+        coin: &mut dyn FnMut() -> f64,
+        window_ended: &dyn Fn() -> bool,
+    ) -> Result<WindowReport, EngineError> {
+        Ok(train_window(&mut self.trainer, batches.iter().copied(), rate, coin, window_ended)?)
+    }
+
+    fn eval(&self, batches: &[TokenBatch<'_>]) -> Result<f32, EngineError> {
+        Ok(evaluate(self.trainer.model(), batches)?)
+    }
+
+    fn checkpoint(&self, window: u64) -> Result<CheckpointMeta, EngineError> {
+        Ok(self.store.save(&self.trainer, &self.config, window)?)
+    }
+
+    fn step_count(&self) -> u64 {
+        self.trainer.step_count()
+    }
+
+    fn current_lr(&self) -> f64 {
+        self.trainer.current_lr()
+    }
+}
+
+/// What the engine needs to build or resume the model.
+#[derive(Clone)]
+pub struct EngineSpec {
+    pub miner: String,
+    pub device: Device,
+    pub config: LlamaConfig,
+    pub settings: OptimSettings,
+    pub checkpoints: CheckpointStore,
+    /// The seed every node of the network initialises the model from.
+    pub init_seed: u64,
+}
+
+/// How the engine started.
+#[derive(Debug, Clone)]
+pub struct EngineStart {
+    /// The checkpoint resumed from, if any.
+    pub resumed: Option<CheckpointMeta>,
+    pub backend: String,
+}
+
+/// What runs with the model once it is built (or with the reason it could not be).
+pub type EngineBody = Box<dyn FnOnce(Result<(&mut dyn ModelOps, EngineStart), EngineError>) + Send>;
+
+/// Builds the model for `spec.device` (seeded, or resumed from the newest loadable
+/// checkpoint) and runs `body` with it on the calling thread. A panic while building is
+/// reported to `body` as an error; the caller owns panics inside `body`.
+pub fn run_engine(spec: EngineSpec, body: EngineBody) -> Result<(), BackendError> {
+    let device = spec.device;
+    dispatch(&device, EngineMain { spec, body })
+}
+
+struct EngineMain {
+    spec: EngineSpec,
+    body: EngineBody,
+}
+
+impl EngineMain {
+    fn build<B: AutodiffBackend>(
+        spec: &EngineSpec,
+        device: &B::Device,
+    ) -> Result<(Engine<B>, Option<CheckpointMeta>), EngineError> {
+        let loaded = spec.checkpoints.load::<B>(&spec.config, spec.settings.clone(), device)?;
+        let (trainer, resumed) = match loaded {
+            Some((trainer, meta)) => (trainer, Some(meta)),
+            None => {
+                let model = initialize::<B>(&spec.config, spec.init_seed, device)
+                    .map_err(|e| EngineError::Model(e.to_string()))?;
+                (Trainer::new(model, spec.settings.clone()), None)
+            }
+        };
+        Ok((Engine { trainer, config: spec.config.clone(), store: spec.checkpoints.clone() }, resumed))
+    }
+}
+
+impl WithBackend for EngineMain {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) {
+        let EngineMain { spec, body } = self;
+        let built = std::panic::catch_unwind(AssertUnwindSafe(|| Self::build::<B>(&spec, &device)))
+            .unwrap_or_else(|_| Err(EngineError::Model("panic while building the model".into())));
+        match built {
+            Ok((mut engine, resumed)) => {
+                let start = EngineStart { resumed, backend: info.to_string() };
+                body(Ok((&mut engine, start)));
+            }
+            Err(e) => body(Err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::hparams::Hparams;
+    use tessera_core::model::ParamLayout;
+
+    fn tiny() -> (LlamaConfig, ParamLayout, OptimSettings) {
+        let mut hp = Hparams::builtin().unwrap();
+        hp.vocab_size = 32;
+        hp.hidden_size = 16;
+        hp.intermediate_size = 32;
+        hp.num_hidden_layers = 1;
+        hp.num_attention_heads = 2;
+        hp.num_key_value_heads = 1;
+        hp.max_position_embeddings = 16;
+        hp.sequence_length = 8;
+        hp.compression = 4;
+        let shape = hp.model_shape();
+        (LlamaConfig::from(&shape), ParamLayout::llama(&shape).unwrap(), OptimSettings::from_hparams(&hp).unwrap())
+    }
+
+    #[test]
+    fn add_moves_only_the_slice_positions_and_eval_changes_nothing() {
+        let (config, layout, settings) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = EngineSpec {
+            miner: "t".into(),
+            device: Device::Cpu,
+            config,
+            settings,
+            checkpoints: CheckpointStore::new(dir.path()),
+            init_seed: 7,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        run_engine(
+            spec,
+            Box::new(move |built| {
+                let (ops, start) = built.unwrap();
+                assert!(start.resumed.is_none());
+                let indices = SliceIndices::compute(&layout, 3, 4).unwrap();
+                let before = ops.gather(&indices).unwrap();
+                let tokens: Vec<u32> = (0..16).map(|i| i % 32).collect();
+                let mask = vec![true; 16];
+                let batch = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 2, seq_len: 8 };
+                let loss = ops.eval(&[batch]).unwrap();
+                assert!(loss.is_finite() && loss > 0.0);
+                assert_eq!(ops.eval(&[batch]).unwrap(), loss, "evaluation must not change the model");
+                let deltas = vec![0.5f32; before.len()];
+                ops.add(&indices, &deltas).unwrap();
+                let after = ops.gather(&indices).unwrap();
+                for (a, b) in after.iter().zip(&before) {
+                    assert!((a - b - 0.5).abs() < 1e-6);
+                }
+                let other = SliceIndices::compute(&layout, 4, 4).unwrap();
+                assert!(ops.add(&other, &deltas[..1]).is_err(), "a wrong length is refused");
+                tx.send(()).unwrap();
+            }),
+        )
+        .unwrap();
+        rx.recv().unwrap();
+    }
+}

@@ -1,0 +1,277 @@
+//! What a devnet run shows about collaboration: the held-out loss of each group of miners
+//! per window, how many windows the exchanging miners needed to reach the baseline's final
+//! held-out loss (and the ratio to the baseline's own), and the files of `--report DIR`:
+//! `windows.csv` (one row per miner and window), `summary.json` and `heldout.svg`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+use tessera_actors::WindowSummary;
+use tessera_actors::devnet::Role;
+
+/// One miner's run, as the devnet recorded it.
+pub struct MinerRun {
+    pub name: String,
+    pub role: Role,
+    pub exchange: String,
+    pub windows: Vec<WindowSummary>,
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Exchanging => "exchanging",
+        Role::SeedExchange => "seed-exchange",
+        Role::Baseline => "baseline",
+    }
+}
+
+/// The mean held-out loss of the miners of `role` per window index (windows since the
+/// run's first window), over the members evaluated at that window.
+pub fn group_curve(runs: &[MinerRun], role: Role, first_window: u64) -> BTreeMap<u64, f32> {
+    let mut sums: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.role == role) {
+        for w in &run.windows {
+            if let Some(loss) = w.eval_loss.filter(|l| l.is_finite()) {
+                let entry = sums.entry(w.window.saturating_sub(first_window)).or_default();
+                entry.0 += f64::from(loss);
+                entry.1 += 1;
+            }
+        }
+    }
+    sums.into_iter().map(|(i, (sum, n))| (i, (sum / f64::from(n)) as f32)).collect()
+}
+
+/// How a group of exchanging miners compares with the baseline on held-out loss.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// The baseline's held-out loss at its last evaluated window: the target.
+    pub target: f32,
+    /// Windows the baseline trained until it first reached the target.
+    pub baseline_windows: u64,
+    /// Windows the group trained until its mean first reached the target, if it did.
+    pub group_windows: Option<u64>,
+    /// `group_windows / baseline_windows` (below 1: collaboration was faster).
+    pub ratio: Option<f64>,
+    pub group_final: f32,
+    /// Evaluated windows after the first `WARMUP` at which the group was worse than the baseline.
+    pub windows_worse: usize,
+}
+
+/// Windows at the start in which a group may trail the baseline (replicas still meeting).
+pub const WARMUP: u64 = 5;
+
+pub fn compare(group: &BTreeMap<u64, f32>, baseline: &BTreeMap<u64, f32>) -> Option<Comparison> {
+    let (_, &target) = baseline.last_key_value()?;
+    let (_, &group_final) = group.last_key_value()?;
+    let reached = |curve: &BTreeMap<u64, f32>| curve.iter().find(|(_, l)| **l <= target).map(|(i, _)| i + 1);
+    let baseline_windows = reached(baseline)?;
+    let group_windows = reached(group);
+    let ratio = group_windows.map(|g| g as f64 / baseline_windows as f64);
+    let windows_worse =
+        group.iter().filter(|(i, l)| **i >= WARMUP && baseline.get(i).is_some_and(|b| **l > *b)).count();
+    Some(Comparison { target, baseline_windows, group_windows, ratio, group_final, windows_worse })
+}
+
+/// The summary line of a comparison, with the word `ratio` and its number.
+pub fn comparison_line(group: &str, c: &Comparison) -> String {
+    match (c.group_windows, c.ratio) {
+        (Some(g), Some(ratio)) => format!(
+            "{group}: reached the baseline's final held-out loss {:.3} in {g} windows, the baseline in {}: ratio {ratio:.2}{}",
+            c.target,
+            c.baseline_windows,
+            if c.windows_worse > 0 {
+                format!(" ({} evaluated windows after the first {WARMUP} worse than the baseline)", c.windows_worse)
+            } else {
+                String::new()
+            }
+        ),
+        _ => format!(
+            "{group}: did not reach the baseline's final held-out loss {:.3} (ended at {:.3}; the baseline needed {} windows): ratio none",
+            c.target, c.group_final, c.baseline_windows
+        ),
+    }
+}
+
+/// Resident memory of this process in bytes (Linux `/proc/self/status`), if known.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Least-squares slope of `y` over `x` (bytes per window for a memory trace); `None` with
+/// fewer than two distinct `x`.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (mx, my) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (x, y) in points {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+    }
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Writes `windows.csv`, `summary.json` and `heldout.svg` into `dir`.
+pub fn write(dir: &Path, runs: &[MinerRun], first_window: u64, summary: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
+    let csv = dir.join("windows.csv");
+    std::fs::write(&csv, windows_csv(runs, first_window)).with_context(|| format!("writing {}", csv.display()))?;
+    let json = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(summary).context("encoding the summary")?;
+    std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
+    let svg = dir.join("heldout.svg");
+    plot(&svg, runs, first_window).with_context(|| format!("drawing {}", svg.display()))?;
+    Ok(())
+}
+
+fn windows_csv(runs: &[MinerRun], first_window: u64) -> String {
+    let mut out = String::from(
+        "miner,role,exchange,window,index,train_loss,eval_loss,micro_batches,tokens,tokens_per_sec,state_slices,delta_slices,bytes_downloaded,idle_reason\n",
+    );
+    let float = |v: Option<f32>| v.filter(|l| l.is_finite()).map(|l| format!("{l:.5}")).unwrap_or_default();
+    for run in runs {
+        for w in &run.windows {
+            let reason =
+                w.idle_reason.as_deref().map(|r| format!("\"{}\"", r.replace('"', "\"\""))).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{}",
+                run.name,
+                role_name(run.role),
+                run.exchange,
+                w.window,
+                w.window.saturating_sub(first_window),
+                float(Some(w.loss)),
+                float(w.eval_loss),
+                w.micro_batches,
+                w.tokens,
+                w.tokens_per_sec,
+                w.state_slices,
+                w.delta_slices,
+                w.bytes_downloaded,
+                reason
+            );
+        }
+    }
+    out
+}
+
+fn plot(path: &Path, runs: &[MinerRun], first_window: u64) -> Result<()> {
+    let series: Vec<(&MinerRun, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|r| {
+            let points = r
+                .windows
+                .iter()
+                .filter_map(|w| {
+                    let loss = w.eval_loss.filter(|l| l.is_finite())?;
+                    Some((w.window.saturating_sub(first_window) as f64, f64::from(loss)))
+                })
+                .collect();
+            (r, points)
+        })
+        .collect();
+    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in all {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if !y_min.is_finite() {
+        (y_min, y_max) = (0.0, 1.0);
+    }
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("held-out loss per miner", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("window").y_desc("held-out loss").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut exchanging, mut seed) = (0usize, 0usize);
+    for (run, points) in &series {
+        let (color, width) = match run.role {
+            Role::Baseline => (BLACK.to_rgba(), 3),
+            Role::Exchanging => {
+                exchanging += 1;
+                (BLUE.mix(0.35 + 0.65 / exchanging as f64), 2)
+            }
+            Role::SeedExchange => {
+                seed += 1;
+                (RGBColor(230, 120, 0).mix(0.35 + 0.65 / seed as f64), 2)
+            }
+        };
+        let style = ShapeStyle { color, filled: false, stroke_width: width };
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), style))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(format!("{} ({}, {})", run.name, role_name(run.role), run.exchange))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(points: &[(u64, f32)]) -> BTreeMap<u64, f32> {
+        points.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_ratio_counts_windows_to_the_baselines_final_loss() {
+        let baseline = curve(&[(0, 3.0), (1, 2.8), (2, 2.6), (3, 2.5), (4, 2.4), (5, 2.3), (6, 2.2), (7, 2.1)]);
+        let group = curve(&[(0, 3.0), (1, 2.5), (2, 2.3), (3, 2.1), (4, 2.0), (5, 1.9), (6, 1.8), (7, 1.7)]);
+        let c = compare(&group, &baseline).unwrap();
+        assert_eq!(c.target, 2.1);
+        assert_eq!(c.baseline_windows, 8);
+        assert_eq!(c.group_windows, Some(4));
+        assert_eq!(c.ratio, Some(0.5));
+        assert_eq!(c.windows_worse, 0);
+        let line = comparison_line("exchanging miners", &c);
+        assert!(line.contains("ratio 0.50"), "{line}");
+    }
+
+    #[test]
+    fn a_group_that_never_gets_there_has_no_ratio_and_counts_worse_windows() {
+        let baseline = curve(&[(0, 3.0), (5, 2.0), (6, 1.9), (7, 1.8)]);
+        let group = curve(&[(0, 3.0), (5, 2.5), (6, 2.4), (7, 2.3)]);
+        let c = compare(&group, &baseline).unwrap();
+        assert_eq!(c.group_windows, None);
+        assert_eq!(c.ratio, None);
+        assert_eq!(c.windows_worse, 3);
+        assert!(comparison_line("g", &c).contains("ratio none"));
+        assert!(compare(&group, &BTreeMap::new()).is_none(), "no baseline, no comparison");
+    }
+
+    #[test]
+    fn slope_of_a_memory_trace() {
+        let flat: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 100.0)).collect();
+        assert_eq!(slope(&flat), Some(0.0));
+        let growing: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 100.0 + 37.0 * f64::from(i))).collect();
+        assert!((slope(&growing).unwrap() - 37.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 2.0)]), None);
+        assert_eq!(slope(&[(1.0, 2.0), (1.0, 3.0)]), None);
+    }
+}
