@@ -42,6 +42,7 @@ impl WindowJob {
         let exchange = ctx.exchange();
         let bytes_before = MinerStats::get(&ctx.stats.bytes_downloaded);
         let prep_started = Instant::now();
+        let late_secs = self.seconds_late();
         let (mut state_slices, mut delta_slices) = (0, 0);
         if !baseline {
             if let Some(from) = self.resync_from {
@@ -159,7 +160,8 @@ impl WindowJob {
             None
         };
 
-        let idle_reason = (report.micro_batches == 0).then(|| idle_reason(&report, batches.len(), prep_secs));
+        let idle_reason =
+            (report.micro_batches == 0).then(|| idle_reason(&report, batches.len(), late_secs, prep_secs));
         let summary = WindowSummary {
             window,
             loss: report.mean_loss,
@@ -347,6 +349,14 @@ impl WindowJob {
         }
     }
 
+    /// How long after the window's first block this window's task started.
+    fn seconds_late(&self) -> f64 {
+        let ctx = &self.ctx;
+        let block_ms = ctx.settings.block_time.as_millis() as u64;
+        let bounds = lock(&ctx.block_times).window_bounds(&ctx.schedule, self.window, block_ms);
+        bounds.map_or(0.0, |(start, _)| ((crate::context::unix_ms() - start).max(0) as f64) / 1000.0)
+    }
+
     /// Training time over the window's duration (observed block times, else nominal).
     fn utilization(&self, train_secs: f64) -> f64 {
         let ctx = &self.ctx;
@@ -390,11 +400,14 @@ impl WindowJob {
 }
 
 /// Why a window trained nothing, in words an operator can act on.
-fn idle_reason(report: &WindowReport, batches: usize, prep_secs: f64) -> String {
+fn idle_reason(report: &WindowReport, batches: usize, late_secs: f64, prep_secs: f64) -> String {
     if batches == 0 {
         "no training data for this window".to_owned()
     } else if report.exhausted {
-        format!("the window ended before training began (its time went to averaging and data: {prep_secs:.1}s)")
+        format!(
+            "the window ended before training began: it started {late_secs:.1}s late (the last window's \
+             uploads, averages and evaluation ran into it) and its averages and data took {prep_secs:.1}s"
+        )
     } else if report.skipped > 0 {
         format!("the sample rate ({:.3}) skipped all {} micro-batches", report.sample_rate, report.skipped)
     } else {
