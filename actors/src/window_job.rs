@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_core::slice::{Exchange, SliceKind};
 use tessera_core::window::Window;
-use tessera_data::{PageSelection, WindowData, WindowSpec};
+use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
 use tessera_model::train::{SampleRate, TokenBatch, WindowReport};
 use tracing::{debug, info, warn};
 
@@ -97,16 +97,7 @@ impl WindowJob {
                         || cancel.load(Ordering::Acquire)
                 };
                 let limit = if fixed > 0 { fixed } else { train_batches.len() };
-                let token_batches: Vec<TokenBatch<'_>> = train_batches
-                    .iter()
-                    .take(limit)
-                    .map(|b| TokenBatch {
-                        tokens: &b.tokens,
-                        loss_mask: &b.loss_mask,
-                        batch_size: b.batch_size,
-                        seq_len: b.seq_len,
-                    })
-                    .collect();
+                let token_batches = token_batches(&train_batches[..limit.min(train_batches.len())]);
                 let mut coin = || if fixed > 0 { 0.0 } else { rng.random::<f64>() };
                 let report = ops.train(&token_batches, &mut rate, &mut coin, &window_ended);
                 (report.map(|r| (r, ops.step_count(), ops.current_lr())), rate)
@@ -283,21 +274,7 @@ impl WindowJob {
             })
             .await?
             .clone();
-        let loss = self
-            .engine
-            .run(move |ops| {
-                let token_batches: Vec<TokenBatch<'_>> = batches
-                    .iter()
-                    .map(|b| TokenBatch {
-                        tokens: &b.tokens,
-                        loss_mask: &b.loss_mask,
-                        batch_size: b.batch_size,
-                        seq_len: b.seq_len,
-                    })
-                    .collect();
-                ops.eval(&token_batches)
-            })
-            .await??;
+        let loss = self.engine.run(move |ops| ops.eval(&token_batches(&batches))).await??;
         MinerStats::add(&ctx.stats.evaluations, 1);
         Ok(loss)
     }
@@ -400,6 +377,19 @@ impl WindowJob {
 }
 
 /// Why a window trained nothing, in words an operator can act on.
+/// The engine's view of the data's micro-batches (borrowed, no copy).
+fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
+    batches
+        .iter()
+        .map(|b| TokenBatch {
+            tokens: &b.tokens,
+            loss_mask: &b.loss_mask,
+            batch_size: b.batch_size,
+            seq_len: b.seq_len,
+        })
+        .collect()
+}
+
 fn idle_reason(report: &WindowReport, batches: usize, late_secs: f64, prep_secs: f64) -> String {
     if batches == 0 {
         "no training data for this window".to_owned()
