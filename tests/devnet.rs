@@ -24,7 +24,18 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
     let report = state.path().join("report");
     let state_dir = state.path().join("state");
     let (state_arg, report_arg) = (state_dir.to_str().unwrap(), report.to_str().unwrap());
-    let common = ["--miners", "3", "--baseline-miner", "--fixed-compute", "1", "--block-time", "50ms", "--check"];
+    let common = [
+        "--miners",
+        "3",
+        "--seed-exchange-miners",
+        "1",
+        "--baseline-miner",
+        "--fixed-compute",
+        "1",
+        "--block-time",
+        "50ms",
+        "--check",
+    ];
     let mut args = common.to_vec();
     args.extend(["--windows", "30", "--state-dir", state_arg, "--report", report_arg]);
     let (_, stdout) = devnet(&args);
@@ -41,6 +52,16 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
     assert!(down > 0, "peer slices were downloaded over S3: {miner1}");
     let comparison = stdout.lines().find(|l| l.starts_with("exchanging miners (update)")).expect("comparison");
     assert!(comparison.contains("ratio"), "{comparison}");
+    assert!(stdout.lines().any(|l| l.starts_with("seed-exchange miners (seed)")), "both exchanges compared: {stdout}");
+    // The seed-exchange miner reads no v2 slice and the others no v1 slice: each refuses
+    // the other protocol's objects (other_version) and averages only its own group's.
+    let seedx = stdout.lines().find(|l| l.starts_with("seedx1 ")).expect("seedx1 summary row");
+    let rejected: u64 = seedx.split_whitespace().nth(10).and_then(|c| c.parse().ok()).expect("rejected column");
+    assert!(rejected > 0, "the v2 objects were refused: {seedx}");
+    assert!(
+        stdout.lines().filter(|l| l.contains(" seedx1 ")).all(|l| !l.contains("2+") && !l.contains("+2")),
+        "a lone seed-exchange miner never averages another's slice: {stdout}"
+    );
 
     // The report: a row per miner and window, the summary, the plot.
     let csv = std::fs::read_to_string(report.join("windows.csv")).unwrap();
