@@ -61,6 +61,10 @@ pub struct DevnetOptions {
     /// Blocks count on from the wall clock (block = unix time / block time), so a devnet
     /// restarted on the same state directory continues its windows.
     pub wall_clock_blocks: bool,
+    /// Lockstep runs on a kept state directory: the chain continues from the head written
+    /// here at the last shutdown (from block 0 on a new directory), so a fresh run is
+    /// reproducible for a seed and a resumed one continues its windows.
+    pub head_file: Option<PathBuf>,
     /// Prefix of the miners' names (actor names are process-wide: two devnets in one
     /// process need different prefixes).
     pub name_prefix: String,
@@ -82,6 +86,7 @@ impl DevnetOptions {
             hparams,
             settings: devnet_settings(block_time),
             wall_clock_blocks: false,
+            head_file: None,
             name_prefix: String::new(),
         })
     }
@@ -240,6 +245,8 @@ impl Devnet {
         let first_block = if options.wall_clock_blocks {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             (now.as_millis() / options.block_time.as_millis().max(1)) as u64
+        } else if let Some(head) = options.head_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            head.trim().parse::<u64>().map_err(setup("reading the devnet's chain head"))? + 1
         } else {
             0
         };
@@ -369,6 +376,12 @@ impl Devnet {
             None => Vec::new(),
         };
         self.stop_s3().await;
+        if let Some(file) = &self.options.head_file {
+            let head = self.chain.produce_block().number;
+            if let Err(e) = tessera_core::fsutil::write_atomic(file, head.to_string().as_bytes()) {
+                tracing::warn!(path = %file.display(), error = %e, "could not keep the devnet's chain head");
+            }
+        }
         reports
     }
 }

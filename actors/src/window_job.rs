@@ -121,7 +121,12 @@ impl WindowJob {
                     let update: Vec<f32> = end.iter().zip(start.iter()).map(|(e, s)| e - s).collect();
                     let update = Arc::new(update);
                     ctx.remember_own_update(window, update.clone());
-                    self.upload(SliceKind::Delta, window, update);
+                    // A window that trained nothing has no update: publishing zeros would
+                    // only pull the peers' mean towards zero. The own model still takes
+                    // the peers' mean (its own update being zero) at the next window.
+                    if report.micro_batches > 0 {
+                        self.upload(SliceKind::Delta, window, update);
+                    }
                 }
                 None => {
                     let delta = self.gather(window).await?;

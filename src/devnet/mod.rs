@@ -90,8 +90,12 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         options.hparams.learning_rate = lr;
     }
     options.hparams.validate()?;
-    // A kept state directory continues its windows after a restart.
-    options.wall_clock_blocks = args.state_dir.is_some();
+    // A kept state directory continues its windows after a restart: by the wall clock in
+    // real time, from the last head in lockstep (so a fresh lockstep run is reproducible).
+    options.wall_clock_blocks = args.state_dir.is_some() && args.fixed_compute == 0;
+    if args.state_dir.is_some() && args.fixed_compute > 0 {
+        options.head_file = Some(dir.join("devnet-head"));
+    }
     let layout = tessera_core::model::ParamLayout::llama(&options.hparams.model_shape())?;
     let params = layout.total_numel();
     let compression = options.hparams.compression;
