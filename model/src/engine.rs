@@ -11,11 +11,11 @@ use tessera_core::config::Device;
 use tessera_core::slice::SliceIndices;
 use thiserror::Error;
 
-use crate::LlamaConfig;
 use crate::backend::{BackendError, BackendInfo, WithBackend, dispatch};
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
 use crate::init::initialize;
 use crate::train::{OptimSettings, SampleRate, TokenBatch, TrainError, Trainer, WindowReport, evaluate, train_window};
+use crate::{Llama, LlamaConfig};
 use burn::tensor::backend::AutodiffBackend;
 
 #[derive(Debug, Error)]
@@ -59,6 +59,9 @@ pub trait ModelOps {
     fn current_lr(&self) -> f64;
 }
 
+/// `Llama::scatter` or `Llama::scatter_add`.
+type Scatter<B> = fn(Llama<B>, &SliceIndices, &[f32]) -> Result<Llama<B>, crate::ParamError>;
+
 struct Engine<B: AutodiffBackend> {
     trainer: Trainer<B>,
     config: LlamaConfig,
@@ -75,26 +78,26 @@ impl<B: AutodiffBackend> Engine<B> {
         }
         Ok(())
     }
+
+    /// Checks a slice against the model, then writes it with `scatter` (set or add).
+    fn edit(&mut self, indices: &SliceIndices, values: &[f32], scatter: Scatter<B>) -> Result<(), EngineError> {
+        self.check(indices, values)?;
+        // Lengths and layout are checked above, which are scatter's only failure cases.
+        self.trainer.replace_model(|m| match scatter(m, indices, values) {
+            Ok(m) => m,
+            Err(e) => panic!("writing a slice failed after its inputs were checked: {e}"),
+        });
+        Ok(())
+    }
 }
 
 impl<B: AutodiffBackend> ModelOps for Engine<B> {
     fn apply(&mut self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError> {
-        self.check(indices, values)?;
-        // Lengths and layout are checked above, which are scatter's only failure cases.
-        self.trainer.replace_model(|m| match m.scatter(indices, values) {
-            Ok(m) => m,
-            Err(e) => panic!("scatter failed after its inputs were checked: {e}"),
-        });
-        Ok(())
+        self.edit(indices, values, Llama::scatter)
     }
 
     fn add(&mut self, indices: &SliceIndices, deltas: &[f32]) -> Result<(), EngineError> {
-        self.check(indices, deltas)?;
-        self.trainer.replace_model(|m| match m.scatter_add(indices, deltas) {
-            Ok(m) => m,
-            Err(e) => panic!("scatter_add failed after its inputs were checked: {e}"),
-        });
-        Ok(())
+        self.edit(indices, deltas, Llama::scatter_add)
     }
 
     fn gather(&self, indices: &SliceIndices) -> Result<Vec<f32>, EngineError> {

@@ -192,7 +192,33 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Writes slice `values` at the window's positions (on the device); nothing else changes.
-    pub fn scatter(mut self, indices: &SliceIndices, values: &[f32]) -> Result<Self, ParamError> {
+    pub fn scatter(self, indices: &SliceIndices, values: &[f32]) -> Result<Self, ParamError> {
+        // `Assign` is not implemented by every backend (ndarray panics); two additions
+        // are, and stay exact: x + (-x) = 0, then 0 + v = v.
+        self.scatter_with(indices, values, |t, idx, vals| {
+            let old = t.clone().select(0, idx.clone());
+            t.select_assign(0, idx.clone(), old.neg(), IndexingUpdateOp::Add).select_assign(
+                0,
+                idx,
+                vals,
+                IndexingUpdateOp::Add,
+            )
+        })
+    }
+
+    /// Adds `deltas` at the window's positions (on the device); nothing else changes.
+    pub fn scatter_add(self, indices: &SliceIndices, deltas: &[f32]) -> Result<Self, ParamError> {
+        self.scatter_with(indices, deltas, |t, idx, vals| t.select_assign(0, idx, vals, IndexingUpdateOp::Add))
+    }
+
+    /// Checks `values` against the window's positions, then replaces each parameter's flat
+    /// tensor with `f(tensor, positions, its part of values)`.
+    fn scatter_with(
+        mut self,
+        indices: &SliceIndices,
+        values: &[f32],
+        f: impl Fn(Tensor<B, 1>, Tensor<B, 1, Int>, Tensor<B, 1>) -> Tensor<B, 1>,
+    ) -> Result<Self, ParamError> {
         self.check_layout(indices)?;
         if values.len() != indices.total_len() {
             return Err(ParamError::WrongLength {
@@ -207,38 +233,7 @@ impl<B: Backend> Llama<B> {
             let part = &values[offsets[p]..offsets[p + 1]];
             let idx = index_tensor::<B>(indices.param(p), &device);
             let vals = Tensor::<B, 1>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
-            // `Assign` is not implemented by every backend (ndarray panics); two additions
-            // are, and stay exact: x + (-x) = 0, then 0 + v = v.
-            self = self.map_param(p, |t| {
-                let old = t.clone().select(0, idx.clone());
-                t.select_assign(0, idx.clone(), old.neg(), IndexingUpdateOp::Add).select_assign(
-                    0,
-                    idx,
-                    vals,
-                    IndexingUpdateOp::Add,
-                )
-            })?;
-        }
-        Ok(self)
-    }
-
-    /// Adds `deltas` at the window's positions (on the device); nothing else changes.
-    pub fn scatter_add(mut self, indices: &SliceIndices, deltas: &[f32]) -> Result<Self, ParamError> {
-        self.check_layout(indices)?;
-        if deltas.len() != indices.total_len() {
-            return Err(ParamError::WrongLength {
-                index: usize::MAX,
-                expected: indices.total_len(),
-                found: deltas.len(),
-            });
-        }
-        let device = self.embed_tokens.val().device();
-        let offsets = indices.offsets();
-        for p in 0..self.num_params() {
-            let part = &deltas[offsets[p]..offsets[p + 1]];
-            let idx = index_tensor::<B>(indices.param(p), &device);
-            let vals = Tensor::<B, 1>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
-            self = self.map_param(p, |t| t.select_assign(0, idx, vals, IndexingUpdateOp::Add))?;
+            self = self.map_param(p, |t| f(t, idx, vals))?;
         }
         Ok(self)
     }
