@@ -110,6 +110,27 @@ pub struct Hparams {
     /// The seed's file spells this key `valdiator_sample_rate`.
     #[serde(default, alias = "valdiator_sample_rate", skip_serializing_if = "Option::is_none")]
     pub validator_sample_rate: Option<f64>,
+    /// Validator: windows behind the head that are scored (the window's uploads are
+    /// complete by then); absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_eval_offset: Option<u64>,
+    /// Validator: micro-batches of a miner's window data (its first ones, which the miner
+    /// trains first) and of random data that each update is scored on; absent: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_eval_batches: Option<u32>,
+    /// Validator: weight of the newest window in the moving "trained on its own data"
+    /// indicator (+1 when the own-data improvement beats the random-data one, −1 when
+    /// not); absent: 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_indicator_alpha: Option<f64>,
+    /// Validator: weights are `score^power`, normalised (power normalisation: honest
+    /// miners share, weak ones fade); absent: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_weights_power: Option<f64>,
+    /// Validator: two updates of one window whose cosine similarity reaches this are
+    /// copies (the later upload is the copier); absent: 0.999.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_copy_similarity: Option<f64>,
     /// How peers combine their training (tessera's addition; absent: the seed's values
     /// exchange). `"update"` exchanges each window's update under protocol v2; see
     /// [`crate::slice::Exchange`].
@@ -441,6 +462,27 @@ impl Hparams {
             && !(v > 0.0 && v <= 1.0)
         {
             return Err(invalid("validator_sample_rate", v, "a number in (0, 1]"));
+        }
+        if let Some(v) = self.validator_indicator_alpha
+            && !(v > 0.0 && v <= 1.0)
+        {
+            return Err(invalid("validator_indicator_alpha", v, "a number in (0, 1]"));
+        }
+        if let Some(v) = self.validator_weights_power
+            && !(v.is_finite() && (0.5..=8.0).contains(&v))
+        {
+            return Err(invalid("validator_weights_power", v, "a number in [0.5, 8]"));
+        }
+        if let Some(v) = self.validator_copy_similarity
+            && !(v > 0.0 && v <= 1.0)
+        {
+            return Err(invalid("validator_copy_similarity", v, "a number in (0, 1]"));
+        }
+        if self.validator_eval_batches == Some(0) {
+            return Err(invalid("validator_eval_batches", 0, "an integer ≥ 1"));
+        }
+        if self.validator_eval_offset == Some(0) {
+            return Err(invalid("validator_eval_offset", 0, "an integer ≥ 1 (the current window is still uploading)"));
         }
         if self.validator_pages_per_eval == Some(0) {
             return Err(invalid("validator_pages_per_eval", 0, "an integer ≥ 1"));
@@ -844,6 +886,11 @@ mod tests {
             ("validator_weights_temperature", json!(0), "validator_weights_temperature"),
             ("validator_norm_regularization", json!(-1), "validator_norm_regularization"),
             ("validator_pages_per_eval", json!(0), "validator_pages_per_eval"),
+            ("validator_indicator_alpha", json!(0), "validator_indicator_alpha"),
+            ("validator_weights_power", json!(20), "validator_weights_power"),
+            ("validator_copy_similarity", json!(1.5), "validator_copy_similarity"),
+            ("validator_eval_batches", json!(0), "validator_eval_batches"),
+            ("validator_eval_offset", json!(0), "validator_eval_offset"),
             ("mixed_precision_param", json!("int4"), "mixed_precision_param"),
         ];
         for (field, value, named) in cases {

@@ -16,5 +16,6 @@ pub mod hparams;
 pub mod model;
 pub mod slice;
 pub mod storage;
+pub mod validator;
 pub mod wallet;
 pub mod window;
