@@ -85,7 +85,11 @@ mod tests {
     #[test]
     fn the_later_of_two_identical_bodies_is_the_copier() {
         let found = find_copies(
-            &[cand(3, 1, Some(2_000), vec![1.0, 0.0]), cand(1, 1, Some(1_000), vec![0.0, 1.0]), cand(2, 2, Some(500), vec![1.0, 1.0])],
+            &[
+                cand(3, 1, Some(2_000), vec![1.0, 0.0]),
+                cand(1, 1, Some(1_000), vec![0.0, 1.0]),
+                cand(2, 2, Some(500), vec![1.0, 1.0]),
+            ],
             0.999,
         );
         assert_eq!(found, BTreeMap::from([(3, 1)]));
@@ -94,7 +98,8 @@ mod tests {
     #[test]
     fn nearly_equal_values_are_copies_and_independent_updates_are_not() {
         let base: Vec<f32> = (0..256).map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0).collect();
-        let disturbed: Vec<f32> = base.iter().enumerate().map(|(i, v)| v + if i % 17 == 0 { 1e-3 } else { 0.0 }).collect();
+        let disturbed: Vec<f32> =
+            base.iter().enumerate().map(|(i, v)| v + if i % 17 == 0 { 1e-3 } else { 0.0 }).collect();
         let other: Vec<f32> = (0..256).map(|i| ((i * 104_729) % 199) as f32 / 100.0 - 1.0).collect();
         let found = find_copies(
             &[cand(0, 1, Some(10), base), cand(1, 2, Some(20), disturbed), cand(2, 3, Some(5), other)],

@@ -38,7 +38,9 @@ pub enum WindowOutcome {
     /// No valid delta: none uploaded, uploaded outside the window's time, or rejected.
     Missing,
     /// Its delta copies UID `original`'s and was uploaded later.
-    Copier { original: u16 },
+    Copier {
+        original: u16,
+    },
 }
 
 /// A window score is a loss difference; one update cannot honestly move the loss by more
