@@ -26,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a miner; takes the seed miner's flags (`python3 neurons/miner.py …`).
     Miner(Box<MinerArgs>),
+    /// Run a validator; takes the seed validator's flags (`python3 neurons/validator.py …`,
+    /// the miner's set): scores every miner's delta each window and sets weights on chain.
+    /// One hotkey per process; --random and --baseline do not apply and are refused.
+    Validator(Box<MinerArgs>),
     /// Print the validated network hyperparameters and the model they define (JSON).
     Hparams(HparamsArgs),
     /// Run a whole network on this machine: a dev chain, an S3 server and N miners
@@ -114,6 +118,18 @@ pub struct DevnetArgs {
     /// Serve /metrics, /healthz and /readyz on this host:port.
     #[arg(long = "metrics-listen", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Leave out the validator (by default one scores the miners every window and sets
+    /// their weights on the dev chain).
+    #[arg(long = "no-validator")]
+    pub no_validator: bool,
+
+    /// Add four misbehaving miners, as the Python network saw them: one republishes
+    /// miner1's delta, one publishes its state unchanged, one publishes noise, one trains
+    /// on random pages. With --check, every honest miner must end with more weight than
+    /// every adversary, and the adversaries with less than 10% in all.
+    #[arg(long)]
+    pub adversaries: bool,
 
     #[command(flatten)]
     pub logs: LogArgs,

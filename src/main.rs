@@ -4,6 +4,7 @@
 mod cli;
 mod devnet;
 mod miner;
+mod validator;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,7 +29,8 @@ const EXIT_CONFIG: u8 = 2;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Miner(args) => miner(*args).await,
+        Command::Miner(args) => node(*args, false).await,
+        Command::Validator(args) => node(*args, true).await,
         Command::Hparams(args) => hparams(args).await,
         Command::Devnet(args) => devnet::run(args).await,
     };
@@ -106,7 +108,9 @@ fn log_filter(debug: bool, trace: bool) -> EnvFilter {
     EnvFilter::new(format!("info,tessera={ours},tessera_core={ours},tessera_actors={ours}"))
 }
 
-async fn miner(args: MinerArgs) -> Result<()> {
+/// `tessera miner` and `tessera validator`: the same configuration and start-up checks;
+/// a validator runs one hotkey, reads every bucket, and scores instead of training.
+async fn node(args: MinerArgs, validator: bool) -> Result<()> {
     let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
     let format = log_format(args.log_format.as_deref(), Some(&sources));
     let log = init_logging(args.debug, args.trace, format);
@@ -120,7 +124,8 @@ async fn miner(args: MinerArgs) -> Result<()> {
     if (config.debug || config.trace) && !(args.debug || args.trace) {
         let _ = log.reload(log_filter(config.debug, config.trace));
     }
-    info!(version = env!("CARGO_PKG_VERSION"), "tessera miner starting");
+    let kind = if validator { "validator" } else { "miner" };
+    info!(version = env!("CARGO_PKG_VERSION"), "tessera {kind} starting");
     info!("effective configuration:\n{effective}");
     if config.autoupdate {
         warn!("--autoupdate is not applicable: tessera is updated by image or binary version; ignoring it");
@@ -142,6 +147,9 @@ async fn miner(args: MinerArgs) -> Result<()> {
     );
 
     let instances = config.instances();
+    if validator {
+        validator::check_config(&config, &instances)?;
+    }
     let mut hotkeys = Vec::new();
     for instance in &instances {
         hotkeys.push(miner::load_wallet(instance).with_context(|| format!("starting miner {}", instance.name))?);
@@ -153,7 +161,13 @@ async fn miner(args: MinerArgs) -> Result<()> {
         prepared.push(ready.with_context(|| format!("starting miner {}", instance.name))?);
     }
     let data = miner::DataInputs::load(&config, &shared.hparams).await?;
-    let miners = prepared.into_iter().map(|p| miner::build(p, &shared, &data)).collect::<Result<Vec<_>>>()?;
+    let miners =
+        prepared.into_iter().map(|p| miner::build(p, &shared, &data, validator)).collect::<Result<Vec<_>>>()?;
+    if validator {
+        for ctx in &miners {
+            validator::check_weights_policy(ctx).await?;
+        }
+    }
     miner::run(miners, &config).await
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tessera_actors::context::{MinerParts, ModelSpec, RuntimeSettings, WindowHook};
+use tessera_actors::context::{MinerParts, ModelSpec, NodeRole, RuntimeSettings, WindowHook};
 use tessera_actors::observe;
 use tessera_actors::{Host, MinerContext};
 use tessera_core::chain::{Chain, CommitmentChange, SubtensorChain, ensure_commitment, find_uid};
@@ -152,7 +152,7 @@ pub async fn prepare(instance: &MinerInstance, hotkey: LoadedHotkey, shared: &Sh
 }
 
 /// The miner's runtime context, from its checks and what the process shares.
-pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs) -> Result<Arc<MinerContext>> {
+pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: bool) -> Result<Arc<MinerContext>> {
     let Prepared { instance, hotkey, uid, own_bucket } = prepared;
     let config = &instance.config;
     let hp = &shared.hparams;
@@ -175,12 +175,21 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs) -> Result<A
             tokenizer: data.tokenizer.clone(),
             init_seed: tessera_actors::engine::MODEL_INIT_SEED,
         },
-        settings: runtime_settings(config, hp),
+        settings: RuntimeSettings {
+            // A validator reads every miner's committed bucket.
+            remote: config.remote || validator,
+            ..runtime_settings(config, hp)
+        },
         chain: shared.chain.clone(),
         own_bucket,
         peer_clients: shared.peer_clients.clone(),
         cache: shared.cache.clone(),
         hparams_refresh: Some(config.hparams_settings()),
+        role: if validator {
+            NodeRole::Validator { state_dir: instance.state_dir.join("validator") }
+        } else {
+            NodeRole::Miner
+        },
     }))
 }
 
@@ -255,7 +264,8 @@ pub async fn run(miners: Vec<Arc<MinerContext>>, config: &MinerConfig) -> Result
 /// A W&B run named `M{uid}` in `--project`, fed with the seed's metrics after each
 /// window. Logging queues and returns: it never blocks or fails training.
 fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
-    let mut settings = WandbSettings::new(config.project.clone(), format!("M{}", ctx.uid));
+    let run = if ctx.is_validator() { format!("V{}", ctx.uid) } else { format!("M{}", ctx.uid) };
+    let mut settings = WandbSettings::new(config.project.clone(), run);
     settings.config = serde_json::json!({
         "uid": ctx.uid,
         "netuid": ctx.netuid,
@@ -268,6 +278,26 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
     let logger = WandbLogger::start(settings);
     let feed = logger.clone();
     let hook: WindowHook = Arc::new(move |ctx, w| {
+        if ctx.is_validator() {
+            // The seed validator's rows: per-UID scores, moving averages and weights.
+            if let Some(v) = ctx.validator_stats.last_window() {
+                let mut row = serde_json::Map::new();
+                row.insert("window".into(), serde_json::json!(v.window));
+                row.insert("miners_scored".into(), serde_json::json!(v.scored));
+                row.insert("miners_skipped".into(), serde_json::json!(v.skipped));
+                row.insert("eval_seconds_per_miner".into(), serde_json::json!(v.eval_secs_per_miner));
+                for u in &v.uids {
+                    if let Some(score) = u.score {
+                        row.insert(format!("scores/{}", u.uid), serde_json::json!(score));
+                    }
+                    row.insert(format!("moving_avg_scores/{}", u.uid), serde_json::json!(u.moving));
+                    row.insert(format!("weights/{}", u.uid), serde_json::json!(u.weight));
+                }
+                feed.log(v.window, row);
+            }
+            ctx.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         let mut row = serde_json::json!({
             "window": w.window,
             "loss": w.loss,

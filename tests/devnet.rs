@@ -85,3 +85,37 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
     let (_, stdout) = devnet(&args);
     assert!(!stdout.contains("CHECK FAILED"), "{stdout}");
 }
+
+#[test]
+fn the_validator_rewards_honest_miners_over_every_adversary() {
+    let (_, stdout) = devnet(&[
+        "--miners",
+        "3",
+        "--adversaries",
+        "--fixed-compute",
+        "1",
+        "--block-time",
+        "50ms",
+        "--windows",
+        "30",
+        "--eval-every",
+        "0",
+        "--check",
+    ]);
+    assert!(stdout.contains("every honest miner ends above every adversary"), "{stdout}");
+    // A line per scored window; the copy is caught (copier1 republishes miner1's delta).
+    let scored: Vec<&str> = stdout.lines().filter(|l| l.contains(" validator1 scored ")).collect();
+    assert!(scored.len() >= 25, "{stdout}");
+    assert!(scored.iter().filter(|l| l.contains("copier1 copier")).count() >= 20, "{stdout}");
+    // The weights on the dev chain: the adversaries under 10% and each below every honest miner.
+    let weight = |node: &str| -> u64 {
+        let row = stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(node) && l.ends_with('%'));
+        row.and_then(|r| r.split_whitespace().nth(3))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{node}: {stdout}"))
+    };
+    let honest = ["miner1", "miner2", "miner3"].map(weight);
+    for adversary in ["copier1", "lazy1", "noise1", "randompages1"] {
+        assert!(honest.iter().all(|&h| h > weight(adversary)), "{adversary}: {stdout}");
+    }
+}

@@ -3,6 +3,7 @@
 //! restarted Trainer find the model it left behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
 use tessera_core::slice::{Dtype, Exchange, SliceIndices, SliceKind, slice_len};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
+use tessera_core::validator::ScoreBook;
 use tessera_core::wallet::LoadedHotkey;
 use tessera_core::window::{Block, Window, WindowSchedule};
 use tessera_data::{Batch, PageSource, TextTokenizer};
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
-use crate::stats::{MinerStats, WindowSummary};
+use crate::stats::{MinerStats, ValidatorStats, WindowSummary};
 
 /// The actor kinds of a miner's tree; names in the registry are `{miner}/{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,9 +38,13 @@ pub enum ActorKind {
     SliceDownloader,
     SliceUploader,
     Trainer,
+    /// The validator's counterpart of the Trainer: keeps its model in step and scores.
+    Evaluator,
+    WeightSetter,
 }
 
 impl ActorKind {
+    /// A miner's actors.
     pub const ALL: [ActorKind; 6] = [
         ActorKind::ChainListener,
         ActorKind::WindowClock,
@@ -48,6 +54,23 @@ impl ActorKind {
         ActorKind::Trainer,
     ];
 
+    /// A validator's actors: the miner's without training and uploads, plus the weights.
+    pub const VALIDATOR: [ActorKind; 6] = [
+        ActorKind::ChainListener,
+        ActorKind::WindowClock,
+        ActorKind::StateSyncer,
+        ActorKind::SliceDownloader,
+        ActorKind::Evaluator,
+        ActorKind::WeightSetter,
+    ];
+
+    pub fn for_role(role: &NodeRole) -> &'static [ActorKind] {
+        match role {
+            NodeRole::Miner => &Self::ALL,
+            NodeRole::Validator { .. } => &Self::VALIDATOR,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ActorKind::ChainListener => "chain_listener",
@@ -56,6 +79,8 @@ impl ActorKind {
             ActorKind::SliceDownloader => "slice_downloader",
             ActorKind::SliceUploader => "slice_uploader",
             ActorKind::Trainer => "trainer",
+            ActorKind::Evaluator => "evaluator",
+            ActorKind::WeightSetter => "weight_setter",
         }
     }
 }
@@ -75,6 +100,31 @@ pub fn actor_name(miner: &str, kind: ActorKind) -> String {
 /// The miner's actor of `kind`, if it is running now.
 pub fn lookup<M: Message>(miner: &str, kind: ActorKind) -> Option<ActorRef<M>> {
     ractor::registry::where_is(actor_name(miner, kind)).map(ActorRef::from)
+}
+
+/// What a node of the actor tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    Miner,
+    /// Scores the miners and sets weights; keeps its scores (and a pending weight
+    /// commit) in `state_dir`.
+    Validator {
+        state_dir: PathBuf,
+    },
+}
+
+/// How a miner behaves. Anything but `Honest` is a deliberate fault, as the Python
+/// network saw them, for the validator's tests and the devnet's `--adversaries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behaviour {
+    #[default]
+    Honest,
+    /// Trains nothing and publishes its unchanged state (a zero update).
+    Lazy,
+    /// Trains nothing and publishes noise the size of an update.
+    Noise,
+    /// Trains nothing and republishes `victim`'s delta of the window under its own key.
+    Copier { victim: Hotkey },
 }
 
 /// Where the clock stands: the latest block seen and its window.
@@ -230,6 +280,8 @@ pub struct RuntimeSettings {
     /// per window whatever the clock says, and let the clock wait; 0: train until the
     /// window ends, as the seed.
     pub fixed_micro_batches: usize,
+    /// Honest, or one of the faults the validator must catch (devnet only).
+    pub behaviour: Behaviour,
 }
 
 impl Default for RuntimeSettings {
@@ -261,6 +313,7 @@ impl Default for RuntimeSettings {
             eval_pages: 1,
             eval_batches: 16,
             fixed_micro_batches: 0,
+            behaviour: Behaviour::Honest,
         }
     }
 }
@@ -317,6 +370,11 @@ pub struct MinerContext {
     pub own_updates: Mutex<VecDeque<(Window, Arc<Vec<f32>>)>>,
     /// The held-out micro-batches, loaded at the first evaluation.
     pub held_out: tokio::sync::OnceCell<Arc<Vec<Batch>>>,
+    pub role: NodeRole,
+    /// Validator: every UID's moving score (loaded from the state directory at the first
+    /// window, saved atomically after each), shared with the WeightSetter.
+    pub scores: Mutex<Option<ScoreBook>>,
+    pub validator_stats: ValidatorStats,
 }
 
 /// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
@@ -335,6 +393,7 @@ pub struct MinerParts {
     pub cache: SliceCache,
     /// Where to re-read the hparams every refresh (`None`: built in, never changes).
     pub hparams_refresh: Option<HparamsSettings>,
+    pub role: NodeRole,
 }
 
 impl MinerContext {
@@ -366,6 +425,9 @@ impl MinerContext {
             sample_rate: Arc::new(Mutex::new(SampleRate::default())),
             own_updates: Mutex::new(VecDeque::new()),
             held_out: tokio::sync::OnceCell::new(),
+            role: parts.role,
+            scores: Mutex::new(None),
+            validator_stats: ValidatorStats::default(),
         })
     }
 
@@ -413,6 +475,16 @@ impl MinerContext {
     /// The own update of `window`, if this miner trained it and still has it.
     pub fn own_update(&self, window: Window) -> Option<Arc<Vec<f32>>> {
         lock(&self.own_updates).iter().find(|(w, _)| *w == window).map(|(_, u)| u.clone())
+    }
+
+    pub fn is_validator(&self) -> bool {
+        matches!(self.role, NodeRole::Validator { .. })
+    }
+
+    /// The actor that runs the windows: the Trainer, or a validator's Evaluator (the same
+    /// actor under another name).
+    pub fn window_actor(&self) -> ActorKind {
+        if self.is_validator() { ActorKind::Evaluator } else { ActorKind::Trainer }
     }
 
     pub fn own_location(&self) -> &BucketLocation {

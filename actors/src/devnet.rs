@@ -22,7 +22,7 @@ use tessera_model::train::OptimSettings;
 use thiserror::Error;
 use tracing::info;
 
-use crate::context::{MinerContext, MinerParts, ModelSpec, RuntimeSettings};
+use crate::context::{Behaviour, MinerContext, MinerParts, ModelSpec, NodeRole, RuntimeSettings};
 use crate::host::{Host, MinerShutdown};
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
@@ -68,6 +68,10 @@ pub struct DevnetOptions {
     /// Prefix of the miners' names (actor names are process-wide: two devnets in one
     /// process need different prefixes).
     pub name_prefix: String,
+    /// Run a validator that scores the miners and sets weights on the dev chain.
+    pub validator: bool,
+    /// Add one adversary of each kind ([`Role::ADVERSARIES`]).
+    pub adversaries: bool,
 }
 
 impl DevnetOptions {
@@ -88,6 +92,8 @@ impl DevnetOptions {
             wall_clock_blocks: false,
             head_file: None,
             name_prefix: String::new(),
+            validator: false,
+            adversaries: false,
         })
     }
 }
@@ -121,6 +127,7 @@ pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
         eval_pages: 1,
         eval_batches: 16,
         fixed_micro_batches: 0,
+        behaviour: Behaviour::Honest,
     }
 }
 
@@ -154,31 +161,71 @@ pub enum Role {
     SeedExchange,
     /// Trains alone (`--baseline`).
     Baseline,
+    /// Scores the miners and sets weights on the dev chain.
+    Validator,
+    /// Adversaries, as the Python network saw them: republishes `miner1`'s delta,
+    Copier,
+    /// publishes a zero update (its state unchanged),
+    Lazy,
+    /// publishes noise,
+    Noise,
+    /// trains on random pages instead of its own.
+    RandomPages,
 }
 
-/// The devnet's miners, named by role: `miner1..`, `seedx1..`, `baseline1..`.
+impl Role {
+    pub const ADVERSARIES: [Role; 4] = [Role::Copier, Role::Lazy, Role::Noise, Role::RandomPages];
+
+    pub fn is_adversary(self) -> bool {
+        Self::ADVERSARIES.contains(&self)
+    }
+
+    /// The stem of the devnet's names for this role (`miner1`, `copier1`, ...).
+    pub fn stem(self) -> &'static str {
+        match self {
+            Role::Exchanging => "miner",
+            Role::SeedExchange => "seedx",
+            Role::Baseline => "baseline",
+            Role::Validator => "validator",
+            Role::Copier => "copier",
+            Role::Lazy => "lazy",
+            Role::Noise => "noise",
+            Role::RandomPages => "randompages",
+        }
+    }
+}
+
+/// The devnet's nodes, named by role: `miner1..`, `seedx1..`, `baseline1..`, then the
+/// adversaries (`copier1`, `lazy1`, `noise1`, `randompages1`) and `validator1`.
 pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {
+    let adversaries = usize::from(options.adversaries);
     let groups = [
-        ("miner", Role::Exchanging, options.miners),
-        ("seedx", Role::SeedExchange, options.seed_exchange_miners),
-        ("baseline", Role::Baseline, options.baseline_miners),
+        (Role::Exchanging, options.miners),
+        (Role::SeedExchange, options.seed_exchange_miners),
+        (Role::Baseline, options.baseline_miners),
+        (Role::Copier, adversaries),
+        (Role::Lazy, adversaries),
+        (Role::Noise, adversaries),
+        (Role::RandomPages, adversaries),
+        (Role::Validator, usize::from(options.validator)),
     ];
     groups
         .into_iter()
-        .flat_map(|(stem, role, n)| (1..=n).map(move |i| (format!("{}{stem}{i}", options.name_prefix), role)))
+        .flat_map(|(role, n)| (1..=n).map(move |i| (format!("{}{}{i}", options.name_prefix, role.stem()), role)))
         .collect()
 }
 
-/// The role of a devnet miner from its name (see [`roster`]).
+/// The role of a devnet node from its name (see [`roster`]).
 pub fn role_of(name: &str, prefix: &str) -> Role {
     let stem = name.strip_prefix(prefix).unwrap_or(name);
-    if stem.starts_with("baseline") {
-        Role::Baseline
-    } else if stem.starts_with("seedx") {
-        Role::SeedExchange
-    } else {
-        Role::Exchanging
-    }
+    [Role::Baseline, Role::SeedExchange, Role::Validator, Role::Copier, Role::Lazy, Role::Noise, Role::RandomPages]
+        .into_iter()
+        .find(|role| stem.starts_with(role.stem()))
+        .unwrap_or(Role::Exchanging)
+}
+
+fn dev_hotkey(name: &str) -> Result<LoadedHotkey, DevnetError> {
+    LoadedHotkey::dev(&format!("//tessera-devnet-{name}")).map_err(setup("dev hotkey"))
 }
 
 /// The lockstep clock: builds each window's blocks `pace` apart and holds the block that
@@ -283,7 +330,7 @@ impl Devnet {
             if role == Role::SeedExchange {
                 hparams.exchange = Exchange::Seed;
             }
-            let hotkey = LoadedHotkey::dev(&format!("//tessera-devnet-{name}")).map_err(setup("dev hotkey"))?;
+            let hotkey = dev_hotkey(&name)?;
             let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
             let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
             let uid = chain_dyn
@@ -308,6 +355,20 @@ impl Devnet {
             }
             settings.baseline = baseline;
             settings.remote = settings.remote && !baseline;
+            match role {
+                Role::Lazy => settings.behaviour = Behaviour::Lazy,
+                Role::Noise => settings.behaviour = Behaviour::Noise,
+                Role::RandomPages => settings.random = true,
+                Role::Copier => {
+                    let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
+                    settings.behaviour = Behaviour::Copier { victim: dev_hotkey(&victim)?.hotkey() };
+                }
+                _ => {}
+            }
+            let node_role = match role {
+                Role::Validator => NodeRole::Validator { state_dir: dir.join(&name) },
+                _ => NodeRole::Miner,
+            };
             let ctx = MinerContext::new(MinerParts {
                 name: name.clone(),
                 netuid: options.netuid,
@@ -331,6 +392,7 @@ impl Devnet {
                 peer_clients: peer_clients.clone(),
                 cache,
                 hparams_refresh: None,
+                role: node_role,
             });
             info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
             miners.push(ctx);

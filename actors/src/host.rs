@@ -85,7 +85,7 @@ async fn shutdown_miner(ctx: &Arc<MinerContext>, deadline: Instant) -> MinerShut
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let mut report =
         MinerShutdown { miner: ctx.name.clone(), checkpoint_window: None, uploads_drained: false, error: None };
-    match lookup::<TrainerMsg>(&ctx.name, ActorKind::Trainer) {
+    match lookup::<TrainerMsg>(&ctx.name, ctx.window_actor()) {
         Some(trainer) => match trainer.call(TrainerMsg::Shutdown, Some(remaining())).await {
             Ok(CallResult::Success(r)) => {
                 report.checkpoint_window = r.checkpoint_window;

@@ -9,6 +9,13 @@
 //!     ├── SliceDownloader  lists/fetches peers' slices into the host's cache
 //!     ├── SliceUploader    publishes own slices with retries; deletes old history
 //!     └── Trainer          the window loop; the only writer of the model (engine thread)
+//!
+//! ValidatorSupervisor (per validator hotkey): ChainListener, WindowClock, StateSyncer,
+//!     SliceDownloader as above, then
+//!     ├── Evaluator        the Trainer's actor without training: scores each window's
+//!     │                    deltas on its model copy, then steps the model forward
+//!     └── WeightSetter     weights from the moving scores to the chain (rate limit,
+//!                          commit-reveal), confirmed by reading them back
 //! ```
 //! Actors find their siblings by registry name at each use (`{miner}/{kind}`), so a
 //! restarted actor is found without rewiring.
@@ -29,10 +36,14 @@ pub mod stats;
 pub mod supervisor;
 pub mod task;
 pub mod trainer;
+pub mod validator_job;
+pub mod weight_setter;
 pub mod window_clock;
 mod window_job;
 
-pub use context::{ActorKind, ClockState, Fault, MinerContext, MinerParts, ModelSpec, PeerView, RuntimeSettings};
+pub use context::{
+    ActorKind, Behaviour, ClockState, Fault, MinerContext, MinerParts, ModelSpec, NodeRole, PeerView, RuntimeSettings,
+};
 pub use engine::{EngineError, EngineHandle};
 pub use error::RuntimeError;
 pub use host::{Host, MinerShutdown};

@@ -28,7 +28,36 @@ pub enum WindowClockMsg {
     Block(BlockInfo),
 }
 
-/// To the Trainer.
+/// To the WeightSetter.
+pub enum WeightSetterMsg {
+    /// New scores were folded in (the weights to set are read from the score book).
+    ScoresUpdated { window: Window },
+    /// Time to check the rate limit, a pending reveal, or a retry.
+    Tick,
+    /// A submission task ended.
+    Done(SubmitOutcome),
+}
+
+/// How a weight submission ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Set and read back from the chain at this block.
+    Set { block: Block },
+    /// A commit landed (the reveal comes later, by us or by the chain).
+    Committed { block: Block },
+    /// A commit was revealed and the weights read back.
+    Revealed { block: Block },
+    /// The subnet's rate limit: not before this block (a wait, not a failure).
+    RateLimited { until: Block },
+    /// A pending commit is not revealable yet.
+    Waiting { until: Block },
+    /// Nothing to do.
+    Idle,
+    /// Refused or failed; retried with a backoff.
+    Failed(String),
+}
+
+/// To the Trainer (and the validator's Evaluator, which takes the same messages).
 pub enum TrainerMsg {
     /// The clock entered `window` at `block`.
     WindowStarted { window: Window, block: Block },
@@ -87,6 +116,8 @@ pub struct FetchedSlice {
     pub key: ObjectKey,
     pub path: PathBuf,
     pub bucket: String,
+    /// The bucket's `LastModified` (unix ms), for telling a copy from its original.
+    pub last_modified_ms: Option<i64>,
 }
 
 /// To the SliceUploader.

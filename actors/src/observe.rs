@@ -151,6 +151,55 @@ fn describe() {
     describe_gauge!("tessera_window_idle", "1 when the last window trained nothing (the log says why), else 0.");
     describe_counter!("tessera_slices_rejected_total", "Peer slices not used, by reason.");
     describe_counter!("tessera_actor_restarts_total", "Restarts of the miner's actors, by actor.");
+    describe_gauge!("tessera_validator_score", "Validator: a UID's score in the last evaluated window.");
+    describe_gauge!("tessera_validator_moving_score", "Validator: a UID's moving score.");
+    describe_gauge!("tessera_validator_indicator", "Validator: a UID's moving own-data-beats-random indicator.");
+    describe_gauge!("tessera_validator_weight", "Validator: a UID's normalised weight from the moving scores.");
+    describe_gauge!("tessera_validator_weight_on_chain", "Validator: the u16 weight last confirmed on chain.");
+    describe_gauge!("tessera_validator_scored", "Validator: miners scored in the last evaluated window.");
+    describe_gauge!("tessera_validator_skipped", "Validator: miners skipped (no time left) in the last window.");
+    describe_gauge!("tessera_validator_evaluated_window", "Validator: the last window scored.");
+    describe_gauge!("tessera_validator_eval_seconds_per_miner", "Validator: mean time to evaluate one miner.");
+    describe_counter!("tessera_validator_weight_submissions_total", "Validator: weight submissions, by result.");
+}
+
+fn record_validator(m: &MinerContext, miner: &str) {
+    let v = &m.validator_stats;
+    if let Some(last) = v.last_window() {
+        gauge!("tessera_validator_evaluated_window", "miner" => miner.to_owned()).set(last.window as f64);
+        gauge!("tessera_validator_scored", "miner" => miner.to_owned()).set(f64::from(last.scored));
+        gauge!("tessera_validator_skipped", "miner" => miner.to_owned()).set(f64::from(last.skipped));
+        gauge!("tessera_validator_eval_seconds_per_miner", "miner" => miner.to_owned()).set(last.eval_secs_per_miner);
+        for u in &last.uids {
+            let uid = u.uid.to_string();
+            if let Some(score) = u.score {
+                gauge!("tessera_validator_score", "miner" => miner.to_owned(), "uid" => uid.clone()).set(score);
+            }
+            gauge!("tessera_validator_moving_score", "miner" => miner.to_owned(), "uid" => uid.clone()).set(u.moving);
+            gauge!("tessera_validator_indicator", "miner" => miner.to_owned(), "uid" => uid.clone()).set(u.indicator);
+            gauge!("tessera_validator_weight", "miner" => miner.to_owned(), "uid" => uid).set(u.weight);
+        }
+    }
+    if let Some((_, weights)) = v.last_weights() {
+        for (uid, w) in weights {
+            gauge!("tessera_validator_weight_on_chain", "miner" => miner.to_owned(), "uid" => uid.to_string())
+                .set(f64::from(w));
+        }
+    }
+    for (result, value) in [
+        ("set", &v.weights_set),
+        ("committed", &v.weights_committed),
+        ("revealed", &v.weights_revealed),
+        ("refused", &v.weights_refused),
+        ("rate_limited", &v.weights_rate_limited),
+    ] {
+        counter!("tessera_validator_weight_submissions_total", "miner" => miner.to_owned(), "result" => result)
+            .absolute(MinerStats::get(value));
+    }
+    counter!("tessera_validator_miners_scored_total", "miner" => miner.to_owned())
+        .absolute(MinerStats::get(&v.miners_scored));
+    counter!("tessera_validator_miners_skipped_total", "miner" => miner.to_owned())
+        .absolute(MinerStats::get(&v.miners_skipped));
 }
 
 fn record(m: &MinerContext) {
@@ -158,6 +207,9 @@ fn record(m: &MinerContext) {
     let s = &m.stats;
     let clock = m.clock_now();
     gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
+    if m.is_validator() {
+        record_validator(m, &miner);
+    }
     if let Some(last) = s.last_window() {
         if last.loss.is_finite() {
             gauge!("tessera_loss", "miner" => miner.clone()).set(f64::from(last.loss));

@@ -230,7 +230,12 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
                     MinerStats::add(&ctx.stats.slices_downloaded, 1);
                     MinerStats::add(&ctx.stats.bytes_downloaded, c.info.size);
                 }
-                outcome.slices.push(FetchedSlice { key: c.key, path: cached.path, bucket: name });
+                outcome.slices.push(FetchedSlice {
+                    key: c.key,
+                    path: cached.path,
+                    bucket: name,
+                    last_modified_ms: c.info.last_modified_ms,
+                });
             }
             Ok(Err(e)) => {
                 peer_failed(ctx, health, &name, &e.to_string());

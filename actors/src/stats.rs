@@ -133,3 +133,85 @@ impl MinerStats {
         lock(&self.windows).iter().skip(skip).cloned().collect()
     }
 }
+
+/// One UID in a validator's window report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UidReport {
+    pub uid: u16,
+    /// `scored`, `missing`, `copier` or `skipped` (no time left this window).
+    pub outcome: &'static str,
+    /// The window score (loss improvement on own data), when scored.
+    pub score: Option<f64>,
+    /// Loss improvements on the miner's own data and on random data, when evaluated.
+    pub own_improvement: Option<f64>,
+    pub random_improvement: Option<f64>,
+    pub moving: f64,
+    pub indicator: f64,
+    /// The normalised weight after this window.
+    pub weight: f64,
+}
+
+/// What a validator did for one evaluated window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredWindow {
+    /// The window whose deltas were scored.
+    pub window: u64,
+    pub scored: u32,
+    pub skipped: u32,
+    pub missing: u32,
+    pub copiers: u32,
+    /// Mean seconds to evaluate one miner (losses before and after, own and random data).
+    pub eval_secs_per_miner: f64,
+    pub uids: Vec<UidReport>,
+}
+
+/// A validator's counters, beside the [`MinerStats`] its shared actors keep.
+#[derive(Debug, Default)]
+pub struct ValidatorStats {
+    pub miners_scored: AtomicU64,
+    pub miners_skipped: AtomicU64,
+    /// Weight submissions: accepted and confirmed, refused by the chain, held back by the
+    /// subnet's rate limit (a wait, not a failure), hash commits and their reveals.
+    pub weights_set: AtomicU64,
+    pub weights_refused: AtomicU64,
+    pub weights_rate_limited: AtomicU64,
+    pub weights_committed: AtomicU64,
+    pub weights_revealed: AtomicU64,
+    windows: Mutex<Vec<ScoredWindow>>,
+    last_weights: Mutex<Option<ChainWeights>>,
+}
+
+/// Weights confirmed on chain: the block, then `(uid, weight)` pairs.
+pub type ChainWeights = (u64, Vec<(u16, u16)>);
+
+impl ValidatorStats {
+    pub fn record_window(&self, report: ScoredWindow) {
+        let mut windows = lock(&self.windows);
+        windows.push(report);
+        let excess = windows.len().saturating_sub(1_000);
+        windows.drain(..excess);
+    }
+
+    /// Every evaluated window kept (up to 1,000).
+    pub fn windows(&self) -> Vec<ScoredWindow> {
+        lock(&self.windows).clone()
+    }
+
+    pub fn last_window(&self) -> Option<ScoredWindow> {
+        lock(&self.windows).last().cloned()
+    }
+
+    /// The reports after the first `skip`, for a display that prints each once.
+    pub fn windows_after(&self, skip: usize) -> Vec<ScoredWindow> {
+        lock(&self.windows).iter().skip(skip).cloned().collect()
+    }
+
+    /// Weights the chain confirmed: at which block, `(uid, weight)`.
+    pub fn record_weights(&self, block: u64, weights: Vec<(u16, u16)>) {
+        *lock(&self.last_weights) = Some((block, weights));
+    }
+
+    pub fn last_weights(&self) -> Option<ChainWeights> {
+        lock(&self.last_weights).clone()
+    }
+}

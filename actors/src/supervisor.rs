@@ -20,6 +20,7 @@ use crate::slice_downloader::SliceDownloader;
 use crate::slice_uploader::SliceUploader;
 use crate::state_syncer::StateSyncer;
 use crate::trainer::Trainer;
+use crate::weight_setter::WeightSetter;
 use crate::window_clock::WindowClock;
 
 /// Registry name of a miner's supervisor.
@@ -54,7 +55,12 @@ fn child_spec(ctx: &Arc<MinerContext>, kind: ActorKind) -> ChildSpec {
                 ActorKind::SliceUploader => {
                     Supervisor::spawn_linked(id, SliceUploader, ctx, supervisor).await?.0.get_cell()
                 }
-                ActorKind::Trainer => Supervisor::spawn_linked(id, Trainer, ctx, supervisor).await?.0.get_cell(),
+                ActorKind::Trainer | ActorKind::Evaluator => {
+                    Supervisor::spawn_linked(id, Trainer, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::WeightSetter => {
+                    Supervisor::spawn_linked(id, WeightSetter, ctx, supervisor).await?.0.get_cell()
+                }
             };
             Ok(cell)
         }
@@ -74,10 +80,10 @@ fn child_spec(ctx: &Arc<MinerContext>, kind: ActorKind) -> ChildSpec {
     }
 }
 
-/// The miner's supervisor arguments: its six actors, one-for-one, with its restart limits.
+/// The node's supervisor arguments: its six actors (a miner's or a validator's), one-for-one, with its restart limits.
 pub fn miner_supervisor_args(ctx: &Arc<MinerContext>) -> SupervisorArguments {
     SupervisorArguments {
-        child_specs: ActorKind::ALL.iter().map(|&kind| child_spec(ctx, kind)).collect(),
+        child_specs: ActorKind::for_role(&ctx.role).iter().map(|&kind| child_spec(ctx, kind)).collect(),
         options: SupervisorOptions {
             strategy: SupervisorStrategy::OneForOne,
             max_restarts: ctx.settings.max_restarts,

@@ -1,4 +1,6 @@
-//! Trainer: the window loop of the seed, and the only writer of the model. Its handler only
+//! Trainer: the window loop of the seed, and the only writer of the model. A validator
+//! runs it as its Evaluator, with [`crate::validator_job`] windows (score, then step the
+//! model forward without training). Its handler only
 //! starts and finishes window tasks ([`crate::window_job`]: averages in, train, slices out,
 //! history pruned, evaluation and checkpoint when due), every computation on the engine
 //! thread. A restarted Trainer takes the engine back (the model survives), or
@@ -14,10 +16,11 @@ use tessera_model::train::SampleRate;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, warn};
 
-use crate::context::{ActorKind, MinerContext, lock};
+use crate::context::{MinerContext, lock};
 use crate::engine::{EngineError, EngineHandle, EngineSpec};
 use crate::messages::{ShutdownReport, TrainerMsg};
 use crate::stats::MinerStats;
+use crate::validator_job::ValidatorJob;
 use crate::window_job::WindowJob;
 
 /// How often the Trainer checks that the engine is alive.
@@ -64,8 +67,9 @@ impl Actor for Trainer {
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let started_at = Instant::now();
-        ctx.stats.record_start(ActorKind::Trainer);
-        let restarted = ctx.stats.restarts().get(&ActorKind::Trainer).copied().unwrap_or(0) > 0;
+        let kind = ctx.window_actor();
+        ctx.stats.record_start(kind);
+        let restarted = ctx.stats.restarts().get(&kind).copied().unwrap_or(0) > 0;
         let kept = lock(&ctx.engine).take().filter(EngineHandle::is_alive);
         let (engine, resync_from) = match kept {
             Some(engine) => {
@@ -151,7 +155,7 @@ impl Actor for Trainer {
                 }
             }
             TrainerMsg::Tick => {
-                state.ctx.faults.maybe_panic(ActorKind::Trainer);
+                state.ctx.faults.maybe_panic(state.ctx.window_actor());
                 if !state.engine.is_alive() {
                     error!(miner = %state.ctx.name, "the training engine died");
                     return Err(EngineError::Died.into());
@@ -199,9 +203,11 @@ impl TrainerState {
         };
         let me = myself.clone();
         let span = tracing::info_span!("window", miner = %self.ctx.name, window);
+        let validator = self.ctx.is_validator();
         let handle = tokio::spawn(
             async move {
-                let result = job.run().await.map_err(|e| e.to_string());
+                let result = if validator { ValidatorJob { base: job }.run().await } else { job.run().await };
+                let result = result.map_err(|e| e.to_string());
                 let _ = me.cast(TrainerMsg::WindowDone(result));
             }
             .instrument(span),

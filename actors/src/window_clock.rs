@@ -49,7 +49,7 @@ impl Actor for WindowClock {
                 debug!(miner = %ctx.name, block = block.number, window, "block");
                 if !before.started || window != before.window {
                     info!(miner = %ctx.name, window, block = block.number, "window started");
-                    if let Some(trainer) = lookup::<TrainerMsg>(&ctx.name, ActorKind::Trainer) {
+                    if let Some(trainer) = lookup::<TrainerMsg>(&ctx.name, ctx.window_actor()) {
                         let _ = trainer.cast(TrainerMsg::WindowStarted { window, block: block.number });
                     }
                 }

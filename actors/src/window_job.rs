@@ -17,7 +17,7 @@ use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
 use tessera_model::train::{SampleRate, TokenBatch, WindowReport};
 use tracing::{debug, info, warn};
 
-use crate::context::{ActorKind, Fault, MinerContext, lock, lookup};
+use crate::context::{ActorKind, Behaviour, Fault, MinerContext, lock, lookup};
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
 use crate::messages::{SliceUploaderMsg, StateSyncerMsg, WindowOutcome};
@@ -80,6 +80,8 @@ impl WindowJob {
         let clock = ctx.clock.subscribe();
         let (stop_ctx, cancel) = (ctx.clone(), self.cancel.clone());
         let fixed = ctx.settings.fixed_micro_batches;
+        // The devnet's adversaries publish without training.
+        let trains = ctx.settings.behaviour == Behaviour::Honest;
         let train_batches = batches.clone();
         let started = Instant::now();
         let (report, rate) = self
@@ -96,7 +98,13 @@ impl WindowJob {
                         || stop_ctx.is_stopping()
                         || cancel.load(Ordering::Acquire)
                 };
-                let limit = if fixed > 0 { fixed } else { train_batches.len() };
+                let limit = if !trains {
+                    0
+                } else if fixed > 0 {
+                    fixed
+                } else {
+                    train_batches.len()
+                };
                 let token_batches = token_batches(&train_batches[..limit.min(train_batches.len())]);
                 let mut coin = || if fixed > 0 { 0.0 } else { rng.random::<f64>() };
                 let report = ops.train(&token_batches, &mut rate, &mut coin, &window_ended);
@@ -124,13 +132,16 @@ impl WindowJob {
                     // A window that trained nothing has no update: publishing zeros would
                     // only pull the peers' mean towards zero. The own model still takes
                     // the peers' mean (its own update being zero) at the next window.
-                    if report.micro_batches > 0 {
-                        self.upload(SliceKind::Delta, window, update);
+                    let honest = (report.micro_batches > 0).then_some(update);
+                    if let Some(published) = self.misbehave(honest, Exchange::Update).await {
+                        self.upload(SliceKind::Delta, window, published);
                     }
                 }
                 None => {
                     let delta = self.gather(window).await?;
-                    self.upload(SliceKind::Delta, window, delta);
+                    if let Some(published) = self.misbehave(Some(delta), Exchange::Seed).await {
+                        self.upload(SliceKind::Delta, window, published);
+                    }
                     if window > 0 {
                         delta_slices = self.average_and_apply(SliceKind::Delta, window - 1).await?;
                     }
@@ -212,6 +223,71 @@ impl WindowJob {
         Ok(WindowOutcome { window, trained: report.micro_batches > 0 })
     }
 
+    /// What this miner publishes as its delta: the honest one, or (devnet adversaries) a
+    /// zero update / unchanged values, noise the size of an AdamW step, or a copy of
+    /// another miner's delta of the window.
+    async fn misbehave(&self, honest: Option<Arc<Vec<f32>>>, exchange: Exchange) -> Option<Arc<Vec<f32>>> {
+        let ctx = &self.ctx;
+        let len = ctx.slice_value_count();
+        match ctx.settings.behaviour {
+            Behaviour::Honest => honest,
+            Behaviour::Lazy => match exchange {
+                Exchange::Update => Some(Arc::new(vec![0.0; len])),
+                Exchange::Seed => honest,
+            },
+            Behaviour::Noise => {
+                // Uniform noise with the standard deviation of one AdamW step (≈ lr).
+                let half_width = (3f64.sqrt() * ctx.hparams.learning_rate) as f32;
+                let mut rng = StdRng::from_os_rng();
+                let noise = (0..len).map(|_| rng.random_range(-half_width..=half_width));
+                match (exchange, honest) {
+                    (Exchange::Seed, Some(values)) => {
+                        Some(Arc::new(values.iter().zip(noise).map(|(v, n)| v + n).collect()))
+                    }
+                    _ => Some(Arc::new(noise.collect())),
+                }
+            }
+            Behaviour::Copier { victim } => self.copy_of(victim).await.map(Arc::new),
+        }
+    }
+
+    /// `victim`'s delta of this window, read from its bucket once it is there.
+    async fn copy_of(&self, victim: tessera_core::hotkey::Hotkey) -> Option<Vec<f32>> {
+        let ctx = &self.ctx;
+        let downloader = lookup::<crate::messages::SliceDownloaderMsg>(&ctx.name, ActorKind::SliceDownloader)?;
+        let deadline = Instant::now() + ctx.settings.peer_deadline * 4;
+        let window = self.window;
+        while Instant::now() < deadline && !ctx.is_stopping() {
+            let fetched = downloader
+                .call(
+                    |reply| crate::messages::SliceDownloaderMsg::Fetch { kind: SliceKind::Delta, window, reply },
+                    Some(ctx.settings.peer_deadline * 2),
+                )
+                .await;
+            if let Ok(CallResult::Success(outcome)) = fetched
+                && let Some(slice) = outcome.slices.iter().find(|s| s.key.hotkey == victim)
+                && let Ok(bytes) = std::fs::read(&slice.path)
+            {
+                let expected = tessera_core::slice::Expected {
+                    kind: SliceKind::Delta,
+                    window,
+                    hotkey: Some(victim),
+                    registered: None,
+                    fingerprint: ctx.model.layout.fingerprint(),
+                    compression: ctx.hparams.compression,
+                    value_count: ctx.slice_value_count(),
+                    version: ctx.exchange().protocol_version(),
+                };
+                if let Ok(view) = tessera_core::slice::decode(&bytes, &expected) {
+                    return Some(view.values().into_owned());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        warn!(miner = %ctx.name, window, "copier: the victim's delta never appeared");
+        None
+    }
+
     /// Update exchange: adds `outer_lr · mean(updates of window) − own update` at the
     /// window's positions, so the peers' mean update replaces the own one. Returns how many
     /// updates were averaged and their mean (nothing when there was nothing to replace).
@@ -239,7 +315,7 @@ impl WindowJob {
     /// After the state average of `window` overwrote positions that the mean update of
     /// `window - 1` had just moved, adds back what the state values lack there:
     /// `(outer_lr − 1) · mean update` (they already hold the plain mean update).
-    async fn restore_outer_scaling(&self, window: Window, mean: &[f32]) -> Result<(), RuntimeError> {
+    pub(crate) async fn restore_outer_scaling(&self, window: Window, mean: &[f32]) -> Result<(), RuntimeError> {
         let outer_lr = self.outer_lr();
         if outer_lr == 1.0 || window == 0 {
             return Ok(());
@@ -253,12 +329,12 @@ impl WindowJob {
         Ok(())
     }
 
-    fn outer_lr(&self) -> f32 {
+    pub(crate) fn outer_lr(&self) -> f32 {
         self.ctx.hparams.exchange_outer_lr.unwrap_or(1.0) as f32
     }
 
     /// Mean loss on the held-out pages (loaded once), on the engine thread.
-    async fn evaluate(&self) -> Result<f32, RuntimeError> {
+    pub(crate) async fn evaluate(&self) -> Result<f32, RuntimeError> {
         let ctx = &self.ctx;
         let batches = ctx
             .held_out
@@ -286,7 +362,7 @@ impl WindowJob {
 
     /// State slices published since the model was saved (or `max_history` windows with
     /// `--sync_state`), applied window by window.
-    async fn replay_state(&self, from: Window) -> Result<(), RuntimeError> {
+    pub(crate) async fn replay_state(&self, from: Window) -> Result<(), RuntimeError> {
         let ctx = &self.ctx;
         let total = self.window.saturating_sub(from);
         if total == 0 {
@@ -304,7 +380,7 @@ impl WindowJob {
     }
 
     /// Averages the peers' `kind` slices of `window` into the model; returns how many.
-    async fn average_and_apply(&self, kind: SliceKind, window: Window) -> Result<u32, RuntimeError> {
+    pub(crate) async fn average_and_apply(&self, kind: SliceKind, window: Window) -> Result<u32, RuntimeError> {
         let (mean, accepted) = self.fetch_mean(kind, window).await;
         if let Some(mean) = mean {
             let indices = self.ctx.indices(window).await?;
@@ -315,7 +391,7 @@ impl WindowJob {
 
     /// The mean of the valid `kind` slices of `window` (the own one included) and how
     /// many there were; nothing when the StateSyncer is away.
-    async fn fetch_mean(&self, kind: SliceKind, window: Window) -> (Option<Arc<Vec<f32>>>, u32) {
+    pub(crate) async fn fetch_mean(&self, kind: SliceKind, window: Window) -> (Option<Arc<Vec<f32>>>, u32) {
         let ctx = &self.ctx;
         let Some(syncer) = lookup::<StateSyncerMsg>(&ctx.name, ActorKind::StateSyncer) else {
             warn!(miner = %ctx.name, %kind, window, "no state syncer running; skipping this average");
@@ -351,7 +427,7 @@ impl WindowJob {
         (train_secs / window_secs.max(1e-3)).clamp(0.0, 1.0)
     }
 
-    async fn gather(&self, window: Window) -> Result<Arc<Vec<f32>>, RuntimeError> {
+    pub(crate) async fn gather(&self, window: Window) -> Result<Arc<Vec<f32>>, RuntimeError> {
         let indices = self.ctx.indices(window).await?;
         Ok(Arc::new(self.engine.run(move |ops| ops.gather(&indices)).await??))
     }
@@ -383,7 +459,7 @@ impl WindowJob {
 
 /// Why a window trained nothing, in words an operator can act on.
 /// The engine's view of the data's micro-batches (borrowed, no copy).
-fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
+pub(crate) fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
     batches
         .iter()
         .map(|b| TokenBatch {

@@ -110,8 +110,8 @@ pub struct Hparams {
     /// The seed's file spells this key `valdiator_sample_rate`.
     #[serde(default, alias = "valdiator_sample_rate", skip_serializing_if = "Option::is_none")]
     pub validator_sample_rate: Option<f64>,
-    /// Validator: windows behind the head that are scored (the window's uploads are
-    /// complete by then); absent: 1.
+    /// Validator: windows behind the head that are scored; absent: 2 (at the start of
+    /// window `w + 1` the deltas of `w` may still be uploading; by `w + 2` they are in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_eval_offset: Option<u64>,
     /// Validator: micro-batches of a miner's window data (its first ones, which the miner
@@ -119,8 +119,8 @@ pub struct Hparams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_eval_batches: Option<u32>,
     /// Validator: weight of the newest window in the moving "trained on its own data"
-    /// indicator (+1 when the own-data improvement beats the random-data one, −1 when
-    /// not); absent: 0.2.
+    /// indicator (how much more the update improves the miner's own data than random
+    /// data, relative to both, in [−1, 1]); absent: 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_indicator_alpha: Option<f64>,
     /// Validator: weights are `score^power`, normalised (power normalisation: honest

@@ -4,6 +4,7 @@
 //! `--report DIR` writes the figures and a plot.
 
 mod report;
+mod validator;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -78,6 +79,8 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     options.block_time = args.block_time;
     options.seed = args.seed;
     options.lockstep = args.fixed_compute > 0;
+    options.validator = !args.no_validator;
+    options.adversaries = args.adversaries;
     options.settings = devnet_settings(args.block_time);
     options.settings.eval_every = args.eval_every;
     options.settings.fixed_micro_batches = args.fixed_compute as usize;
@@ -88,6 +91,11 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     options.hparams.exchange_max_peers = args.max_peers;
     if let Some(lr) = args.learning_rate {
         options.hparams.learning_rate = lr;
+    }
+    if args.fixed_compute > 0 {
+        // Under fixed compute a miner trains its first K micro-batches: the validator
+        // scores each update on those.
+        options.hparams.validator_eval_batches = Some(args.fixed_compute);
     }
     options.hparams.validate()?;
     // A kept state directory continues its windows after a restart: by the wall clock in
@@ -101,13 +109,19 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let compression = options.hparams.compression;
     let started = Instant::now();
     let net = Devnet::start(options).await?;
-    let miners: Vec<Arc<MinerContext>> = net.miners().to_vec();
+    // Weights every window: the dev chain's rate limit is one window.
+    net.chain.set_weights_rate_limit(WINDOW_LENGTH);
+    let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
     let prefix = net.options.name_prefix.clone();
+    let validators: Vec<Arc<MinerContext>> = nodes.iter().filter(|m| m.is_validator()).cloned().collect();
+    let names: Vec<(u16, String)> = nodes.iter().map(|m| (m.uid, m.name.clone())).collect();
+    // The miners' table and checks; the validator has its own lines.
+    let miners: Vec<Arc<MinerContext>> = nodes.iter().filter(|m| !m.is_validator()).cloned().collect();
     let _endpoint = match args.metrics_listen {
         Some(listen) => {
             let status = net.host.as_ref().map(|h| h.status_receiver()).context("the devnet has no host")?;
             Some(
-                observe::serve(listen, miners.clone(), status)
+                observe::serve(listen, nodes.clone(), status)
                     .await
                     .with_context(|| format!("serving metrics on {listen}"))?,
             )
@@ -129,6 +143,22 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         if args.baseline_miner { " + 1 baseline (trains alone)" } else { "" },
         args.block_time,
     )?;
+    if !validators.is_empty() || args.adversaries {
+        writeln!(
+            out,
+            "{}{}",
+            if validators.is_empty() {
+                "no validator"
+            } else {
+                "a validator scores every miner's delta each window and sets weights"
+            },
+            if args.adversaries {
+                "; adversaries: copier1 (republishes miner1's delta), lazy1 (state unchanged), noise1, randompages1"
+            } else {
+                ""
+            }
+        )?;
+    }
     writeln!(
         out,
         "seed {} (model initialisation and data); {}; held-out loss every {} window{}",
@@ -153,7 +183,9 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     drop(out);
 
     let mut seen: HashMap<String, Seen> = miners.iter().map(|m| (m.name.clone(), counters(m))).collect();
-    let exchanging: Vec<&Arc<MinerContext>> = miners.iter().filter(|m| !m.settings.baseline).collect();
+    let exchanging: Vec<&Arc<MinerContext>> =
+        miners.iter().filter(|m| matches!(role_of(&m.name, &prefix), Role::Exchanging | Role::SeedExchange)).collect();
+    let mut validator_lines = vec![0usize; validators.len()];
     let mut first_window_at = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -182,7 +214,9 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
                 let (loss, tokens, idle) = match &w.idle_reason {
                     None => (format!("{:.3}", w.loss), format!("{:.0}", w.tokens_per_sec), String::new()),
                     Some(reason) => {
-                        idle_windows += 1;
+                        if !role_of(&m.name, &prefix).is_adversary() {
+                            idle_windows += 1;
+                        }
                         ("-".into(), "-".into(), format!("  trained nothing: {reason}"))
                     }
                 };
@@ -201,6 +235,12 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
                     averaged,
                 )?;
                 *entry = Seen { lines: entry.lines + 1, ..now };
+            }
+        }
+        for (v, printed) in validators.iter().zip(validator_lines.iter_mut()) {
+            for w in v.validator_stats.windows_after(*printed) {
+                validator::print_window(&mut out, &v.name, &w, &names)?;
+                *printed += 1;
             }
         }
         drop(out);
@@ -229,6 +269,10 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         })
         .collect();
     let final_counters: HashMap<String, Seen> = miners.iter().map(|m| (m.name.clone(), counters(m))).collect();
+    let mut weight_rows = Vec::new();
+    for v in &validators {
+        weight_rows.push((v.name.clone(), validator::chain_weights(&net, v, &nodes).await?));
+    }
     net.shutdown().await;
 
     let mut out = std::io::stdout().lock();
@@ -277,7 +321,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
             c.rejected,
             restarts.get(&run.name).copied().unwrap_or(0)
         )?;
-        if run.role == Role::Baseline {
+        if run.role == Role::Baseline || run.role.is_adversary() {
             continue;
         }
         // Judged on held-out loss when evaluated, else on the training loss.
@@ -372,6 +416,22 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
             slope / 1e3
         )?;
     }
+    for (name, rows) in &weight_rows {
+        write!(out, "\nweights set on the dev chain by {name}:")?;
+        validator::print_weights(&mut out, rows)?;
+        let before = reasons.len();
+        validator::judge(rows, args.adversaries, &mut reasons);
+        if reasons.len() > before {
+            ok = false;
+        } else if args.adversaries {
+            let share: f64 = rows.iter().filter(|r| r.role.is_adversary()).map(|r| r.share).sum();
+            writeln!(
+                out,
+                "every honest miner ends above every adversary; the adversaries hold {:.1}% of the weight",
+                share * 100.0
+            )?;
+        }
+    }
     if idle_windows > 0 {
         writeln!(out, "{idle_windows} window line(s) trained nothing; the reason is on each line")?;
     }
@@ -405,6 +465,14 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
             "resident_bytes": memory.last().map(|m| m.1),
             "resident_slope_bytes_per_window": memory_slope,
             "memory_trace": memory,
+            "weights": weight_rows.iter().map(|(validator, rows)| serde_json::json!({
+                "validator": validator,
+                "uids": rows.iter().map(|r| serde_json::json!({
+                    "uid": r.uid, "node": r.name, "role": format!("{:?}", r.role).to_lowercase(),
+                    "weight": r.weight, "share": r.share,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "validator_windows": validators.iter().map(|v| v.validator_stats.windows().len()).sum::<usize>(),
             "check_ok": ok,
             "elapsed_secs": elapsed.as_secs_f64(),
         });

@@ -26,6 +26,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Exchanging => "exchanging",
         Role::SeedExchange => "seed-exchange",
         Role::Baseline => "baseline",
+        other => other.stem(),
     }
 }
 
@@ -213,6 +214,8 @@ fn plot(path: &Path, runs: &[MinerRun], first_window: u64) -> Result<()> {
                 seed += 1;
                 (RGBColor(230, 120, 0).mix(0.35 + 0.65 / seed as f64), 2)
             }
+            // Adversaries (and a validator, which trains nothing) in red.
+            _ => (RED.mix(0.5), 1),
         };
         let style = ShapeStyle { color, filled: false, stroke_width: width };
         chart

@@ -1,6 +1,7 @@
 //! An in-process chain with the subtensor semantics the miner relies on — a block clock,
-//! registration, commitments and weights — for the devnet and fast tests. It also injects
-//! the faults a real node shows: dropped subscriptions, stalls, unreachability.
+//! registration, commitments and weights with their rate limit — for the devnet and fast
+//! tests. It has no commit-reveal: its policy says so, and weights are set directly. It
+//! also injects the faults a real node shows: dropped subscriptions, stalls, unreachability.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +14,16 @@ use subxt_signer::sr25519::Keypair;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::{BlockHash, BlockInfo, Chain, ChainError, Metagraph, RawBlockStream};
+use super::{BlockHash, BlockInfo, Chain, ChainError, Metagraph, RawBlockStream, WeightCommit, WeightsPolicy};
 use crate::hotkey::{Hotkey, HotkeySigner};
 
 /// Longest commitment the subtensor runtime stores (`Data::Raw128`).
 pub const MAX_COMMITMENT_LEN: usize = 128;
+
+/// The tempo the dev chain reports: subtensor's default for a new subnet.
+pub const DEV_TEMPO: u16 = 360;
+
+const NO_COMMIT_REVEAL: &str = "the dev chain has no commit-reveal";
 
 #[derive(Debug, Clone)]
 pub struct DevChainOptions {
@@ -38,11 +44,15 @@ struct Subnet {
     neurons: Vec<Hotkey>,
     commitments: HashMap<Hotkey, String>,
     weights: HashMap<Hotkey, Vec<(u16, u16)>>,
+    /// `LastUpdate`: the block of each UID's registration or last weight setting.
+    last_update: HashMap<u16, u64>,
 }
 
 struct State {
     head: u64,
     subnets: BTreeMap<u16, Subnet>,
+    /// `WeightsSetRateLimit` of every subnet.
+    weights_rate_limit: u64,
 }
 
 /// The in-process chain. Cheap to clone through `Arc`.
@@ -68,7 +78,7 @@ impl DevChain {
         let (blocks, _) = broadcast::channel(256);
         let (generation, _) = watch::channel(0);
         let chain = Arc::new(Self {
-            state: Mutex::new(State { head: opts.first_block, subnets: BTreeMap::new() }),
+            state: Mutex::new(State { head: opts.first_block, subnets: BTreeMap::new(), weights_rate_limit: 0 }),
             blocks,
             generation,
             paused: AtomicBool::new(false),
@@ -111,6 +121,13 @@ impl DevChain {
         lock(&self.state).subnets.entry(netuid).or_default();
     }
 
+    /// Sets every subnet's weights rate limit (`WeightsSetRateLimit`, blocks between two
+    /// weight settings of one UID; 0, the default, for none). As on subtensor, the count
+    /// starts at a UID's registration as well as at its last weight setting.
+    pub fn set_weights_rate_limit(&self, blocks: u64) {
+        lock(&self.state).weights_rate_limit = blocks;
+    }
+
     /// Fault: ends every open block subscription, as a dropped websocket does.
     pub fn drop_connections(&self) {
         self.generation.send_modify(|g| *g += 1);
@@ -141,11 +158,20 @@ impl DevChain {
         netuid: u16,
         f: impl FnOnce(u64, &mut Subnet) -> Result<R, ChainError>,
     ) -> Result<R, ChainError> {
+        self.with_subnet_limit(netuid, |head, _, subnet| f(head, subnet))
+    }
+
+    /// As `with_subnet`, with the weights rate limit.
+    fn with_subnet_limit<R>(
+        &self,
+        netuid: u16,
+        f: impl FnOnce(u64, u64, &mut Subnet) -> Result<R, ChainError>,
+    ) -> Result<R, ChainError> {
         self.reachable()?;
         let mut state = lock(&self.state);
-        let head = state.head;
+        let (head, limit) = (state.head, state.weights_rate_limit);
         let subnet = state.subnets.get_mut(&netuid).ok_or(ChainError::NoSuchSubnet { netuid })?;
-        f(head, subnet)
+        f(head, limit, subnet)
     }
 }
 
@@ -247,19 +273,31 @@ impl Chain for DevChain {
         _version_key: u64,
     ) -> Result<(), ChainError> {
         let hotkey = signer.hotkey();
-        self.with_subnet(netuid, |_, s| {
+        self.with_subnet_limit(netuid, |head, limit, s| {
             let reject =
                 |reason: String| ChainError::Transaction { call: "SubtensorModule.set_weights".into(), reason };
-            if !s.neurons.contains(&hotkey) {
+            let Some(own_uid) = s.neurons.iter().position(|h| *h == hotkey).map(|u| u as u16) else {
                 return Err(reject(format!("hotkey {hotkey} is not registered on subnet {netuid}")));
-            }
+            };
             if uids.len() != weights.len() {
                 return Err(reject(format!("{} uids but {} weights", uids.len(), weights.len())));
             }
             if let Some(uid) = uids.iter().find(|&&u| usize::from(u) >= s.neurons.len()) {
                 return Err(reject(format!("uid {uid} does not exist")));
             }
+            // The runtime's `check_rate_limit` (a last update at block 0 counts as never,
+            // as there), with the runtime's error name.
+            if let Some(&last) = s.last_update.get(&own_uid)
+                && last > 0
+                && head.saturating_sub(last) < limit
+            {
+                return Err(reject(format!(
+                    "SettingWeightsTooFast: uid {own_uid} last set weights at block {last}; the subnet's rate limit is \
+                     one setting every {limit} blocks (now {head})"
+                )));
+            }
             s.weights.insert(hotkey, uids.iter().copied().zip(weights.iter().copied()).collect());
+            s.last_update.insert(own_uid, head);
             Ok(())
         })
     }
@@ -271,13 +309,65 @@ impl Chain for DevChain {
     }
 
     async fn register(&self, netuid: u16, _coldkey: &Keypair, hotkey: &Hotkey) -> Result<u16, ChainError> {
-        self.with_subnet(netuid, |_, s| {
+        self.with_subnet(netuid, |head, s| {
             if let Some(uid) = s.neurons.iter().position(|h| h == hotkey) {
                 return Ok(uid as u16);
             }
             s.neurons.push(*hotkey);
-            Ok((s.neurons.len() - 1) as u16)
+            let uid = (s.neurons.len() - 1) as u16;
+            s.last_update.insert(uid, head);
+            Ok(uid)
         })
+    }
+
+    async fn weights_policy(&self, netuid: u16) -> Result<WeightsPolicy, ChainError> {
+        self.with_subnet_limit(netuid, |_, limit, _| {
+            Ok(WeightsPolicy {
+                rate_limit_blocks: limit,
+                commit_reveal: false,
+                reveal_period_epochs: 1,
+                tempo: DEV_TEMPO,
+                version_key: 0,
+                commit_scheme: None,
+            })
+        })
+    }
+
+    async fn last_weights_block(&self, netuid: u16, uid: u16) -> Result<u64, ChainError> {
+        self.with_subnet(netuid, |_, s| Ok(s.last_update.get(&uid).copied().unwrap_or(0)))
+    }
+
+    async fn commit_weights(&self, _netuid: u16, _signer: &Keypair, _commit_hash: [u8; 32]) -> Result<(), ChainError> {
+        self.reachable()?;
+        Err(ChainError::Invalid(NO_COMMIT_REVEAL.into()))
+    }
+
+    async fn reveal_weights(
+        &self,
+        _netuid: u16,
+        _signer: &Keypair,
+        _uids: &[u16],
+        _weights: &[u16],
+        _salt: &[u16],
+        _version_key: u64,
+    ) -> Result<(), ChainError> {
+        self.reachable()?;
+        Err(ChainError::Invalid(NO_COMMIT_REVEAL.into()))
+    }
+
+    async fn commit_timelocked_weights(
+        &self,
+        _netuid: u16,
+        _signer: &Keypair,
+        _ciphertext: &[u8],
+        _reveal_round: u64,
+    ) -> Result<(), ChainError> {
+        self.reachable()?;
+        Err(ChainError::Invalid(NO_COMMIT_REVEAL.into()))
+    }
+
+    async fn weight_commits(&self, netuid: u16, _hotkey: &Hotkey) -> Result<Vec<WeightCommit>, ChainError> {
+        self.with_subnet(netuid, |_, _| Ok(Vec::new()))
     }
 }
 
@@ -329,6 +419,59 @@ mod tests {
         assert_eq!(chain.weights(3, 1).await.unwrap(), vec![]);
         assert!(chain.set_weights(3, &alice, &[5], &[1], 0).await.is_err());
         assert!(chain.set_weights(3, &alice, &[0, 1], &[1], 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn weights_honour_the_rate_limit_and_record_last_update() {
+        let chain = DevChain::start(DevChainOptions { block_time: None, first_block: 10 });
+        let alice = dev_keypair("Alice").unwrap();
+        let bob = dev_keypair("Bob").unwrap();
+        chain.create_subnet(1);
+        chain.set_weights_rate_limit(5);
+        assert_eq!(chain.register(1, &alice, &alice.hotkey()).await.unwrap(), 0);
+        chain.produce_block();
+        assert_eq!(chain.register(1, &alice, &bob.hotkey()).await.unwrap(), 1);
+        // Registration starts the count, as on subtensor.
+        assert_eq!(chain.last_weights_block(1, 0).await.unwrap(), 10);
+        assert_eq!(chain.last_weights_block(1, 1).await.unwrap(), 11);
+        assert_eq!(chain.last_weights_block(1, 7).await.unwrap(), 0);
+        let policy = chain.weights_policy(1).await.unwrap();
+        assert_eq!(policy.rate_limit_blocks, 5);
+        assert!(!policy.commit_reveal);
+        assert_eq!(policy.commit_scheme, None);
+        assert!(matches!(chain.weights_policy(9).await, Err(ChainError::NoSuchSubnet { netuid: 9 })));
+
+        // As on subtensor, a last update at block 0 reads as "never set".
+        let genesis = DevChain::start(DevChainOptions { block_time: None, first_block: 0 });
+        genesis.create_subnet(1);
+        genesis.set_weights_rate_limit(5);
+        genesis.register(1, &alice, &alice.hotkey()).await.unwrap();
+        assert_eq!(genesis.last_weights_block(1, 0).await.unwrap(), 0);
+        genesis.set_weights(1, &alice, &[0], &[1], 0).await.unwrap();
+
+        let too_fast = chain.set_weights(1, &alice, &[1], &[1], 0).await.unwrap_err();
+        assert!(too_fast.to_string().contains("SettingWeightsTooFast"), "{too_fast}");
+        for _ in 0..4 {
+            chain.produce_block();
+        }
+        // Block 15: 15 - 10 >= 5.
+        chain.set_weights(1, &alice, &[1], &[1], 0).await.unwrap();
+        assert_eq!(chain.last_weights_block(1, 0).await.unwrap(), 15);
+        let err = chain.set_weights(1, &alice, &[1], &[2], 0).await.unwrap_err();
+        assert!(err.to_string().contains("rate limit"), "{err}");
+        assert_eq!(chain.weights(1, 0).await.unwrap(), vec![(1, 1)], "a refused setting changes nothing");
+        // Bob's own count is separate.
+        for _ in 0..5 {
+            chain.produce_block();
+        }
+        chain.set_weights(1, &bob, &[0], &[1], 0).await.unwrap();
+        chain.set_weights(1, &alice, &[1], &[2], 0).await.unwrap();
+
+        let no_cr = chain.commit_weights(1, &alice, [0; 32]).await.unwrap_err();
+        assert!(matches!(no_cr, ChainError::Invalid(ref m) if m.contains("commit-reveal")));
+        assert!(chain.reveal_weights(1, &alice, &[1], &[1], &[0], 0).await.is_err());
+        assert!(chain.commit_timelocked_weights(1, &alice, &[1, 2], 5).await.is_err());
+        assert!(chain.weight_commits(1, &alice.hotkey()).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The miner's link to the subtensor chain: the block clock, the metagraph, bucket
-//! commitments and weights, behind one [`Chain`] trait with two implementations — the real
+//! commitments and weights (with the subnet's rate limit and commit-reveal), behind one [`Chain`] trait with two implementations — the real
 //! chain over subxt ([`SubtensorChain`]) and an in-process [`DevChain`] for the devnet and
 //! fast tests.
 
@@ -7,6 +7,8 @@ mod blocks;
 mod dev;
 mod neuron;
 mod subtensor;
+pub mod timelock;
+pub mod weights;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,6 +24,7 @@ pub use blocks::{BlockEvent, BlockStreamOptions, resilient_blocks};
 pub use dev::{DevChain, DevChainOptions};
 pub use neuron::{CommitmentChange, ensure_commitment, find_uid};
 pub use subtensor::SubtensorChain;
+pub use weights::{CommitScheme, RevealTiming, WeightCommit, WeightsPolicy};
 
 /// A block hash.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +135,42 @@ pub trait Chain: Send + Sync + 'static {
 
     /// Registers `hotkey` on the subnet, paid by `coldkey` (dev tooling); returns its UID.
     async fn register(&self, netuid: u16, coldkey: &Keypair, hotkey: &Hotkey) -> Result<u16, ChainError>;
+
+    /// How the subnet lets a validator set weights: rate limit, commit-reveal, version key.
+    async fn weights_policy(&self, netuid: u16) -> Result<WeightsPolicy, ChainError>;
+
+    /// The block at which `uid` last set weights (`LastUpdate(netuid)[uid]`), 0 if never.
+    /// Registration and weight commits set it too: it is what the rate limit counts from.
+    async fn last_weights_block(&self, netuid: u16, uid: u16) -> Result<u64, ChainError>;
+
+    /// Commits the hash of weights to reveal later ([`weights::commit_hash`]).
+    async fn commit_weights(&self, netuid: u16, signer: &Keypair, commit_hash: [u8; 32]) -> Result<(), ChainError>;
+
+    /// Reveals weights committed with [`Chain::commit_weights`]; the chain checks the hash
+    /// and the reveal epoch ([`weights::reveal_timing`]) and then sets them.
+    async fn reveal_weights(
+        &self,
+        netuid: u16,
+        signer: &Keypair,
+        uids: &[u16],
+        weights: &[u16],
+        salt: &[u16],
+        version_key: u64,
+    ) -> Result<(), ChainError>;
+
+    /// Commits timelock-encrypted weights ([`timelock::encrypt_weights`]) that the chain
+    /// reveals itself at drand round `reveal_round`. `ChainError::Metadata` when the
+    /// runtime has no timelocked commit call.
+    async fn commit_timelocked_weights(
+        &self,
+        netuid: u16,
+        signer: &Keypair,
+        ciphertext: &[u8],
+        reveal_round: u64,
+    ) -> Result<(), ChainError>;
+
+    /// The hotkey's pending hash commits on the subnet, oldest first.
+    async fn weight_commits(&self, netuid: u16, hotkey: &Hotkey) -> Result<Vec<WeightCommit>, ChainError>;
 }
 
 #[cfg(test)]

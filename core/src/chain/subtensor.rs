@@ -21,13 +21,24 @@ use tokio::sync::RwLock;
 use tracing::{debug, info};
 
 use super::dev::MAX_COMMITMENT_LEN;
-use super::{BlockHash, BlockInfo, Chain, ChainError, Metagraph, RawBlockStream};
+use super::{
+    BlockHash, BlockInfo, Chain, ChainError, CommitScheme, Metagraph, RawBlockStream, WeightCommit, WeightsPolicy,
+};
 use crate::hotkey::Hotkey;
 
 /// How long one chain request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a transaction may take to be finalized.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+const SUBTENSOR: &str = "SubtensorModule";
+/// Timelocked commit calls, newest first; `commit_crv3_weights` was replaced by
+/// `commit_timelocked_weights` (which adds `commit_reveal_version`).
+const TIMELOCK_CALLS: [&str; 2] = ["commit_timelocked_weights", "commit_crv3_weights"];
+/// `CommitRevealWeightsVersion`'s default where the runtime has the storage but no value.
+const DEFAULT_COMMIT_REVEAL_VERSION: u16 = 4;
+
+type AtBlock = subxt::OnlineClientAtBlock<PolkadotConfig>;
 
 struct Connection {
     client: OnlineClient<PolkadotConfig>,
@@ -156,6 +167,62 @@ impl SubtensorChain {
     }
 }
 
+/// Whether this runtime has storage `SubtensorModule.<entry>`: runtimes gain and lose
+/// entries (`RevealPeriodEpochs` is newer than commit-reveal), and a missing one means its
+/// default applies.
+fn has_storage(metadata: &subxt::Metadata, entry: &str) -> bool {
+    metadata.pallet_by_name(SUBTENSOR).and_then(|p| p.storage()).and_then(|s| s.entry_by_name(entry)).is_some()
+}
+
+fn has_call(metadata: &subxt::Metadata, call: &str) -> bool {
+    metadata.pallet_by_name(SUBTENSOR).and_then(|p| p.call_variant_by_name(call)).is_some()
+}
+
+/// The commit call this runtime offers: a timelocked one when there is one (the chain
+/// then reveals by itself), else the hash commit.
+fn commit_scheme(metadata: &subxt::Metadata) -> Option<CommitScheme> {
+    if let Some(call) = TIMELOCK_CALLS.into_iter().find(|c| has_call(metadata, c)) {
+        return Some(CommitScheme::Timelock { call });
+    }
+    has_call(metadata, "commit_weights").then_some(CommitScheme::Hash)
+}
+
+/// `SubtensorModule.<entry>` at `key`: the runtime's default when the key is unset (a
+/// `ValueQuery`), `fallback` when it has none (an `OptionQuery` such as `WeightCommits`)
+/// or when the runtime has no such storage.
+async fn read_or<K, V>(at: &AtBlock, entry: &str, key: K, fallback: V) -> Result<V, ChainError>
+where
+    K: subxt::ext::frame_decode::storage::IntoEncodableValues + subxt::ext::frame_decode::storage::IntoDecodableValues,
+    V: subxt::ext::scale_decode::DecodeAsType,
+{
+    if !has_storage(&at.metadata(), entry) {
+        return Ok(fallback);
+    }
+    let value = at.storage().try_fetch(dynamic::storage::<K, V>(SUBTENSOR, entry), key).await.map_err(rpc_err)?;
+    match value {
+        None => Ok(fallback),
+        Some(v) => {
+            v.decode().map_err(|e| ChainError::Decode { what: format!("{SUBTENSOR}.{entry}"), reason: e.to_string() })
+        }
+    }
+}
+
+async fn ensure_subnet(at: &AtBlock, netuid: u16) -> Result<(), ChainError> {
+    let added = at
+        .storage()
+        .try_fetch(dynamic::storage::<(u16,), bool>(SUBTENSOR, "NetworksAdded"), (netuid,))
+        .await
+        .map_err(rpc_err)?;
+    if !added.map(|v| v.decode().unwrap_or(false)).unwrap_or(false) {
+        return Err(ChainError::NoSuchSubnet { netuid });
+    }
+    Ok(())
+}
+
+fn u16_list(xs: &[u16]) -> Value {
+    Value::unnamed_composite(xs.iter().map(|&x| Value::u128(u128::from(x))))
+}
+
 /// Number of arguments of a call in this runtime's metadata.
 fn call_fields(metadata: &subxt::Metadata, pallet: &str, call: &str) -> Result<usize, ChainError> {
     let p = metadata.pallet_by_name(pallet).ok_or_else(|| ChainError::Metadata { what: format!("pallet {pallet}") })?;
@@ -269,14 +336,7 @@ impl Chain for SubtensorChain {
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph, ChainError> {
         self.with_retry("metagraph", |conn| async move {
             let at = conn.client.at_current_block().await.map_err(rpc_err)?;
-            let added = at
-                .storage()
-                .try_fetch(dynamic::storage::<(u16,), bool>("SubtensorModule", "NetworksAdded"), (netuid,))
-                .await
-                .map_err(rpc_err)?;
-            if !added.map(|v| v.decode().unwrap_or(false)).unwrap_or(false) {
-                return Err(ChainError::NoSuchSubnet { netuid });
-            }
+            ensure_subnet(&at, netuid).await?;
             let n = at
                 .storage()
                 .fetch(dynamic::storage::<(u16,), u16>("SubtensorModule", "SubnetworkN"), (netuid,))
@@ -394,11 +454,15 @@ impl Chain for SubtensorChain {
             return Err(ChainError::Invalid(format!("{} uids but {} weights", uids.len(), weights.len())));
         }
         let conn = self.current().await;
-        let list = |xs: &[u16]| Value::unnamed_composite(xs.iter().map(|&x| Value::u128(u128::from(x))));
         let tx = dynamic::tx(
             "SubtensorModule",
             "set_weights",
-            vec![Value::u128(u128::from(netuid)), list(uids), list(weights), Value::u128(u128::from(version_key))],
+            vec![
+                Value::u128(u128::from(netuid)),
+                u16_list(uids),
+                u16_list(weights),
+                Value::u128(u128::from(version_key)),
+            ],
         );
         submit(&conn, &tx, signer, "SubtensorModule.set_weights").await.map(|_| ())
     }
@@ -440,6 +504,115 @@ impl Chain for SubtensorChain {
             call: "SubtensorModule.burned_register".into(),
             reason: format!("{hotkey} has no UID after registration"),
         })
+    }
+
+    async fn weights_policy(&self, netuid: u16) -> Result<WeightsPolicy, ChainError> {
+        self.with_retry("weights policy", |conn| async move {
+            let at = conn.client.at_current_block().await.map_err(rpc_err)?;
+            ensure_subnet(&at, netuid).await?;
+            Ok(WeightsPolicy {
+                rate_limit_blocks: read_or(&at, "WeightsSetRateLimit", (netuid,), 0u64).await?,
+                commit_reveal: read_or(&at, "CommitRevealWeightsEnabled", (netuid,), false).await?,
+                reveal_period_epochs: read_or(&at, "RevealPeriodEpochs", (netuid,), 1u64).await?,
+                tempo: read_or(&at, "Tempo", (netuid,), super::dev::DEV_TEMPO).await?,
+                version_key: read_or(&at, "WeightsVersionKey", (netuid,), 0u64).await?,
+                commit_scheme: commit_scheme(&at.metadata()),
+            })
+        })
+        .await
+    }
+
+    async fn last_weights_block(&self, netuid: u16, uid: u16) -> Result<u64, ChainError> {
+        self.with_retry("last update", |conn| async move {
+            let at = conn.client.at_current_block().await.map_err(rpc_err)?;
+            let last: Vec<u64> = read_or(&at, "LastUpdate", (netuid,), Vec::new()).await?;
+            Ok(last.get(usize::from(uid)).copied().unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn commit_weights(&self, netuid: u16, signer: &Keypair, commit_hash: [u8; 32]) -> Result<(), ChainError> {
+        let conn = self.current().await;
+        let tx = dynamic::tx(
+            SUBTENSOR,
+            "commit_weights",
+            vec![Value::u128(u128::from(netuid)), Value::from_bytes(commit_hash)],
+        );
+        submit(&conn, &tx, signer, "SubtensorModule.commit_weights").await.map(|_| ())
+    }
+
+    async fn reveal_weights(
+        &self,
+        netuid: u16,
+        signer: &Keypair,
+        uids: &[u16],
+        weights: &[u16],
+        salt: &[u16],
+        version_key: u64,
+    ) -> Result<(), ChainError> {
+        if uids.len() != weights.len() {
+            return Err(ChainError::Invalid(format!("{} uids but {} weights", uids.len(), weights.len())));
+        }
+        let conn = self.current().await;
+        let tx = dynamic::tx(
+            SUBTENSOR,
+            "reveal_weights",
+            vec![
+                Value::u128(u128::from(netuid)),
+                u16_list(uids),
+                u16_list(weights),
+                u16_list(salt),
+                Value::u128(u128::from(version_key)),
+            ],
+        );
+        submit(&conn, &tx, signer, "SubtensorModule.reveal_weights").await.map(|_| ())
+    }
+
+    async fn commit_timelocked_weights(
+        &self,
+        netuid: u16,
+        signer: &Keypair,
+        ciphertext: &[u8],
+        reveal_round: u64,
+    ) -> Result<(), ChainError> {
+        let conn = self.current().await;
+        let at = conn.client.at_current_block().await.map_err(rpc_err)?;
+        let metadata = at.metadata();
+        let call = TIMELOCK_CALLS.into_iter().find(|c| has_call(&metadata, c)).ok_or_else(|| ChainError::Metadata {
+            what: format!("call {SUBTENSOR}.{} (or {})", TIMELOCK_CALLS[0], TIMELOCK_CALLS[1]),
+        })?;
+        let mut args =
+            vec![Value::u128(u128::from(netuid)), Value::from_bytes(ciphertext), Value::u128(u128::from(reveal_round))];
+        if call_fields(&metadata, SUBTENSOR, call)? > 3 {
+            // `commit_timelocked_weights` names the payload format the client speaks; the
+            // runtime accepts only its own (`CommitRevealWeightsVersion`).
+            let version = read_or(&at, "CommitRevealWeightsVersion", (), DEFAULT_COMMIT_REVEAL_VERSION).await?;
+            args.push(Value::u128(u128::from(version)));
+        }
+        let tx = dynamic::tx(SUBTENSOR, call, args);
+        submit(&conn, &tx, signer, &format!("{SUBTENSOR}.{call}")).await.map(|_| ())
+    }
+
+    async fn weight_commits(&self, netuid: u16, hotkey: &Hotkey) -> Result<Vec<WeightCommit>, ChainError> {
+        let account = hotkey.0;
+        self.with_retry("weight commits", |conn| async move {
+            let at = conn.client.at_current_block().await.map_err(rpc_err)?;
+            // A VecDeque<(H256, commit_block, first_reveal_block, last_reveal_block)> up to
+            // the spec-218 era; later runtimes keep the shape but store
+            // (hash, commit_epoch, commit_block, 0), which this does not interpret.
+            let commits: Vec<([u8; 32], u64, u64, u64)> =
+                read_or(&at, "WeightCommits", (netuid, account), Vec::new()).await?;
+            Ok(commits
+                .into_iter()
+                .map(|(hash, commit_block, first_reveal_block, last_reveal_block)| WeightCommit {
+                    hash,
+                    commit_block,
+                    first_reveal_block,
+                    last_reveal_block,
+                })
+                .collect())
+        })
+        .await
     }
 }
 

@@ -2,8 +2,9 @@
 //! body (the header's BLAKE3 of the body gives it away) or, to hide, nearly the same
 //! values. Nearness is the cosine similarity of a sketch of each update: the same
 //! positions for every miner of the window, drawn from a seed only the validator knows,
-//! so a copier cannot tell which values to disturb. Of two copies, the later upload is
-//! the copier; when the uploads carry the same time (or none), both are.
+//! so a copier cannot tell which values to disturb, and taken after removing the
+//! window's mean update (honest updates share a large common part). Of two copies, the
+//! later upload is the copier; when the uploads carry the same time (or none), both are.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,25 @@ pub fn sketch(values: &[f32], positions: &[usize]) -> Vec<f32> {
     positions.iter().map(|&i| values.get(i).copied().unwrap_or(0.0)).collect()
 }
 
+/// Each sketch minus the window's mean sketch. Honest updates of one window share a
+/// large common part (the same model, similar data, weight decay), so their raw cosine
+/// can exceed any threshold; what remains after the mean is each miner's own, and only
+/// a copy shares it.
+fn centred(candidates: &[CopyCandidate]) -> Vec<Vec<f32>> {
+    let len = candidates.iter().map(|c| c.sketch.len()).max().unwrap_or(0);
+    let mut mean = vec![0f64; len];
+    for c in candidates {
+        for (m, v) in mean.iter_mut().zip(&c.sketch) {
+            *m += f64::from(*v);
+        }
+    }
+    let n = candidates.len().max(1) as f64;
+    candidates
+        .iter()
+        .map(|c| c.sketch.iter().zip(&mean).map(|(v, m)| (f64::from(*v) - m / n) as f32).collect())
+        .collect()
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
     let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
@@ -50,10 +70,12 @@ fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
 /// when their bodies hash the same or their sketches' cosine similarity reaches
 /// `similarity`; the later upload is the copier, and with equal (or unknown) times both are.
 pub fn find_copies(candidates: &[CopyCandidate], similarity: f64) -> BTreeMap<u16, u16> {
+    let residuals = centred(candidates);
     let mut copiers = BTreeMap::new();
     for (i, a) in candidates.iter().enumerate() {
-        for b in &candidates[i + 1..] {
-            let same = a.body_hash == b.body_hash || cosine(&a.sketch, &b.sketch).is_some_and(|c| c >= similarity);
+        for (j, b) in candidates.iter().enumerate().skip(i + 1) {
+            let same =
+                a.body_hash == b.body_hash || cosine(&residuals[i], &residuals[j]).is_some_and(|c| c >= similarity);
             if !same {
                 continue;
             }
@@ -106,6 +128,25 @@ mod tests {
             0.999,
         );
         assert_eq!(found, BTreeMap::from([(1, 0)]));
+    }
+
+    #[test]
+    fn honest_updates_with_a_large_common_part_are_not_copies() {
+        let common: Vec<f32> = (0..512).map(|i| ((i * 31) % 97) as f32 / 10.0).collect();
+        let own = |seed: usize| -> Vec<f32> {
+            common
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c + (((i * seed * 7919) % 101) as f32 / 100.0 - 0.5) * 0.05)
+                .collect()
+        };
+        let (a, b, c) = (own(3), own(5), own(11));
+        assert!(cosine(&a, &b).unwrap() > 0.999, "raw updates look alike");
+        let found = find_copies(
+            &[cand(0, 1, Some(1), a.clone()), cand(1, 2, Some(2), b), cand(2, 3, Some(3), c), cand(3, 4, Some(4), a)],
+            0.999,
+        );
+        assert_eq!(found, BTreeMap::from([(3, 0)]), "only the real copy");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //!
 //! The rules, learnt by the Python network the hard way:
 //! - a miner's window score is the loss improvement its update brings on its own
-//!   assigned data; an indicator (moving, in [−1, 1]) tracks whether that improvement
-//!   beats the one on random data, which a miner that did not train on its own pages
-//!   cannot do consistently; the final score is `max(moving, 0) · max(indicator, 0)`;
+//!   assigned data; an indicator (moving, in [−1, 1]) tracks how much more that
+//!   improvement is than the one on random data, relative to both (a miner that did not
+//!   train on its own pages sits near 0, an honest one above); the final score is
+//!   `max(moving, 0) · max(indicator, 0)`;
 //! - absence (no valid delta: none, late, rejected) scores 0 for the window, so the moving
 //!   score decays rather than dropping at once;
 //! - a copied update (the same bytes, or nearly the same values, uploaded later than the
@@ -20,7 +21,7 @@ pub mod copies;
 pub mod scores;
 
 pub use copies::{CopyCandidate, find_copies, sketch, sketch_positions};
-pub use scores::{Evaluation, ScoreBook, ScoreError, UidScore, WindowOutcome, to_u16_weights};
+pub use scores::{Evaluation, ScoreBook, ScoreError, UidScore, WindowOutcome, specificity, to_u16_weights};
 
 use crate::hparams::Hparams;
 
@@ -48,7 +49,7 @@ impl ScoringParams {
             indicator_alpha: hp.validator_indicator_alpha.unwrap_or(0.2),
             weights_power: hp.validator_weights_power.unwrap_or(2.0),
             copy_similarity: hp.validator_copy_similarity.unwrap_or(0.999),
-            eval_offset: hp.validator_eval_offset.unwrap_or(1).max(1),
+            eval_offset: hp.validator_eval_offset.unwrap_or(2).max(1),
             eval_batches: hp.validator_eval_batches.unwrap_or(2).max(1) as usize,
         }
     }
@@ -61,7 +62,7 @@ impl Default for ScoringParams {
             indicator_alpha: 0.2,
             weights_power: 2.0,
             copy_similarity: 0.999,
-            eval_offset: 1,
+            eval_offset: 2,
             eval_batches: 2,
         }
     }

@@ -43,6 +43,19 @@ pub enum WindowOutcome {
     },
 }
 
+/// How much more the update improves the miner's own data than random data, relative to
+/// both: `(own − random) / (|own| + |random|)` in [−1, 1]. About 0 for an update not
+/// trained on the miner's assigned pages (or a zero one), positive for one that was; a
+/// relative measure, so it does not shrink as the network converges. Non-finite: −1.
+pub fn specificity(eval: &Evaluation) -> f64 {
+    let (own, random) = (eval.own_improvement(), eval.random_improvement());
+    if !(own.is_finite() && random.is_finite()) {
+        return -1.0;
+    }
+    let scale = own.abs() + random.abs();
+    if scale <= f64::EPSILON { 0.0 } else { ((own - random) / scale).clamp(-1.0, 1.0) }
+}
+
 /// A window score is a loss difference; one update cannot honestly move the loss by more
 /// than this, so larger values (or non-finite ones) are clamped rather than allowed to
 /// dominate the moving average.
@@ -55,7 +68,8 @@ pub struct UidScore {
     pub hotkey: Hotkey,
     /// Moving average of the window scores (loss improvement on own data).
     pub moving: f64,
-    /// Moving average of +1 (own-data improvement beat the random-data one) / −1.
+    /// Moving average of the window's [`specificity`]: did the update improve the miner's
+    /// own data more than random data (a copier's window counts −1).
     pub indicator: f64,
     /// The last window score and the window it was for.
     pub last_score: Option<f64>,
@@ -154,8 +168,7 @@ impl ScoreBook {
                 entry.last_scored = Some(window);
                 let own = eval.own_improvement();
                 let score = if own.is_finite() { own.clamp(-SCORE_LIMIT, SCORE_LIMIT) } else { -SCORE_LIMIT };
-                let beat_random = own.is_finite() && own > eval.random_improvement();
-                (score, Some(if beat_random { 1.0 } else { -1.0 }))
+                (score, Some(specificity(&eval)))
             }
             WindowOutcome::Missing => {
                 entry.windows_missing += 1;
@@ -316,6 +329,22 @@ mod tests {
         assert!(adversaries < 0.1, "{weights:?}");
         assert!((weights.values().sum::<f64>() - 1.0).abs() < 1e-9);
         assert_eq!(book.window, Some(30));
+    }
+
+    #[test]
+    fn specificity_is_relative_bounded_and_zero_without_a_difference() {
+        let e = |own: f64, random: f64| Evaluation {
+            own_before: 2.0,
+            own_after: 2.0 - own,
+            random_before: 2.0,
+            random_after: 2.0 - random,
+        };
+        assert!((specificity(&e(0.03, 0.01)) - 0.5).abs() < 1e-9);
+        assert!((specificity(&e(0.003, 0.001)) - 0.5).abs() < 1e-9, "scale-free");
+        assert_eq!(specificity(&e(0.0, 0.0)), 0.0);
+        assert!(specificity(&e(0.01, 0.01)).abs() < 1e-9);
+        assert!(specificity(&e(-0.02, 0.01)) < 0.0);
+        assert_eq!(specificity(&e(f64::NAN, 0.01)), -1.0);
     }
 
     #[test]

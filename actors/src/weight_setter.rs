@@ -1,0 +1,337 @@
+//! WeightSetter: the validator's moving scores, as weights, to the chain. It sets them as
+//! soon as the subnet's rate limit (`WeightsSetRateLimit`, read from the chain with the
+//! UID's `LastUpdate`) allows after new scores, retries a failure with a backoff, and
+//! confirms every submission by reading the weights back; a slot is never skipped
+//! because a block number was not a multiple of something.
+//!
+//! Under commit-reveal (`CommitRevealWeightsEnabled`) plain `set_weights` is refused by
+//! the runtime, so it commits instead, with the scheme the runtime's metadata offers:
+//! a timelock-encrypted commit that the chain reveals itself at the drand round the
+//! reveal period implies, or a hash commit (`commit_weights`) that this actor reveals in
+//! the reveal epoch. A hash commit's salt and weights are kept in the state directory
+//! (atomically) until revealed, so a restart does not lose the reveal.
+//!
+//! The chain calls run in a task; the handler only decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tessera_core::chain::{ChainError, CommitScheme, RevealTiming, WeightsPolicy};
+use tessera_core::validator::{ScoringParams, to_u16_weights};
+use tracing::{debug, info, warn};
+
+use crate::context::{ActorKind, MinerContext, NodeRole, lock};
+use crate::messages::{SubmitOutcome, WeightSetterMsg};
+use crate::stats::MinerStats;
+use crate::supervisor::backoff;
+
+pub struct WeightSetter;
+
+pub struct WeightSetterState {
+    ctx: Arc<MinerContext>,
+    busy: bool,
+    /// New scores since the last weights were set.
+    dirty: bool,
+    failures: usize,
+    next_attempt: Instant,
+}
+
+/// A hash commit waiting for its reveal epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingCommit {
+    pub netuid: u16,
+    pub uids: Vec<u16>,
+    pub weights: Vec<u16>,
+    pub salt: Vec<u16>,
+    pub version_key: u64,
+    pub hash: [u8; 32],
+    pub commit_block: u64,
+}
+
+fn pending_path(ctx: &MinerContext) -> Option<std::path::PathBuf> {
+    match &ctx.role {
+        NodeRole::Validator { state_dir } => Some(state_dir.join("weights-commit.json")),
+        NodeRole::Miner => None,
+    }
+}
+
+fn load_pending(ctx: &MinerContext) -> Option<PendingCommit> {
+    let path = pending_path(ctx)?;
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<PendingCommit>(&bytes) {
+        Ok(p) if p.netuid == ctx.netuid => Some(p),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(miner = %ctx.name, path = %path.display(), error = %e, "unreadable pending weight commit; ignored");
+            None
+        }
+    }
+}
+
+impl Actor for WeightSetter {
+    type Msg = WeightSetterMsg;
+    type State = WeightSetterState;
+    type Arguments = Arc<MinerContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<MinerContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ctx.stats.record_start(ActorKind::WeightSetter);
+        let period = ctx.settings.block_time.clamp(Duration::from_millis(200), Duration::from_secs(12));
+        myself.send_interval(period, || WeightSetterMsg::Tick);
+        // Scores reloaded from disk are worth setting again after a restart.
+        let dirty = lock(&ctx.scores).is_some();
+        Ok(WeightSetterState { ctx, busy: false, dirty, failures: 0, next_attempt: Instant::now() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WeightSetterMsg::ScoresUpdated { window } => {
+                debug!(miner = %state.ctx.name, window, "new scores");
+                state.dirty = true;
+                state.maybe_submit(&myself);
+            }
+            WeightSetterMsg::Tick => {
+                state.ctx.faults.maybe_panic(ActorKind::WeightSetter);
+                state.maybe_submit(&myself);
+            }
+            WeightSetterMsg::Done(outcome) => {
+                state.busy = false;
+                state.finished(outcome);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WeightSetterState {
+    fn maybe_submit(&mut self, myself: &ActorRef<WeightSetterMsg>) {
+        if self.busy || Instant::now() < self.next_attempt || self.ctx.is_stopping() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let me = myself.clone();
+        if let Some(pending) = load_pending(&ctx) {
+            self.busy = true;
+            tokio::spawn(async move {
+                let outcome = reveal(&ctx, pending).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
+                let _ = me.cast(WeightSetterMsg::Done(outcome));
+            });
+            return;
+        }
+        if !self.dirty {
+            return;
+        }
+        let params = ScoringParams::from_hparams(&ctx.hparams);
+        let weights = lock(&ctx.scores).as_ref().map(|b| b.weights(&params)).unwrap_or_default();
+        let (uids, values) = to_u16_weights(&weights);
+        if uids.is_empty() {
+            return; // nobody has earned anything yet: nothing worth a transaction
+        }
+        self.busy = true;
+        self.dirty = false;
+        tokio::spawn(async move {
+            let outcome = submit(&ctx, uids, values).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
+            let _ = me.cast(WeightSetterMsg::Done(outcome));
+        });
+    }
+
+    fn finished(&mut self, outcome: SubmitOutcome) {
+        let ctx = &self.ctx;
+        let stats = &ctx.validator_stats;
+        match &outcome {
+            SubmitOutcome::Set { block } | SubmitOutcome::Revealed { block } => {
+                self.failures = 0;
+                if matches!(outcome, SubmitOutcome::Revealed { .. }) {
+                    MinerStats::add(&stats.weights_revealed, 1);
+                }
+                MinerStats::add(&stats.weights_set, 1);
+                info!(miner = %ctx.name, block, "weights set and confirmed on chain");
+            }
+            SubmitOutcome::Committed { block } => {
+                self.failures = 0;
+                MinerStats::add(&stats.weights_committed, 1);
+                info!(miner = %ctx.name, block, "weights committed (commit-reveal)");
+            }
+            SubmitOutcome::RateLimited { until } => {
+                MinerStats::add(&stats.weights_rate_limited, 1);
+                self.dirty = true;
+                debug!(miner = %ctx.name, until, "weights wait for the subnet's rate limit");
+            }
+            SubmitOutcome::Waiting { until } => {
+                debug!(miner = %ctx.name, until, "a weight commit waits for its reveal")
+            }
+            SubmitOutcome::Idle => {}
+            SubmitOutcome::Failed(reason) => {
+                MinerStats::add(&stats.weights_refused, 1);
+                self.failures += 1;
+                self.dirty = true;
+                let delay = backoff(
+                    ctx.settings.restart_backoff.max(Duration::from_millis(500)),
+                    Duration::from_secs(120),
+                    self.failures,
+                );
+                self.next_attempt = Instant::now() + delay;
+                warn!(miner = %ctx.name, reason, retry_in_ms = delay.as_millis() as u64, "setting weights failed; retrying");
+            }
+        }
+    }
+}
+
+/// One submission: set (or commit) the weights if the rate limit allows.
+async fn submit(ctx: &MinerContext, uids: Vec<u16>, weights: Vec<u16>) -> Result<SubmitOutcome, ChainError> {
+    let (chain, netuid) = (&ctx.chain, ctx.netuid);
+    let policy = chain.weights_policy(netuid).await?;
+    let now = chain.latest_block().await?.number;
+    let last = chain.last_weights_block(netuid, ctx.uid).await?;
+    let wait = tessera_core::chain::weights::blocks_until_allowed(&policy, last, now);
+    if wait > 0 {
+        return Ok(SubmitOutcome::RateLimited { until: now + wait });
+    }
+    let signer = ctx.hotkey.keypair();
+    if !policy.commit_reveal {
+        chain.set_weights(netuid, signer, &uids, &weights, policy.version_key).await?;
+        confirm(ctx, &uids, &weights).await?;
+        let block = chain.latest_block().await?.number;
+        ctx.validator_stats.record_weights(block, uids.into_iter().zip(weights).collect());
+        return Ok(SubmitOutcome::Set { block });
+    }
+    match policy.commit_scheme {
+        Some(CommitScheme::Hash) => commit_hash(ctx, &policy, uids, weights, now).await,
+        Some(CommitScheme::Timelock { call }) => {
+            let blocks = reveal_blocks(&policy);
+            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let round =
+                tessera_core::chain::timelock::reveal_round(unix, blocks, ctx.settings.block_time.as_secs_f64());
+            // `commit_timelocked_weights` reads a payload that names the hotkey first; the
+            // older `commit_crv3_weights` one without it.
+            let ciphertext = if call == "commit_timelocked_weights" {
+                tessera_core::chain::timelock::encrypt_weights_for_hotkey(
+                    &ctx.own_hotkey(),
+                    &uids,
+                    &weights,
+                    policy.version_key,
+                    round,
+                )
+            } else {
+                tessera_core::chain::timelock::encrypt_weights(&uids, &weights, policy.version_key, round)
+            }
+            .map_err(|e| ChainError::Invalid(e.to_string()))?;
+            chain.commit_timelocked_weights(netuid, signer, &ciphertext, round).await?;
+            Ok(SubmitOutcome::Committed { block: now })
+        }
+        None => Err(ChainError::Invalid(
+            "the subnet has commit-reveal enabled but the runtime offers no commit call this validator knows".into(),
+        )),
+    }
+}
+
+/// Blocks from a commit to its reveal: the subnet's reveal period in epochs of `tempo + 1`.
+fn reveal_blocks(policy: &WeightsPolicy) -> u64 {
+    policy.reveal_period_epochs.max(1) * (u64::from(policy.tempo) + 1)
+}
+
+async fn commit_hash(
+    ctx: &MinerContext,
+    policy: &WeightsPolicy,
+    uids: Vec<u16>,
+    weights: Vec<u16>,
+    now: u64,
+) -> Result<SubmitOutcome, ChainError> {
+    let (chain, netuid) = (&ctx.chain, ctx.netuid);
+    let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
+    let hash = tessera_core::chain::weights::commit_hash(
+        &ctx.own_hotkey(),
+        netuid,
+        &uids,
+        &weights,
+        &salt,
+        policy.version_key,
+    );
+    let mut pending =
+        PendingCommit { netuid, uids, weights, salt, version_key: policy.version_key, hash, commit_block: now };
+    // Kept before it is sent: a crash after the commit must not lose its reveal.
+    save_pending(ctx, &pending)?;
+    if let Err(e) = chain.commit_weights(netuid, ctx.hotkey.keypair(), hash).await {
+        remove_pending(ctx);
+        return Err(e);
+    }
+    let commits = chain.weight_commits(netuid, &ctx.own_hotkey()).await?;
+    if let Some(found) = commits.iter().find(|c| c.hash == hash) {
+        pending.commit_block = found.commit_block;
+        save_pending(ctx, &pending)?;
+    } else {
+        warn!(miner = %ctx.name, "the weight commit is not in the chain's commit storage yet");
+    }
+    Ok(SubmitOutcome::Committed { block: pending.commit_block })
+}
+
+/// Reveals a pending hash commit in its reveal epoch, then confirms the weights.
+async fn reveal(ctx: &MinerContext, pending: PendingCommit) -> Result<SubmitOutcome, ChainError> {
+    let (chain, netuid) = (&ctx.chain, ctx.netuid);
+    let policy = chain.weights_policy(netuid).await?;
+    let now = chain.latest_block().await?.number;
+    // The reveal lands in the next block: judge the timing there.
+    match tessera_core::chain::weights::reveal_timing(&policy, netuid, pending.commit_block, now + 1) {
+        RevealTiming::TooEarly { reveal_from_block } => Ok(SubmitOutcome::Waiting { until: reveal_from_block }),
+        RevealTiming::Expired => {
+            remove_pending(ctx);
+            Ok(SubmitOutcome::Failed(format!(
+                "the weight commit of block {} expired before it was revealed",
+                pending.commit_block
+            )))
+        }
+        RevealTiming::Now => {
+            let signer = ctx.hotkey.keypair();
+            chain
+                .reveal_weights(netuid, signer, &pending.uids, &pending.weights, &pending.salt, pending.version_key)
+                .await?;
+            remove_pending(ctx);
+            confirm(ctx, &pending.uids, &pending.weights).await?;
+            ctx.validator_stats
+                .record_weights(now, pending.uids.iter().copied().zip(pending.weights.iter().copied()).collect());
+            Ok(SubmitOutcome::Revealed { block: now })
+        }
+    }
+}
+
+/// Reads the weights back: the chain holds what was sent (it may rescale so that the
+/// largest is 65535, which ours already is).
+async fn confirm(ctx: &MinerContext, uids: &[u16], weights: &[u16]) -> Result<(), ChainError> {
+    let mut on_chain = ctx.chain.weights(ctx.netuid, ctx.uid).await?;
+    on_chain.sort_unstable();
+    let mut sent: Vec<(u16, u16)> = uids.iter().copied().zip(weights.iter().copied()).collect();
+    sent.sort_unstable();
+    let close =
+        on_chain.len() == sent.len() && on_chain.iter().zip(&sent).all(|(a, b)| a.0 == b.0 && a.1.abs_diff(b.1) <= 1);
+    if close {
+        Ok(())
+    } else {
+        Err(ChainError::Invalid(format!("the weights read back ({on_chain:?}) are not those sent ({sent:?})")))
+    }
+}
+
+fn save_pending(ctx: &MinerContext, pending: &PendingCommit) -> Result<(), ChainError> {
+    let Some(path) = pending_path(ctx) else { return Ok(()) };
+    let json = serde_json::to_vec_pretty(pending).map_err(|e| ChainError::Invalid(e.to_string()))?;
+    tessera_core::fsutil::write_atomic(&path, &json)
+        .map_err(|e| ChainError::Invalid(format!("keeping the weight commit at {}: {e}", path.display())))
+}
+
+fn remove_pending(ctx: &MinerContext) {
+    if let Some(path) = pending_path(ctx)
+        && let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(miner = %ctx.name, path = %path.display(), error = %e, "could not remove the revealed weight commit");
+    }
+}

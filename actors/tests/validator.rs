@@ -1,0 +1,112 @@
+//! The validator on a whole network in one process: it scores the miners, sets weights
+//! on the dev chain within its rate limit, and loses no scores when its Evaluator or
+//! WeightSetter panics or the whole process restarts on the same state directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_actors::devnet::{Devnet, DevnetOptions};
+use tessera_actors::{ActorKind, Fault, MinerContext, MinerStats};
+use tessera_core::chain::Chain;
+use tessera_core::validator::ScoreBook;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn,tessera_actors=info").with_test_writer().try_init();
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` at the deadline.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(dir: &Path, prefix: &str) -> Devnet {
+    init_logs();
+    let mut options = DevnetOptions::new(dir).unwrap();
+    options.name_prefix = prefix.to_owned();
+    options.miners = 2;
+    options.validator = true;
+    options.block_time = Duration::from_millis(300);
+    options.settings = tessera_actors::devnet::devnet_settings(options.block_time);
+    options.hparams = tessera_actors::devnet::tiny_hparams(3).unwrap();
+    let net = Devnet::start(options).await.unwrap();
+    net.chain.set_weights_rate_limit(3);
+    net
+}
+
+fn scored_windows(v: &MinerContext) -> usize {
+    v.validator_stats.windows().len()
+}
+
+fn times_scored(v: &MinerContext, uid: u16) -> u64 {
+    v.scores.lock().unwrap().as_ref().and_then(|b| b.uids.get(&uid).map(|s| s.windows_scored)).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_validator_scores_sets_weights_and_keeps_its_scores_through_panics_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = start(dir.path(), "v-").await;
+    let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
+    let validator = nodes.iter().find(|m| m.is_validator()).expect("a validator").clone();
+    let miner = nodes.iter().find(|m| !m.is_validator()).expect("a miner").clone();
+    let scores_file = dir.path().join("v-validator1").join("scores.json");
+
+    // Both honest miners earn weight once their moving scores and indicators are up.
+    wait_until("weights on chain for both miners", || {
+        validator.validator_stats.last_weights().is_some_and(|(_, w)| w.len() == 2 && w.iter().all(|(_, v)| *v > 0))
+    })
+    .await;
+    let on_chain = net.chain.weights(net.options.netuid, validator.uid).await.unwrap();
+    assert!(on_chain.iter().any(|(uid, w)| *uid == miner.uid && *w > 0), "{on_chain:?}");
+    let (block, confirmed) = validator.validator_stats.last_weights().expect("confirmed weights");
+    assert!(block > 0 && !confirmed.is_empty());
+    assert!(confirmed.iter().all(|(uid, _)| *uid != validator.uid), "a validator does not weight itself");
+    let saved = ScoreBook::load(&scores_file).unwrap().expect("scores saved");
+    assert!(saved.window.is_some() && saved.uids.contains_key(&miner.uid), "{saved:?}");
+    // Never more often than the rate limit: the counter of held-back attempts shows the
+    // setter waited rather than being refused by the chain.
+    assert_eq!(MinerStats::get(&validator.validator_stats.weights_refused), 0);
+
+    for kind in [ActorKind::Evaluator, ActorKind::WeightSetter] {
+        let (scored, set, times) = (
+            scored_windows(&validator),
+            MinerStats::get(&validator.validator_stats.weights_set),
+            times_scored(&validator, miner.uid),
+        );
+        validator.faults.arm(Fault::PanicIn(kind));
+        wait_until(&format!("the panic in {kind}"), || !validator.faults.is_armed(Fault::PanicIn(kind))).await;
+        wait_until(&format!("{kind} restarted"), || validator.stats.restarts().get(&kind).copied().unwrap_or(0) >= 1)
+            .await;
+        assert!(times_scored(&validator, miner.uid) >= times, "{kind}: the scores were not reset by the restart");
+        // A window whose job started late may skip every miner (no time left): wait for
+        // the miner to be scored again, not for a number of windows.
+        wait_until(&format!("scoring and weights after the {kind} restart"), || {
+            scored_windows(&validator) > scored
+                && times_scored(&validator, miner.uid) > times
+                && MinerStats::get(&validator.validator_stats.weights_set) > set
+        })
+        .await;
+    }
+
+    // The whole process again on the same state: the scores come back from the file.
+    let before = ScoreBook::load(&scores_file).unwrap().expect("scores saved");
+    let times_before = before.uids[&miner.uid].windows_scored;
+    net.shutdown().await;
+    let net = start(dir.path(), "v-").await;
+    let validator = net.miners().iter().find(|m| m.is_validator()).expect("a validator").clone();
+    wait_until("a scored window after the restart", || scored_windows(&validator) >= 1).await;
+    let after = validator.scores.lock().unwrap().clone().expect("scores in memory");
+    assert!(
+        after.uids[&miner.uid].windows_scored >= times_before,
+        "reloaded, not restarted from zero: {} scored windows before, {} after",
+        times_before,
+        after.uids[&miner.uid].windows_scored
+    );
+    net.shutdown().await;
+}

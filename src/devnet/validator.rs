@@ -1,0 +1,148 @@
+//! The devnet's validator view: a line per scored window, each UID's weight on the dev
+//! chain at the end, and the verdict on the adversaries.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tessera_actors::MinerContext;
+use tessera_actors::devnet::{Devnet, Role, role_of};
+use tessera_actors::stats::ScoredWindow;
+
+/// One line per scored window: each UID's outcome, window score and weight.
+pub fn print_window(out: &mut impl Write, name: &str, w: &ScoredWindow, names: &[(u16, String)]) -> Result<()> {
+    let label = |uid: u16| names.iter().find(|(u, _)| *u == uid).map(|(_, n)| n.clone()).unwrap_or(uid.to_string());
+    let cells: Vec<String> = w
+        .uids
+        .iter()
+        .map(|u| match (u.outcome, u.score) {
+            ("scored", Some(s)) => format!(
+                "{} {:+.4} d{:+.5} w{:.2}",
+                label(u.uid),
+                s,
+                u.own_improvement.unwrap_or(0.0) - u.random_improvement.unwrap_or(0.0),
+                u.weight
+            ),
+            (outcome, _) => format!("{} {outcome} w{:.2}", label(u.uid), u.weight),
+        })
+        .collect();
+    writeln!(
+        out,
+        "{:>6}  {:<10} scored {} ({:.2}s each), skipped {}, missing {}, copiers {}: {}",
+        w.window,
+        name,
+        w.scored,
+        w.eval_secs_per_miner,
+        w.skipped,
+        w.missing,
+        w.copiers,
+        cells.join(" | ")
+    )?;
+    Ok(())
+}
+
+/// A UID's weight as the validator set it on the dev chain.
+pub struct WeightRow {
+    pub uid: u16,
+    pub name: String,
+    pub role: Role,
+    pub weight: u16,
+    pub share: f64,
+}
+
+/// Each node's weight in the validator's row of the dev chain's `Weights`.
+pub async fn chain_weights(
+    net: &Devnet,
+    validator: &MinerContext,
+    nodes: &[Arc<MinerContext>],
+) -> Result<Vec<WeightRow>> {
+    use tessera_core::chain::Chain;
+    let set = net.chain.weights(net.options.netuid, validator.uid).await?;
+    let total: f64 = set.iter().map(|(_, w)| f64::from(*w)).sum();
+    let prefix = &net.options.name_prefix;
+    Ok(nodes
+        .iter()
+        .filter(|m| !m.is_validator())
+        .map(|m| {
+            let weight = set.iter().find(|(u, _)| *u == m.uid).map(|(_, w)| *w).unwrap_or(0);
+            WeightRow {
+                uid: m.uid,
+                name: m.name.clone(),
+                role: role_of(&m.name, prefix),
+                weight,
+                share: if total > 0.0 { f64::from(weight) / total } else { 0.0 },
+            }
+        })
+        .collect())
+}
+
+pub fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
+    writeln!(out, "\n{:<5} {:<13} {:<12} {:>8} {:>7}", "uid", "node", "role", "weight", "share")?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<5} {:<13} {:<12} {:>8} {:>6.1}%",
+            r.uid,
+            r.name,
+            format!("{:?}", r.role).to_lowercase(),
+            r.weight,
+            r.share * 100.0
+        )?;
+    }
+    Ok(())
+}
+
+/// The verdict on the weights: some were set; with adversaries, every honest miner ends
+/// with more weight than every adversary, and the adversaries with under 10% in all.
+pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
+    let total: u64 = rows.iter().map(|r| u64::from(r.weight)).sum();
+    if total == 0 {
+        reasons.push("the validator set no weights on the dev chain".into());
+        return;
+    }
+    if !adversaries {
+        return;
+    }
+    let honest: Vec<&WeightRow> = rows.iter().filter(|r| r.role == Role::Exchanging).collect();
+    let bad: Vec<&WeightRow> = rows.iter().filter(|r| r.role.is_adversary()).collect();
+    let weakest_honest = honest.iter().map(|r| r.weight).min().unwrap_or(0);
+    for a in &bad {
+        if a.weight >= weakest_honest {
+            reasons.push(format!(
+                "adversary {} ended with weight {} ≥ the weakest honest miner's {}",
+                a.name, a.weight, weakest_honest
+            ));
+        }
+    }
+    let bad_share: f64 = bad.iter().map(|r| r.share).sum();
+    if bad_share >= 0.10 {
+        reasons.push(format!("the adversaries hold {:.1}% of the weight (must be under 10%)", bad_share * 100.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(uid: u16, role: Role, weight: u16, share: f64) -> WeightRow {
+        WeightRow { uid, name: format!("n{uid}"), role, weight, share }
+    }
+
+    #[test]
+    fn adversaries_must_end_below_every_honest_miner_and_under_a_tenth() {
+        let mut reasons = Vec::new();
+        let good = [
+            row(0, Role::Exchanging, 65535, 0.5),
+            row(1, Role::Exchanging, 60000, 0.46),
+            row(2, Role::Noise, 500, 0.04),
+        ];
+        judge(&good, true, &mut reasons);
+        assert!(reasons.is_empty(), "{reasons:?}");
+        let bad = [row(0, Role::Exchanging, 65535, 0.5), row(1, Role::Lazy, 65535, 0.5)];
+        judge(&bad, true, &mut reasons);
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        let mut none = Vec::new();
+        judge(&[row(0, Role::Exchanging, 0, 0.0)], false, &mut none);
+        assert!(none[0].contains("no weights"));
+    }
+}
