@@ -373,3 +373,44 @@ fn json_log_format_writes_one_object_per_line() {
     }
     assert!(logs.iter().any(|l| l.contains("tessera miner starting")), "{err}");
 }
+
+#[test]
+fn validator_takes_the_seed_validators_flags_and_refuses_a_miners_switches() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["validator", "--help"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    for flag in [
+        "--actual_batch_size",
+        "--wallet.name",
+        "--wallet.hotkey",
+        "--wallet.path",
+        "--bucket",
+        "--device",
+        "--use_wandb",
+        "--project",
+        "--netuid",
+        "--remote",
+        "--sync_state",
+        "--debug",
+        "--trace",
+        "--test",
+        "--autoupdate",
+        "--subtensor.network",
+        "--subtensor.chain_endpoint",
+    ] {
+        assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "{flag}:\n{help}");
+    }
+    // --random is a miner's switch: refused before anything touches the network.
+    let out = sb.run(&["validator", "--bucket", "vb", "--device", "cpu", "--random"], &[]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("--random is a miner's switch"), "{}", stderr(&out));
+    // One hotkey per validator process.
+    let config = sb.write(
+        "two.toml",
+        "bucket = \"vb\"\ndevice = \"cpu\"\n[[miners]]\nwallet.hotkey = \"a\"\n[[miners]]\nwallet.hotkey = \"b\"\n",
+    );
+    let out = sb.run(&["validator", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("a validator process runs one hotkey"), "{}", stderr(&out));
+}
