@@ -127,6 +127,17 @@ pub enum Behaviour {
     Copier { victim: Hotkey },
 }
 
+impl Behaviour {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Behaviour::Honest => "honest",
+            Behaviour::Lazy => "lazy",
+            Behaviour::Noise => "noise",
+            Behaviour::Copier { .. } => "copier",
+        }
+    }
+}
+
 /// Where the clock stands: the latest block seen and its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClockState {

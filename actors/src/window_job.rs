@@ -167,8 +167,10 @@ impl WindowJob {
             None
         };
 
-        let idle_reason =
-            (report.micro_batches == 0).then(|| idle_reason(&report, batches.len(), late_secs, prep_secs));
+        let idle_reason = (report.micro_batches == 0).then(|| match ctx.settings.behaviour {
+            Behaviour::Honest => idle_reason(&report, batches.len(), late_secs, prep_secs),
+            other => format!("a devnet adversary ({}) does not train", other.label()),
+        });
         let summary = WindowSummary {
             window,
             loss: report.mean_loss,

@@ -56,29 +56,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         init_seed: 1,
     };
     let vocab = shape.vocab_size as u64;
-    let make = |salt: u64| -> Vec<u32> {
-        (0..(batch * seq) as u64).map(|i| ((i * 2_654_435_761 + salt * 97) % vocab) as u32).collect()
-    };
-    let own_tokens: Vec<Vec<u32>> = (0..own_n as u64).map(make).collect();
-    let random_tokens: Vec<Vec<u32>> = (0..random_n as u64).map(|i| make(1000 + i)).collect();
-    let mask = vec![true; batch * seq];
-    let view = |t: &[Vec<u32>]| -> Vec<TokenBatch<'_>> {
-        t.iter().map(|tokens| TokenBatch { tokens, loss_mask: &mask, batch_size: batch, seq_len: seq }).collect()
-    };
+    let params = layout.total_numel();
     let started = Instant::now();
-    let mut outcome: Result<(), String> = Ok(());
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
     run_engine(
         spec,
-        Box::new(|built| {
-            outcome = (|| -> Result<(), String> {
+        Box::new(move |built| {
+            let make = |salt: u64| -> Vec<u32> {
+                (0..(batch * seq) as u64).map(|i| ((i * 2_654_435_761 + salt * 97) % vocab) as u32).collect()
+            };
+            let own_tokens: Vec<Vec<u32>> = (0..own_n as u64).map(make).collect();
+            let random_tokens: Vec<Vec<u32>> = (0..random_n as u64).map(|i| make(1000 + i)).collect();
+            let mask = vec![true; batch * seq];
+            fn view<'a>(t: &'a [Vec<u32>], mask: &'a [bool], batch: usize, seq: usize) -> Vec<TokenBatch<'a>> {
+                t.iter().map(|tokens| TokenBatch { tokens, loss_mask: mask, batch_size: batch, seq_len: seq }).collect()
+            }
+            let outcome = (|| -> Result<(), String> {
                 let (ops, _) = built.map_err(|e| e.to_string())?;
                 println!(
                     "{preset}: {:.1}M parameters, {} values a slice; micro-batches of {batch} x {seq}; {own_n} own, {random_n} random; built in {:.1}s",
-                    layout.total_numel() as f64 / 1e6,
+                    params as f64 / 1e6,
                     indices.total_len(),
                     started.elapsed().as_secs_f64()
                 );
-                let (own, random) = (view(&own_tokens), view(&random_tokens));
+                let (own, random) = (view(&own_tokens, &mask, batch, seq), view(&random_tokens, &mask, batch, seq));
                 let update = vec![1e-4f32; indices.total_len()];
                 let t = Instant::now();
                 let theta = ops.gather(&indices).map_err(|e| e.to_string())?;
@@ -109,7 +110,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("forward throughput: {:.0} tokens/s", tokens / (own_s + after_s).max(1e-9));
                 Ok(())
             })();
+            let _ = tx.send(outcome);
         }),
     )?;
+    let outcome = rx.recv().unwrap_or_else(|_| Err("the engine ended without a result".into()));
     outcome.map_err(|e| e.into())
 }

@@ -385,7 +385,13 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
         }
         let bytes: u64 = group.iter().flat_map(|r| r.windows.iter()).map(|w| w.bytes_downloaded).sum();
         let measured = bytes as f64 / windows as f64;
-        let peers = group.len() as u64;
+        // Every node publishing in this exchange is a peer: adversaries too.
+        let publishing = if role == Role::Exchanging {
+            runs.iter().filter(|r| r.role == role || r.role.is_adversary()).count()
+        } else {
+            group.len()
+        };
+        let peers = publishing as u64;
         let max_peers = (role == Role::Exchanging && exchange == Exchange::Update)
             .then_some(args.max_peers)
             .flatten()
