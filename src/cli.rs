@@ -127,7 +127,8 @@ pub struct DevnetArgs {
     /// Add four misbehaving miners, as the Python network saw them: one republishes
     /// miner1's delta, one publishes its state unchanged, one publishes noise, one trains
     /// on random pages. With --check, every honest miner must end with more weight than
-    /// every adversary, and the adversaries with less than 10% in all.
+    /// every adversary, and the adversaries with less than 10% in all. Runs with
+    /// --fixed-compute 1 unless another K is given.
     #[arg(long)]
     pub adversaries: bool,
 

@@ -120,9 +120,14 @@ pub struct Hparams {
     pub validator_eval_batches: Option<u32>,
     /// Validator: weight of the newest window in the moving "trained on its own data"
     /// indicator (how much more the update improves the miner's own data than random
-    /// data, relative to both, in [−1, 1]); absent: 0.2.
+    /// data, relative to both, in [−1, 1]); absent: 0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_indicator_alpha: Option<f64>,
+    /// Validator: the least indicator from which a miner's moving score counts in full;
+    /// the bar follows the network (half the median indicator of the miners that improve
+    /// the model) above it, and the gate is shut below half the bar; absent: 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_specificity_full: Option<f64>,
     /// Validator: weights are `score^power`, normalised (power normalisation: honest
     /// miners share, weak ones fade); absent: 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -472,6 +477,11 @@ impl Hparams {
             && !(v.is_finite() && (0.5..=8.0).contains(&v))
         {
             return Err(invalid("validator_weights_power", v, "a number in [0.5, 8]"));
+        }
+        if let Some(v) = self.validator_specificity_full
+            && !(v > 0.0 && v <= 1.0)
+        {
+            return Err(invalid("validator_specificity_full", v, "a number in (0, 1]"));
         }
         if let Some(v) = self.validator_copy_similarity
             && !(v > 0.0 && v <= 1.0)
@@ -889,6 +899,7 @@ mod tests {
             ("validator_indicator_alpha", json!(0), "validator_indicator_alpha"),
             ("validator_weights_power", json!(20), "validator_weights_power"),
             ("validator_copy_similarity", json!(1.5), "validator_copy_similarity"),
+            ("validator_specificity_full", json!(0), "validator_specificity_full"),
             ("validator_eval_batches", json!(0), "validator_eval_batches"),
             ("validator_eval_offset", json!(0), "validator_eval_offset"),
             ("mixed_precision_param", json!("int4"), "mixed_precision_param"),

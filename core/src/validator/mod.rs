@@ -8,7 +8,9 @@
 //!   assigned data; an indicator (moving, in [−1, 1]) tracks how much more that
 //!   improvement is than the one on random data, relative to both (a miner that did not
 //!   train on its own pages sits near 0, an honest one above); the final score is
-//!   `max(moving, 0) · max(indicator, 0)`;
+//!   `max(moving, 0) · gate(indicator)`, the gate fully open from half the network's
+//!   median indicator and shut below a quarter of it ([`scores::Gate`]), so honest
+//!   miners share by their improvement and a miner near 0 gets nothing;
 //! - absence (no valid delta: none, late, rejected) scores 0 for the window, so the moving
 //!   score decays rather than dropping at once;
 //! - a copied update (the same bytes, or nearly the same values, uploaded later than the
@@ -21,7 +23,7 @@ pub mod copies;
 pub mod scores;
 
 pub use copies::{CopyCandidate, find_copies, sketch, sketch_positions};
-pub use scores::{Evaluation, ScoreBook, ScoreError, UidScore, WindowOutcome, specificity, to_u16_weights};
+pub use scores::{Evaluation, Gate, ScoreBook, ScoreError, UidScore, WindowOutcome, to_u16_weights};
 
 use crate::hparams::Hparams;
 
@@ -36,6 +38,9 @@ pub struct ScoringParams {
     pub weights_power: f64,
     /// Cosine similarity from which two updates are copies.
     pub copy_similarity: f64,
+    /// The least indicator from which a miner's moving score counts in full (the gate
+    /// follows the network's typical indicator above it; see [`scores::Gate`]).
+    pub specificity_full: f64,
     /// Windows behind the head that are scored.
     pub eval_offset: u64,
     /// Micro-batches of own and of random data per evaluation.
@@ -46,9 +51,10 @@ impl ScoringParams {
     pub fn from_hparams(hp: &Hparams) -> Self {
         Self {
             moving_alpha: hp.validator_moving_alpha.unwrap_or(0.1),
-            indicator_alpha: hp.validator_indicator_alpha.unwrap_or(0.2),
+            indicator_alpha: hp.validator_indicator_alpha.unwrap_or(0.1),
             weights_power: hp.validator_weights_power.unwrap_or(2.0),
             copy_similarity: hp.validator_copy_similarity.unwrap_or(0.999),
+            specificity_full: hp.validator_specificity_full.unwrap_or(0.01),
             eval_offset: hp.validator_eval_offset.unwrap_or(2).max(1),
             eval_batches: hp.validator_eval_batches.unwrap_or(2).max(1) as usize,
         }
@@ -59,9 +65,10 @@ impl Default for ScoringParams {
     fn default() -> Self {
         Self {
             moving_alpha: 0.1,
-            indicator_alpha: 0.2,
+            indicator_alpha: 0.1,
             weights_power: 2.0,
             copy_similarity: 0.999,
+            specificity_full: 0.01,
             eval_offset: 2,
             eval_batches: 2,
         }

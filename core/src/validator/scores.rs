@@ -43,19 +43,6 @@ pub enum WindowOutcome {
     },
 }
 
-/// How much more the update improves the miner's own data than random data, relative to
-/// both: `(own − random) / (|own| + |random|)` in [−1, 1]. About 0 for an update not
-/// trained on the miner's assigned pages (or a zero one), positive for one that was; a
-/// relative measure, so it does not shrink as the network converges. Non-finite: −1.
-pub fn specificity(eval: &Evaluation) -> f64 {
-    let (own, random) = (eval.own_improvement(), eval.random_improvement());
-    if !(own.is_finite() && random.is_finite()) {
-        return -1.0;
-    }
-    let scale = own.abs() + random.abs();
-    if scale <= f64::EPSILON { 0.0 } else { ((own - random) / scale).clamp(-1.0, 1.0) }
-}
-
 /// A window score is a loss difference; one update cannot honestly move the loss by more
 /// than this, so larger values (or non-finite ones) are clamped rather than allowed to
 /// dominate the moving average.
@@ -68,9 +55,17 @@ pub struct UidScore {
     pub hotkey: Hotkey,
     /// Moving average of the window scores (loss improvement on own data).
     pub moving: f64,
-    /// Moving average of the window's [`specificity`]: did the update improve the miner's
-    /// own data more than random data (a copier's window counts −1).
+    /// How much more the miner's updates improve its own data than random data, relative
+    /// to both, in [−1, 1]: `specific_diff / specific_scale`, the ratio of two moving
+    /// averages (a ratio of averages, so windows with small improvements do not swing
+    /// it; a copier's window counts as −1 at the usual scale).
     pub indicator: f64,
+    /// Moving average of `own − random` improvement.
+    #[serde(default)]
+    pub specific_diff: f64,
+    /// Moving average of `|own| + |random|` improvement.
+    #[serde(default)]
+    pub specific_scale: f64,
     /// The last window score and the window it was for.
     pub last_score: Option<f64>,
     pub last_scored: Option<Window>,
@@ -85,6 +80,8 @@ impl UidScore {
             hotkey,
             moving: 0.0,
             indicator: 0.0,
+            specific_diff: 0.0,
+            specific_scale: 0.0,
             last_score: None,
             last_scored: None,
             windows_scored: 0,
@@ -93,10 +90,45 @@ impl UidScore {
         }
     }
 
-    /// `max(moving, 0) · max(indicator, 0)`: what the weights are made of.
-    pub fn final_score(&self) -> f64 {
-        let v = self.moving.max(0.0) * self.indicator.max(0.0);
+    /// `max(moving, 0) · gate(indicator)`: the moving improvement, in full for a miner
+    /// whose updates are as specific to its own data as is typical of the network, in
+    /// proportion between `lo` and `hi`, nothing at or below `lo` ([`Gate`]).
+    pub fn final_score(&self, gate: Gate) -> f64 {
+        let span = (gate.hi - gate.lo).max(f64::EPSILON);
+        let g = ((self.indicator - gate.lo) / span).clamp(0.0, 1.0);
+        let v = self.moving.max(0.0) * g;
         if v.is_finite() { v } else { 0.0 }
+    }
+}
+
+/// Where the indicator gate opens (`lo`) and is fully open (`hi`). With `m` the (lower)
+/// median indicator of the UIDs that improve the model (at most `20 · f`, `f` =
+/// `specificity_full`): from `m ≥ 4f` the gate is `[m/4, m/2]`, so honest miners (the
+/// typical ones) count in full and share by improvement while a miner near 0 (not
+/// trained on its pages) gets nothing; at `m = 0` (no measurable signal) it is
+/// `[−2f, −f]`, shutting out only the clearly negative (copiers); linear in between.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Gate {
+    pub fn of(book: &ScoreBook, params: &ScoringParams) -> Self {
+        let mut typical: Vec<f64> =
+            book.uids.values().filter(|s| s.moving > 0.0 && s.indicator > 0.0).map(|s| s.indicator).collect();
+        typical.sort_by(f64::total_cmp);
+        // The lower median: with two groups, the less specific one sets the bar.
+        let median = typical.get(typical.len().saturating_sub(1) / 2).copied().unwrap_or(0.0);
+        let floor = params.specificity_full;
+        // Weak or no measurable specificity in the network (e.g. many micro-batches per
+        // window of which few are scored): the indicator cannot tell honest miners from
+        // ones that trained elsewhere, and gating on its noise would hand the weight to
+        // whoever is luckiest; it then only shuts out the clearly negative (copiers). The
+        // gate moves continuously from that to [m/4, m/2] as the median m reaches 4·floor.
+        let m = median.min(20.0 * floor);
+        let weak = (1.0 - m / (4.0 * floor)).clamp(0.0, 1.0);
+        Gate { lo: 0.25 * m - 2.0 * floor * weak, hi: 0.5 * m - floor * weak }
     }
 }
 
@@ -162,13 +194,21 @@ impl ScoreBook {
         if entry.hotkey != hotkey {
             *entry = UidScore::new(hotkey);
         }
-        let (score, indicator) = match outcome {
+        // (own − random, |own| + |random|) of the window, for the indicator.
+        let (score, specific) = match outcome {
             WindowOutcome::Scored(eval) => {
                 entry.windows_scored += 1;
                 entry.last_scored = Some(window);
                 let own = eval.own_improvement();
                 let score = if own.is_finite() { own.clamp(-SCORE_LIMIT, SCORE_LIMIT) } else { -SCORE_LIMIT };
-                (score, Some(specificity(&eval)))
+                let random = eval.random_improvement();
+                let specific = if own.is_finite() && random.is_finite() {
+                    let (own, random) = (own.clamp(-SCORE_LIMIT, SCORE_LIMIT), random.clamp(-SCORE_LIMIT, SCORE_LIMIT));
+                    (own - random, own.abs() + random.abs())
+                } else {
+                    (-SCORE_LIMIT, SCORE_LIMIT)
+                };
+                (score, Some(specific))
             }
             WindowOutcome::Missing => {
                 entry.windows_missing += 1;
@@ -177,14 +217,22 @@ impl ScoreBook {
             WindowOutcome::Copier { .. } => {
                 entry.windows_copied += 1;
                 entry.last_scored = Some(window);
-                (0.0, Some(-1.0))
+                // −1 at the miner's usual scale (or a small one if it has none yet).
+                let scale = if entry.specific_scale > 0.0 { entry.specific_scale } else { 1e-3 };
+                (0.0, Some((-scale, scale)))
             }
         };
         let a = params.moving_alpha;
         entry.moving = (1.0 - a) * entry.moving + a * score;
-        if let Some(ind) = indicator {
+        if let Some((diff, scale)) = specific {
             let b = params.indicator_alpha;
-            entry.indicator = ((1.0 - b) * entry.indicator + b * ind).clamp(-1.0, 1.0);
+            entry.specific_diff = (1.0 - b) * entry.specific_diff + b * diff;
+            entry.specific_scale = (1.0 - b) * entry.specific_scale + b * scale;
+            entry.indicator = if entry.specific_scale > f64::EPSILON {
+                (entry.specific_diff / entry.specific_scale).clamp(-1.0, 1.0)
+            } else {
+                0.0
+            };
         }
         entry.last_score = Some(score);
         score
@@ -195,13 +243,14 @@ impl ScoreBook {
         self.window = Some(self.window.map_or(window, |w| w.max(window)));
     }
 
-    /// Normalised weights, `final^power / Σ final^power`, zeros left out; empty when
-    /// nobody has earned anything (never NaN, never negative).
+    /// Normalised weights, `final^power / Σ final^power` ([`UidScore::final_score`]),
+    /// zeros left out; empty when nobody has earned anything (never NaN, never negative).
     pub fn weights(&self, params: &ScoringParams) -> Vec<(u16, f64)> {
+        let gate = Gate::of(self, params);
         let powered: Vec<(u16, f64)> = self
             .uids
             .iter()
-            .map(|(&uid, s)| (uid, s.final_score().powf(params.weights_power)))
+            .map(|(&uid, s)| (uid, s.final_score(gate).powf(params.weights_power)))
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
         let total: f64 = powered.iter().map(|(_, v)| v).sum();
@@ -242,7 +291,10 @@ impl ScoreBook {
                 reason: format!("format {} (this build reads {FORMAT})", book.format),
             });
         }
-        let bad = book.uids.values().any(|s| !(s.moving.is_finite() && s.indicator.is_finite()));
+        let bad = book
+            .uids
+            .values()
+            .any(|s| ![s.moving, s.indicator, s.specific_diff, s.specific_scale].iter().all(|v| v.is_finite()));
         if bad {
             return Err(ScoreError::Format { path: path.display().to_string(), reason: "a non-finite score".into() });
         }
@@ -332,19 +384,50 @@ mod tests {
     }
 
     #[test]
-    fn specificity_is_relative_bounded_and_zero_without_a_difference() {
-        let e = |own: f64, random: f64| Evaluation {
-            own_before: 2.0,
-            own_after: 2.0 - own,
-            random_before: 2.0,
-            random_after: 2.0 - random,
-        };
-        assert!((specificity(&e(0.03, 0.01)) - 0.5).abs() < 1e-9);
-        assert!((specificity(&e(0.003, 0.001)) - 0.5).abs() < 1e-9, "scale-free");
-        assert_eq!(specificity(&e(0.0, 0.0)), 0.0);
-        assert!(specificity(&e(0.01, 0.01)).abs() < 1e-9);
-        assert!(specificity(&e(-0.02, 0.01)) < 0.0);
-        assert_eq!(specificity(&e(f64::NAN, 0.01)), -1.0);
+    fn the_indicator_is_scale_free_and_a_window_of_small_improvements_hardly_moves_it() {
+        let p = ScoringParams::default();
+        let mut book = book_of(2);
+        for w in 0..30 {
+            book.record(w, 0, hk(0), eval(0.03, 0.01), &p);
+            book.record(w, 1, hk(1), eval(0.003, 0.001), &p);
+        }
+        let (a, b) = (book.uids[&0].indicator, book.uids[&1].indicator);
+        assert!((a - 0.5).abs() < 1e-9 && (b - 0.5).abs() < 1e-9, "{a} {b}");
+        // One window whose own improvement is tiny and below the random one.
+        book.record(30, 0, hk(0), eval(0.0005, 0.002), &p);
+        assert!(book.uids[&0].indicator > 0.4, "{}", book.uids[&0].indicator);
+        // Zero updates: no difference, no indicator.
+        let mut lazy = book_of(1);
+        lazy.record(1, 0, hk(0), eval(0.0, 0.0), &p);
+        assert_eq!(lazy.uids[&0].indicator, 0.0);
+    }
+
+    #[test]
+    fn honest_miners_clearly_specific_share_by_improvement_not_by_specificity() {
+        let p = ScoringParams::default();
+        let mut book = book_of(2);
+        for w in 0..40 {
+            book.record(w, 0, hk(0), eval(0.010, 0.002), &p); // very specific
+            book.record(w, 1, hk(1), eval(0.010, 0.007), &p); // specific enough
+        }
+        let weights: BTreeMap<u16, f64> = book.weights(&p).into_iter().collect();
+        assert!((weights[&0] - 0.5).abs() < 1e-6 && (weights[&1] - 0.5).abs() < 1e-6, "{weights:?}");
+    }
+
+    #[test]
+    fn without_a_measurable_specificity_miners_share_by_improvement_and_copiers_get_nothing() {
+        let p = ScoringParams::default();
+        let mut book = book_of(3);
+        for w in 0..40 {
+            // Own and random improvements nearly equal for everyone: no signal.
+            let tilt = if w % 2 == 0 { 0.0001 } else { -0.0001 };
+            book.record(w, 0, hk(0), eval(0.010 + tilt, 0.010), &p);
+            book.record(w, 1, hk(1), eval(0.010 - tilt, 0.010), &p);
+            book.record(w, 2, hk(2), WindowOutcome::Copier { original: 0 }, &p);
+        }
+        let weights: BTreeMap<u16, f64> = book.weights(&p).into_iter().collect();
+        assert!((weights[&0] - 0.5).abs() < 0.01 && (weights[&1] - 0.5).abs() < 0.01, "{weights:?}");
+        assert!(!weights.contains_key(&2), "{weights:?}");
     }
 
     #[test]
@@ -361,7 +444,7 @@ mod tests {
         assert!((after - before * (1.0 - p.moving_alpha)).abs() < 1e-12);
         assert_eq!(book.uids[&0].windows_missing, 1);
         // Missing says nothing about the data it trained on: the indicator stays.
-        assert!(book.uids[&0].indicator > 0.9);
+        assert!(book.uids[&0].indicator > 0.8);
     }
 
     #[test]
