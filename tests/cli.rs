@@ -402,13 +402,13 @@ fn validator_takes_the_seed_validators_flags_and_refuses_a_miners_switches() {
         assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "{flag}:\n{help}");
     }
     // --random is a miner's switch: refused before anything touches the network.
-    let out = sb.run(&["validator", "--bucket", "vb", "--device", "cpu", "--random"], &[]);
+    let out = sb.run(&["validator", "--bucket", "validator-bucket", "--device", "cpu", "--random"], &[]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("--random is a miner's switch"), "{}", stderr(&out));
     // One hotkey per validator process.
     let config = sb.write(
         "two.toml",
-        "bucket = \"vb\"\ndevice = \"cpu\"\n[[miners]]\nwallet.hotkey = \"a\"\n[[miners]]\nwallet.hotkey = \"b\"\n",
+        "bucket = \"validator-bucket\"\ndevice = \"cpu\"\n[[miners]]\nwallet.hotkey = \"a\"\n[[miners]]\nwallet.hotkey = \"b\"\n",
     );
     let out = sb.run(&["validator", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));

@@ -42,11 +42,11 @@ pub enum WeightSetterMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitOutcome {
     /// Set and read back from the chain at this block.
-    Set { block: Block },
+    Set { block: Block, weights: Vec<(u16, u16)> },
     /// A commit landed (the reveal comes later, by us or by the chain).
     Committed { block: Block },
     /// A commit was revealed and the weights read back.
-    Revealed { block: Block },
+    Revealed { block: Block, weights: Vec<(u16, u16)> },
     /// The subnet's rate limit: not before this block (a wait, not a failure).
     RateLimited { until: Block },
     /// A pending commit is not revealable yet.

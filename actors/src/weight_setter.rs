@@ -13,12 +13,15 @@
 //!
 //! The chain calls run in a task; the handler only decides.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
-use tessera_core::chain::{ChainError, CommitScheme, RevealTiming, WeightsPolicy};
+use subxt_signer::sr25519::Keypair;
+use tessera_core::chain::{Chain, ChainError, CommitScheme, RevealTiming, WeightsPolicy};
+use tessera_core::hotkey::Hotkey;
 use tessera_core::validator::{ScoringParams, to_u16_weights};
 use tracing::{debug, info, warn};
 
@@ -50,23 +53,18 @@ pub struct PendingCommit {
     pub commit_block: u64,
 }
 
-fn pending_path(ctx: &MinerContext) -> Option<std::path::PathBuf> {
-    match &ctx.role {
-        NodeRole::Validator { state_dir } => Some(state_dir.join("weights-commit.json")),
-        NodeRole::Miner => None,
-    }
-}
-
-fn load_pending(ctx: &MinerContext) -> Option<PendingCommit> {
-    let path = pending_path(ctx)?;
-    let bytes = std::fs::read(&path).ok()?;
-    match serde_json::from_slice::<PendingCommit>(&bytes) {
-        Ok(p) if p.netuid == ctx.netuid => Some(p),
-        Ok(_) => None,
-        Err(e) => {
-            warn!(miner = %ctx.name, path = %path.display(), error = %e, "unreadable pending weight commit; ignored");
-            None
-        }
+fn submitter(ctx: &MinerContext) -> WeightsSubmitter<'_> {
+    WeightsSubmitter {
+        chain: ctx.chain.as_ref(),
+        netuid: ctx.netuid,
+        uid: ctx.uid,
+        signer: ctx.hotkey.keypair(),
+        hotkey: ctx.own_hotkey(),
+        pending_path: match &ctx.role {
+            NodeRole::Validator { state_dir } => Some(state_dir.join("weights-commit.json")),
+            NodeRole::Miner => None,
+        },
+        block_time: ctx.settings.block_time,
     }
 }
 
@@ -120,10 +118,11 @@ impl WeightSetterState {
         }
         let ctx = self.ctx.clone();
         let me = myself.clone();
-        if let Some(pending) = load_pending(&ctx) {
+        if let Some(pending) = submitter(&ctx).pending() {
             self.busy = true;
             tokio::spawn(async move {
-                let outcome = reveal(&ctx, pending).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
+                let outcome =
+                    submitter(&ctx).reveal(pending).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
                 let _ = me.cast(WeightSetterMsg::Done(outcome));
             });
             return;
@@ -140,7 +139,8 @@ impl WeightSetterState {
         self.busy = true;
         self.dirty = false;
         tokio::spawn(async move {
-            let outcome = submit(&ctx, uids, values).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
+            let outcome =
+                submitter(&ctx).submit(uids, values).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
             let _ = me.cast(WeightSetterMsg::Done(outcome));
         });
     }
@@ -149,12 +149,13 @@ impl WeightSetterState {
         let ctx = &self.ctx;
         let stats = &ctx.validator_stats;
         match &outcome {
-            SubmitOutcome::Set { block } | SubmitOutcome::Revealed { block } => {
+            SubmitOutcome::Set { block, weights } | SubmitOutcome::Revealed { block, weights } => {
                 self.failures = 0;
                 if matches!(outcome, SubmitOutcome::Revealed { .. }) {
                     MinerStats::add(&stats.weights_revealed, 1);
                 }
                 MinerStats::add(&stats.weights_set, 1);
+                stats.record_weights(*block, weights.clone());
                 info!(miner = %ctx.name, block, "weights set and confirmed on chain");
             }
             SubmitOutcome::Committed { block } => {
@@ -187,151 +188,179 @@ impl WeightSetterState {
     }
 }
 
-/// One submission: set (or commit) the weights if the rate limit allows.
-async fn submit(ctx: &MinerContext, uids: Vec<u16>, weights: Vec<u16>) -> Result<SubmitOutcome, ChainError> {
-    let (chain, netuid) = (&ctx.chain, ctx.netuid);
-    let policy = chain.weights_policy(netuid).await?;
-    let now = chain.latest_block().await?.number;
-    let last = chain.last_weights_block(netuid, ctx.uid).await?;
-    let wait = tessera_core::chain::weights::blocks_until_allowed(&policy, last, now);
-    if wait > 0 {
-        return Ok(SubmitOutcome::RateLimited { until: now + wait });
-    }
-    let signer = ctx.hotkey.keypair();
-    if !policy.commit_reveal {
-        chain.set_weights(netuid, signer, &uids, &weights, policy.version_key).await?;
-        confirm(ctx, &uids, &weights).await?;
-        let block = chain.latest_block().await?.number;
-        ctx.validator_stats.record_weights(block, uids.into_iter().zip(weights).collect());
-        return Ok(SubmitOutcome::Set { block });
-    }
-    match policy.commit_scheme {
-        Some(CommitScheme::Hash) => commit_hash(ctx, &policy, uids, weights, now).await,
-        Some(CommitScheme::Timelock { call }) => {
-            let blocks = reveal_blocks(&policy);
-            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let round =
-                tessera_core::chain::timelock::reveal_round(unix, blocks, ctx.settings.block_time.as_secs_f64());
-            // `commit_timelocked_weights` reads a payload that names the hotkey first; the
-            // older `commit_crv3_weights` one without it.
-            let ciphertext = if call == "commit_timelocked_weights" {
-                tessera_core::chain::timelock::encrypt_weights_for_hotkey(
-                    &ctx.own_hotkey(),
-                    &uids,
-                    &weights,
-                    policy.version_key,
-                    round,
-                )
-            } else {
-                tessera_core::chain::timelock::encrypt_weights(&uids, &weights, policy.version_key, round)
-            }
-            .map_err(|e| ChainError::Invalid(e.to_string()))?;
-            chain.commit_timelocked_weights(netuid, signer, &ciphertext, round).await?;
-            Ok(SubmitOutcome::Committed { block: now })
+/// What a weight submission needs: the chain, the validator's identity, where a pending
+/// hash commit is kept. The WeightSetter's chain side, usable on its own (tests drive it
+/// against the real runtime).
+pub struct WeightsSubmitter<'a> {
+    pub chain: &'a dyn Chain,
+    pub netuid: u16,
+    pub uid: u16,
+    pub signer: &'a Keypair,
+    pub hotkey: Hotkey,
+    /// Where a hash commit waits for its reveal (`None`: kept in no file).
+    pub pending_path: Option<PathBuf>,
+    /// Nominal block time, for the drand round of a timelocked commit.
+    pub block_time: Duration,
+}
+
+impl WeightsSubmitter<'_> {
+    /// Sets (or commits) the weights if the rate limit allows.
+    pub async fn submit(&self, uids: Vec<u16>, weights: Vec<u16>) -> Result<SubmitOutcome, ChainError> {
+        let (chain, netuid) = (self.chain, self.netuid);
+        let policy = chain.weights_policy(netuid).await?;
+        let now = chain.latest_block().await?.number;
+        let last = chain.last_weights_block(netuid, self.uid).await?;
+        let wait = tessera_core::chain::weights::blocks_until_allowed(&policy, last, now);
+        if wait > 0 {
+            return Ok(SubmitOutcome::RateLimited { until: now + wait });
         }
-        None => Err(ChainError::Invalid(
-            "the subnet has commit-reveal enabled but the runtime offers no commit call this validator knows".into(),
-        )),
+        if !policy.commit_reveal {
+            chain.set_weights(netuid, self.signer, &uids, &weights, policy.version_key).await?;
+            self.confirm(&uids, &weights).await?;
+            let block = chain.latest_block().await?.number;
+            return Ok(SubmitOutcome::Set { block, weights: uids.into_iter().zip(weights).collect() });
+        }
+        match policy.commit_scheme {
+            Some(CommitScheme::Hash) => self.commit_hash(&policy, uids, weights, now).await,
+            Some(CommitScheme::Timelock { call }) => {
+                let blocks = reveal_blocks(&policy);
+                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let round = tessera_core::chain::timelock::reveal_round(unix, blocks, self.block_time.as_secs_f64());
+                // `commit_timelocked_weights` reads a payload that names the hotkey first;
+                // the older `commit_crv3_weights` one without it.
+                let ciphertext = if call == "commit_timelocked_weights" {
+                    tessera_core::chain::timelock::encrypt_weights_for_hotkey(
+                        &self.hotkey,
+                        &uids,
+                        &weights,
+                        policy.version_key,
+                        round,
+                    )
+                } else {
+                    tessera_core::chain::timelock::encrypt_weights(&uids, &weights, policy.version_key, round)
+                }
+                .map_err(|e| ChainError::Invalid(e.to_string()))?;
+                chain.commit_timelocked_weights(netuid, self.signer, &ciphertext, round).await?;
+                Ok(SubmitOutcome::Committed { block: now })
+            }
+            None => Err(ChainError::Invalid(
+                "the subnet has commit-reveal enabled but the runtime offers no commit call this validator knows"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn commit_hash(
+        &self,
+        policy: &WeightsPolicy,
+        uids: Vec<u16>,
+        weights: Vec<u16>,
+        now: u64,
+    ) -> Result<SubmitOutcome, ChainError> {
+        let (chain, netuid) = (self.chain, self.netuid);
+        let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
+        let hash =
+            tessera_core::chain::weights::commit_hash(&self.hotkey, netuid, &uids, &weights, &salt, policy.version_key);
+        let mut pending =
+            PendingCommit { netuid, uids, weights, salt, version_key: policy.version_key, hash, commit_block: now };
+        // Kept before it is sent: a crash after the commit must not lose its reveal.
+        self.save_pending(&pending)?;
+        if let Err(e) = chain.commit_weights(netuid, self.signer, hash).await {
+            self.remove_pending();
+            return Err(e);
+        }
+        let commits = chain.weight_commits(netuid, &self.hotkey).await?;
+        if let Some(found) = commits.iter().find(|c| c.hash == hash) {
+            pending.commit_block = found.commit_block;
+            self.save_pending(&pending)?;
+        } else {
+            warn!(netuid, "the weight commit is not in the chain's commit storage yet");
+        }
+        Ok(SubmitOutcome::Committed { block: pending.commit_block })
+    }
+
+    /// The hash commit waiting for its reveal, if one is kept.
+    pub fn pending(&self) -> Option<PendingCommit> {
+        let path = self.pending_path.as_ref()?;
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice::<PendingCommit>(&bytes) {
+            Ok(p) if p.netuid == self.netuid => Some(p),
+            Ok(_) => None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "unreadable pending weight commit; ignored");
+                None
+            }
+        }
+    }
+
+    /// Reveals a pending hash commit in its reveal epoch, then confirms the weights.
+    pub async fn reveal(&self, pending: PendingCommit) -> Result<SubmitOutcome, ChainError> {
+        let (chain, netuid) = (self.chain, self.netuid);
+        let policy = chain.weights_policy(netuid).await?;
+        let now = chain.latest_block().await?.number;
+        // The reveal lands in the next block: judge the timing there.
+        match tessera_core::chain::weights::reveal_timing(&policy, netuid, pending.commit_block, now + 1) {
+            RevealTiming::TooEarly { reveal_from_block } => Ok(SubmitOutcome::Waiting { until: reveal_from_block }),
+            RevealTiming::Expired => {
+                self.remove_pending();
+                Ok(SubmitOutcome::Failed(format!(
+                    "the weight commit of block {} expired before it was revealed",
+                    pending.commit_block
+                )))
+            }
+            RevealTiming::Now => {
+                chain
+                    .reveal_weights(
+                        netuid,
+                        self.signer,
+                        &pending.uids,
+                        &pending.weights,
+                        &pending.salt,
+                        pending.version_key,
+                    )
+                    .await?;
+                self.remove_pending();
+                self.confirm(&pending.uids, &pending.weights).await?;
+                let weights = pending.uids.iter().copied().zip(pending.weights.iter().copied()).collect();
+                Ok(SubmitOutcome::Revealed { block: now, weights })
+            }
+        }
+    }
+
+    /// Reads the weights back: the chain holds what was sent (it may rescale so that the
+    /// largest is 65535, which ours already is).
+    async fn confirm(&self, uids: &[u16], weights: &[u16]) -> Result<(), ChainError> {
+        let mut on_chain = self.chain.weights(self.netuid, self.uid).await?;
+        on_chain.sort_unstable();
+        let mut sent: Vec<(u16, u16)> = uids.iter().copied().zip(weights.iter().copied()).collect();
+        sent.sort_unstable();
+        let close = on_chain.len() == sent.len()
+            && on_chain.iter().zip(&sent).all(|(a, b)| a.0 == b.0 && a.1.abs_diff(b.1) <= 1);
+        if close {
+            Ok(())
+        } else {
+            Err(ChainError::Invalid(format!("the weights read back ({on_chain:?}) are not those sent ({sent:?})")))
+        }
+    }
+
+    fn save_pending(&self, pending: &PendingCommit) -> Result<(), ChainError> {
+        let Some(path) = &self.pending_path else { return Ok(()) };
+        let json = serde_json::to_vec_pretty(pending).map_err(|e| ChainError::Invalid(e.to_string()))?;
+        tessera_core::fsutil::write_atomic(path, &json)
+            .map_err(|e| ChainError::Invalid(format!("keeping the weight commit at {}: {e}", path.display())))
+    }
+
+    fn remove_pending(&self) {
+        if let Some(path) = &self.pending_path
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "could not remove the revealed weight commit");
+        }
     }
 }
 
 /// Blocks from a commit to its reveal: the subnet's reveal period in epochs of `tempo + 1`.
 fn reveal_blocks(policy: &WeightsPolicy) -> u64 {
     policy.reveal_period_epochs.max(1) * (u64::from(policy.tempo) + 1)
-}
-
-async fn commit_hash(
-    ctx: &MinerContext,
-    policy: &WeightsPolicy,
-    uids: Vec<u16>,
-    weights: Vec<u16>,
-    now: u64,
-) -> Result<SubmitOutcome, ChainError> {
-    let (chain, netuid) = (&ctx.chain, ctx.netuid);
-    let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
-    let hash = tessera_core::chain::weights::commit_hash(
-        &ctx.own_hotkey(),
-        netuid,
-        &uids,
-        &weights,
-        &salt,
-        policy.version_key,
-    );
-    let mut pending =
-        PendingCommit { netuid, uids, weights, salt, version_key: policy.version_key, hash, commit_block: now };
-    // Kept before it is sent: a crash after the commit must not lose its reveal.
-    save_pending(ctx, &pending)?;
-    if let Err(e) = chain.commit_weights(netuid, ctx.hotkey.keypair(), hash).await {
-        remove_pending(ctx);
-        return Err(e);
-    }
-    let commits = chain.weight_commits(netuid, &ctx.own_hotkey()).await?;
-    if let Some(found) = commits.iter().find(|c| c.hash == hash) {
-        pending.commit_block = found.commit_block;
-        save_pending(ctx, &pending)?;
-    } else {
-        warn!(miner = %ctx.name, "the weight commit is not in the chain's commit storage yet");
-    }
-    Ok(SubmitOutcome::Committed { block: pending.commit_block })
-}
-
-/// Reveals a pending hash commit in its reveal epoch, then confirms the weights.
-async fn reveal(ctx: &MinerContext, pending: PendingCommit) -> Result<SubmitOutcome, ChainError> {
-    let (chain, netuid) = (&ctx.chain, ctx.netuid);
-    let policy = chain.weights_policy(netuid).await?;
-    let now = chain.latest_block().await?.number;
-    // The reveal lands in the next block: judge the timing there.
-    match tessera_core::chain::weights::reveal_timing(&policy, netuid, pending.commit_block, now + 1) {
-        RevealTiming::TooEarly { reveal_from_block } => Ok(SubmitOutcome::Waiting { until: reveal_from_block }),
-        RevealTiming::Expired => {
-            remove_pending(ctx);
-            Ok(SubmitOutcome::Failed(format!(
-                "the weight commit of block {} expired before it was revealed",
-                pending.commit_block
-            )))
-        }
-        RevealTiming::Now => {
-            let signer = ctx.hotkey.keypair();
-            chain
-                .reveal_weights(netuid, signer, &pending.uids, &pending.weights, &pending.salt, pending.version_key)
-                .await?;
-            remove_pending(ctx);
-            confirm(ctx, &pending.uids, &pending.weights).await?;
-            ctx.validator_stats
-                .record_weights(now, pending.uids.iter().copied().zip(pending.weights.iter().copied()).collect());
-            Ok(SubmitOutcome::Revealed { block: now })
-        }
-    }
-}
-
-/// Reads the weights back: the chain holds what was sent (it may rescale so that the
-/// largest is 65535, which ours already is).
-async fn confirm(ctx: &MinerContext, uids: &[u16], weights: &[u16]) -> Result<(), ChainError> {
-    let mut on_chain = ctx.chain.weights(ctx.netuid, ctx.uid).await?;
-    on_chain.sort_unstable();
-    let mut sent: Vec<(u16, u16)> = uids.iter().copied().zip(weights.iter().copied()).collect();
-    sent.sort_unstable();
-    let close =
-        on_chain.len() == sent.len() && on_chain.iter().zip(&sent).all(|(a, b)| a.0 == b.0 && a.1.abs_diff(b.1) <= 1);
-    if close {
-        Ok(())
-    } else {
-        Err(ChainError::Invalid(format!("the weights read back ({on_chain:?}) are not those sent ({sent:?})")))
-    }
-}
-
-fn save_pending(ctx: &MinerContext, pending: &PendingCommit) -> Result<(), ChainError> {
-    let Some(path) = pending_path(ctx) else { return Ok(()) };
-    let json = serde_json::to_vec_pretty(pending).map_err(|e| ChainError::Invalid(e.to_string()))?;
-    tessera_core::fsutil::write_atomic(&path, &json)
-        .map_err(|e| ChainError::Invalid(format!("keeping the weight commit at {}: {e}", path.display())))
-}
-
-fn remove_pending(ctx: &MinerContext) {
-    if let Some(path) = pending_path(ctx)
-        && let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(miner = %ctx.name, path = %path.display(), error = %e, "could not remove the revealed weight commit");
-    }
 }
