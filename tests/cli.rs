@@ -380,25 +380,9 @@ fn validator_takes_the_seed_validators_flags_and_refuses_a_miners_switches() {
     let out = sb.run(&["validator", "--help"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let help = stdout(&out);
-    for flag in [
-        "--actual_batch_size",
-        "--wallet.name",
-        "--wallet.hotkey",
-        "--wallet.path",
-        "--bucket",
-        "--device",
-        "--use_wandb",
-        "--project",
-        "--netuid",
-        "--remote",
-        "--sync_state",
-        "--debug",
-        "--trace",
-        "--test",
-        "--autoupdate",
-        "--subtensor.network",
-        "--subtensor.chain_endpoint",
-    ] {
+    // The seed validator's flags are the miner's but for the miner-only ones.
+    let miner_only = ["--random", "--baseline", "--local", "--checkpoint_path", "--process_name"];
+    for flag in SEED_FLAGS.iter().filter(|f| !miner_only.contains(f)) {
         assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "{flag}:\n{help}");
     }
     // --random is a miner's switch: refused before anything touches the network.

@@ -129,16 +129,7 @@ impl ValidatorJob {
             eval_loss,
             bytes_downloaded: 0,
         };
-        let hook = lock(&ctx.window_hook).clone();
-        if let Some(hook) = hook {
-            hook(ctx, &summary);
-        }
-        ctx.stats.record_window(summary);
-        let completed = MinerStats::get(&ctx.stats.windows_completed);
-        if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
-            base.engine.run(move |ops| ops.checkpoint(window)).await??;
-            MinerStats::add(&ctx.stats.checkpoints_written, 1);
-        }
+        base.finish(summary).await?;
         Ok(JobOutcome { window, trained: false })
     }
 

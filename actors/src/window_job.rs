@@ -211,6 +211,14 @@ impl WindowJob {
                 "window done without training"
             ),
         }
+        self.finish(summary).await?;
+        Ok(WindowOutcome { window, trained: report.micro_batches > 0 })
+    }
+
+    /// The window's end for every node: telemetry hook, the summary recorded, and a
+    /// checkpoint when one is due.
+    pub(crate) async fn finish(&self, summary: WindowSummary) -> Result<(), RuntimeError> {
+        let (ctx, window) = (&self.ctx, self.window);
         let hook = lock(&ctx.window_hook).clone();
         if let Some(hook) = hook {
             hook(ctx, &summary);
@@ -222,7 +230,7 @@ impl WindowJob {
             MinerStats::add(&ctx.stats.checkpoints_written, 1);
             debug!(miner = %ctx.name, window, step = meta.step, "checkpoint written");
         }
-        Ok(WindowOutcome { window, trained: report.micro_batches > 0 })
+        Ok(())
     }
 
     /// What this miner publishes as its delta: the honest one, or (devnet adversaries) a

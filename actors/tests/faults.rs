@@ -3,30 +3,18 @@
 //! several windows, a dropped block stream, and peers serving hostile slice files. Every
 //! wait polls with a deadline.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{DEADLINE, init_logs, wait_until};
 use tessera_actors::devnet::{Devnet, DevnetOptions};
 use tessera_actors::{ActorKind, Fault, MinerContext, MinerStats};
 use tessera_core::chain::Chain;
 use tessera_core::slice::{Expected, ObjectKey, SliceKind, SliceMeta, decode, encode, encode_unchecked};
 use tessera_core::wallet::LoadedHotkey;
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn,tessera_actors=info").with_test_writer().try_init();
-}
-
-/// Polls `cond` every 50 ms until it holds; panics naming `what` at the deadline.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn windows(ctx: &MinerContext) -> u64 {
     MinerStats::get(&ctx.stats.windows_completed)

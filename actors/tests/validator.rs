@@ -2,29 +2,17 @@
 //! on the dev chain within its rate limit, and loses no scores when its Evaluator or
 //! WeightSetter panics or the whole process restarts on the same state directory.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{init_logs, wait_until};
 use tessera_actors::devnet::{Devnet, DevnetOptions};
 use tessera_actors::{ActorKind, Fault, MinerContext, MinerStats};
 use tessera_core::chain::Chain;
 use tessera_core::validator::ScoreBook;
-
-const DEADLINE: Duration = Duration::from_secs(120);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn,tessera_actors=info").with_test_writer().try_init();
-}
-
-/// Polls `cond` every 50 ms until it holds; panics naming `what` at the deadline.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn start(dir: &Path, prefix: &str) -> Devnet {
     init_logs();

@@ -8,15 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::chopsticks::{BlockProducer, Chopsticks};
+use support::chopsticks::{BlockProducer, Chopsticks, jump_to};
 use tessera_actors::messages::SubmitOutcome;
 use tessera_actors::weight_setter::WeightsSubmitter;
 use tessera_core::chain::{Chain, SubtensorChain};
 use tessera_core::hotkey::{HotkeySigner, dev_keypair};
-
-async fn jump_to(chain: &SubtensorChain, height: u64) {
-    chain.raw_request("dev_newBlock", serde_json::json!([{ "unsafeBlockHeight": height }])).await.expect("jump");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_are_set_within_the_rate_limit_and_committed_then_revealed_under_commit_reveal() {

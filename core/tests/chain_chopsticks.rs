@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use support::chopsticks::{BlockProducer, Chopsticks};
+use support::chopsticks::{BlockProducer, Chopsticks, jump_to};
 use tessera_core::chain::weights::{self, RevealTiming};
 use tessera_core::chain::{
     BlockEvent, BlockInfo, BlockStreamOptions, Chain, CommitScheme, SubtensorChain, resilient_blocks,
@@ -102,9 +102,6 @@ async fn subnet_registration_commitments_and_weights_on_the_real_runtime() {
 }
 
 /// Builds one block numbered `height` (chopsticks' `unsafeBlockHeight`), skipping ahead.
-async fn jump_to(chain: &SubtensorChain, height: u64) {
-    chain.raw_request("dev_newBlock", serde_json::json!([{ "unsafeBlockHeight": height }])).await.expect("jump");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_rate_limit_and_commit_reveal_on_the_real_runtime() {
