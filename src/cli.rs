@@ -30,11 +30,35 @@ pub enum Command {
     /// the miner's set): scores every miner's delta each window and sets weights on chain.
     /// One hotkey per process; --random and --baseline do not apply and are refused.
     Validator(Box<MinerArgs>),
+    /// Inspect a training checkpoint: what it is of, and whether every byte is intact.
+    Checkpoint(CheckpointArgs),
     /// Print the validated network hyperparameters and the model they define (JSON).
     Hparams(HparamsArgs),
     /// Run a whole network on this machine: a dev chain, an S3 server and N miners
     /// training a tiny Llama on CPU, every real code path; prints each window and a summary.
     Devnet(DevnetArgs),
+}
+
+/// `tessera checkpoint …`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    pub command: CheckpointCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// The window, step, model (fingerprint, shape, parameters) and sizes of a checkpoint
+    /// file, after checking the header, the manifest and the BLAKE3 of every section; exits
+    /// non-zero naming the file and what is wrong when it is missing, truncated, damaged or
+    /// not a tessera checkpoint.
+    Show {
+        /// The checkpoint file (e.g. <state_dir>/checkpoints/latest.ckpt).
+        path: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The flags of `tessera devnet`.

@@ -1,6 +1,7 @@
 //! The `tessera` binary: command line, logging and process wiring. The protocol and the
 //! configuration rules live in `tessera-core`; this file only connects them.
 
+mod checkpoint;
 mod cli;
 mod devnet;
 mod miner;
@@ -33,6 +34,7 @@ async fn main() -> ExitCode {
         Command::Validator(args) => node(*args, true).await,
         Command::Hparams(args) => hparams(args).await,
         Command::Devnet(args) => devnet::run(args).await,
+        Command::Checkpoint(args) => checkpoint::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

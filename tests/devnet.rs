@@ -74,6 +74,24 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
     let svg = std::fs::read_to_string(report.join("heldout.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("baseline1"), "a plot with a legend");
 
+    // The miners' checkpoints read back whole with `tessera checkpoint show`; a truncated
+    // copy is refused, naming the file.
+    let ckpt = state_dir.join("miner1").join("checkpoints").join("latest.ckpt");
+    let show = Command::new(env!("CARGO_BIN_EXE_tessera")).args(["checkpoint", "show"]).arg(&ckpt).output().unwrap();
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{shown}{}", String::from_utf8_lossy(&show.stderr));
+    assert!(shown.contains("integrity   ok") && shown.contains("AdamW state for 21 of 21 tensors"), "{shown}");
+    let window: u64 = shown.lines().find_map(|l| l.strip_prefix("window")).unwrap().trim().parse().unwrap();
+    assert!((38..=40).contains(&window), "the last windows' checkpoint: {shown}");
+    let truncated = state.path().join("truncated.ckpt");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let show =
+        Command::new(env!("CARGO_BIN_EXE_tessera")).args(["checkpoint", "show"]).arg(&truncated).output().unwrap();
+    let err = String::from_utf8_lossy(&show.stderr);
+    assert_eq!(show.status.code(), Some(1), "{err}");
+    assert!(err.contains("truncated.ckpt is truncated"), "{err}");
+
     // A lockstep run on a new state directory starts at block 0: reproducible for a seed.
     let head: u64 = std::fs::read_to_string(state_dir.join("devnet-head")).unwrap().trim().parse().unwrap();
     assert!((80..90).contains(&head), "40 windows of 2 blocks from block 0, then the shutdown's: {head}");

@@ -7,8 +7,8 @@ use burn::backend::{Autodiff, NdArray};
 use tessera_core::hparams::LrSchedule;
 use tessera_model::LlamaConfig;
 use tessera_model::checkpoint::{
-    CheckpointError, CheckpointStore, FORMAT_VERSION, HEADER_LEN, load_checkpoint, read_checkpoint_meta,
-    save_checkpoint,
+    CheckpointError, CheckpointStore, FORMAT_VERSION, HEADER_LEN, inspect_checkpoint, load_checkpoint,
+    read_checkpoint_meta, save_checkpoint,
 };
 use tessera_model::init::initialize;
 use tessera_model::train::{OptimSettings, TokenBatch, Trainer};
@@ -255,4 +255,33 @@ fn the_store_keeps_the_previous_checkpoint_and_falls_back_to_it() {
     std::fs::remove_file(store.latest_path()).unwrap();
     save_checkpoint(&store.previous_path(), &t, &config(), 101).unwrap();
     assert_eq!(load().unwrap().unwrap().1.step, 2);
+}
+
+#[test]
+fn inspection_describes_a_checkpoint_and_names_a_damaged_section() {
+    let (dir, path) = saved();
+    let report = inspect_checkpoint(&path).unwrap();
+    assert_eq!((report.step, report.window, report.format_version), (3, 42, FORMAT_VERSION));
+    assert_eq!(report.config, config());
+    let layout = tessera_core::model::ParamLayout::llama(&config().shape()).unwrap();
+    assert_eq!((report.tensors, report.parameters), (layout.len(), layout.total_numel()));
+    assert_eq!(report.fingerprint, layout.fingerprint().to_string());
+    assert_eq!(report.tensors_with_optimizer_state, layout.len(), "every tensor has stepped");
+    // Values and two moments per tensor, each 4 bytes a value.
+    assert_eq!(report.sections_verified, 3 * layout.len());
+    assert_eq!(report.section_bytes, 3 * 4 * layout.total_numel() as u64);
+    assert_eq!(report.file_bytes, std::fs::metadata(&path).unwrap().len());
+
+    // A flipped bit in a section is found and named; the header and manifest still read.
+    let bytes = std::fs::read(&path).unwrap();
+    let mut damaged = bytes.clone();
+    damaged[HEADER_LEN as usize + 5] ^= 0x10;
+    std::fs::write(&path, &damaged).unwrap();
+    let err = inspect_checkpoint(&path).unwrap_err().to_string();
+    assert!(err.contains("is corrupt") && err.contains("values") && err.contains("ckpt"), "{err}");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(inspect_checkpoint(&path), Err(CheckpointError::Truncated { .. })));
+    let missing = dir.path().join("missing.ckpt");
+    let err = inspect_checkpoint(&missing).unwrap_err().to_string();
+    assert!(err.contains("missing.ckpt"), "{err}");
 }

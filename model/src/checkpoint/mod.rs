@@ -51,6 +51,10 @@ use crate::llama::LlamaConfig;
 use crate::params::{ParamError, ParamRef};
 use crate::train::{OptimSettings, Trainer};
 
+mod inspect;
+
+pub use inspect::{CheckpointReport, inspect_checkpoint};
+
 /// The file's first bytes.
 pub const MAGIC: [u8; 8] = *b"TSRACKPT";
 /// The format this code writes and the only one it reads.
