@@ -32,11 +32,42 @@ pub enum Command {
     Validator(Box<MinerArgs>),
     /// Inspect a training checkpoint: what it is of, and whether every byte is intact.
     Checkpoint(CheckpointArgs),
+    /// Write a checkpoint's model as a Hugging Face directory (config.json,
+    /// model.safetensors, the tokenizer files when given) that transformers loads as
+    /// LlamaForCausalLM.
+    Export(ExportArgs),
     /// Print the validated network hyperparameters and the model they define (JSON).
     Hparams(HparamsArgs),
     /// Run a whole network on this machine: a dev chain, an S3 server and N miners
     /// training a tiny Llama on CPU, every real code path; prints each window and a summary.
     Devnet(DevnetArgs),
+}
+
+/// The flags of `tessera export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The checkpoint file (e.g. <state_dir>/checkpoints/latest.ckpt); every section is
+    /// verified before anything is written.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+
+    /// The directory to write; it appears whole or not at all (written beside, renamed).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// The weights' dtype: f32 (exact), bf16 or f16 (rounded to nearest).
+    #[arg(long, value_name = "f32|bf16|f16", default_value = "f32")]
+    pub dtype: String,
+
+    /// Replace DIR when it exists and is not empty.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The tokenizer to ship with the model: a tokenizer.json, a directory holding one, or
+    /// a Hub name in the local HF cache; its tokenizer.json and tokenizer_config.json (and
+    /// special_tokens_map.json) are copied.
+    #[arg(long, value_name = "PATH|NAME")]
+    pub tokenizer: Option<String>,
 }
 
 /// `tessera checkpoint …`.

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod devnet;
+mod export;
 mod miner;
 mod validator;
 
@@ -35,6 +36,7 @@ async fn main() -> ExitCode {
         Command::Hparams(args) => hparams(args).await,
         Command::Devnet(args) => devnet::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

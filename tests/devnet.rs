@@ -92,6 +92,38 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
     assert_eq!(show.status.code(), Some(1), "{err}");
     assert!(err.contains("truncated.ckpt is truncated"), "{err}");
 
+    // Exported as an HF directory: f32, then refused over a non-empty one, then replaced
+    // in bf16 with --force.
+    let hf = state.path().join("hf");
+    let export = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["export", "--checkpoint"])
+            .arg(&ckpt)
+            .arg("--out")
+            .arg(&hf)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = export(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    assert!(config.contains("LlamaForCausalLM") && config.contains("\"torch_dtype\": \"float32\""), "{config}");
+    let f32_bytes = std::fs::metadata(hf.join("model.safetensors")).unwrap().len();
+    let out = export(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty: pass --force"));
+    let out = export(&["--force", "--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(hf.join("config.json")).unwrap().contains("bfloat16"));
+    assert!(std::fs::metadata(hf.join("model.safetensors")).unwrap().len() < f32_bytes * 6 / 10);
+    let leftovers: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(".tessera-export"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // A lockstep run on a new state directory starts at block 0: reproducible for a seed.
     let head: u64 = std::fs::read_to_string(state_dir.join("devnet-head")).unwrap().trim().parse().unwrap();
     assert!((80..90).contains(&head), "40 windows of 2 blocks from block 0, then the shutdown's: {head}");

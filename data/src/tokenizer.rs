@@ -139,6 +139,14 @@ impl TextTokenizer {
         Err(DataError::TokenizerNotFound { name: name.to_owned(), tried })
     }
 
+    /// The `tokenizer.json` it was loaded from (`None` for the byte tokenizer).
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::Bytes => None,
+            Self::Hf(t) => Some(t.path()),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Bytes => BYTE_VOCAB_SIZE,

@@ -91,6 +91,59 @@ pub fn hf_config_json(config: &LlamaConfig) -> Value {
     })
 }
 
+/// The dtype of an exported `model.safetensors` (tessera computes and stores f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ExportDtype {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "f32" | "float32" => Some(Self::F32),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            "f16" | "float16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            Self::F32 => Dtype::F32,
+            Self::Bf16 => Dtype::BF16,
+            Self::F16 => Dtype::F16,
+        }
+    }
+
+    /// `config.json`'s `torch_dtype`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 | Self::F16 => 2,
+        }
+    }
+
+    /// Little-endian bytes of `values` in this dtype (rounded to nearest even).
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Self::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Self::Bf16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            Self::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        }
+    }
+}
+
 /// Writes `model` as an HF model directory: `model.safetensors` (F32, canonical names, HF
 /// shapes; streamed one tensor at a time) then `config.json`, each atomically.
 pub fn export_hf<B: Backend>(model: &Llama<B>, config: &LlamaConfig, dir: &Path) -> Result<(), HfError> {
@@ -98,47 +151,74 @@ pub fn export_hf<B: Backend>(model: &Llama<B>, config: &LlamaConfig, dir: &Path)
     if !model.matches_layout(&layout) {
         return Err(HfError::ModelMismatch);
     }
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_hf_dir(config, dir, ExportDtype::F32, |i| Ok::<_, HfError>(model.param_values(i)?))
+}
+
+/// Writes an HF model directory for `config` whose tensors, in canonical order, come from
+/// `values(i)` (one at a time, so a 1B model never has a second copy in memory):
+/// `model.safetensors` in `dtype`, then `config.json`, each atomically.
+pub fn write_hf_dir<E: From<HfError>>(
+    config: &LlamaConfig,
+    dir: &Path,
+    dtype: ExportDtype,
+    mut values: impl FnMut(usize) -> Result<Vec<f32>, E>,
+) -> Result<(), E> {
+    let layout = ParamLayout::llama(&config.shape()).map_err(HfError::from)?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir)).map_err(E::from)?;
 
     let mut infos = Vec::with_capacity(layout.len());
     let mut offset = 0usize;
     for spec in layout.params() {
-        let len = spec.numel() * 4;
+        let len = spec.numel() * dtype.width();
         infos.push((
             spec.name.clone(),
-            TensorInfo { dtype: Dtype::F32, shape: spec.shape.clone(), data_offsets: (offset, offset + len) },
+            TensorInfo { dtype: dtype.safetensors(), shape: spec.shape.clone(), data_offsets: (offset, offset + len) },
         ));
         offset += len;
     }
     let weights = dir.join(WEIGHTS_FILE);
     let bad = |e: SafeTensorError| HfError::Safetensors { path: weights.clone(), reason: format!("{e:?}") };
     let format = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let metadata = Metadata::new(Some(format), infos).map_err(bad)?;
-    let mut header = serde_json::to_vec(&metadata).map_err(|source| HfError::Json { path: weights.clone(), source })?;
+    let metadata = Metadata::new(Some(format), infos).map_err(bad).map_err(E::from)?;
+    let mut header =
+        serde_json::to_vec(&metadata).map_err(|source| E::from(HfError::Json { path: weights.clone(), source }))?;
     // safetensors pads the header with spaces to a multiple of 8 (alignment of the data).
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let mut tmp =
-        tempfile::Builder::new().prefix(".tessera-hf-").suffix(".tmp").tempfile_in(dir).map_err(io_err(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tessera-hf-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))
+        .map_err(E::from)?;
     let tmp_path = tmp.path().to_path_buf();
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
-        w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err(&tmp_path))?;
-        w.write_all(&header).map_err(io_err(&tmp_path))?;
-        for i in 0..layout.len() {
-            let bytes: Vec<u8> = model.param_values(i)?.iter().flat_map(|v| v.to_le_bytes()).collect();
-            w.write_all(&bytes).map_err(io_err(&tmp_path))?;
+        w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err(&tmp_path)).map_err(E::from)?;
+        w.write_all(&header).map_err(io_err(&tmp_path)).map_err(E::from)?;
+        for (i, spec) in layout.params().iter().enumerate() {
+            let v = values(i)?;
+            if v.len() != spec.numel() {
+                return Err(E::from(HfError::ShapeMismatch {
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    found: vec![v.len()],
+                }));
+            }
+            w.write_all(&dtype.encode(&v)).map_err(io_err(&tmp_path)).map_err(E::from)?;
         }
-        w.flush().map_err(io_err(&tmp_path))?;
+        w.flush().map_err(io_err(&tmp_path)).map_err(E::from)?;
     }
-    tmp.as_file().sync_all().map_err(io_err(&tmp_path))?;
-    tmp.persist(&weights).map_err(|e| HfError::Io { path: weights.clone(), source: e.error })?;
+    tmp.as_file().sync_all().map_err(io_err(&tmp_path)).map_err(E::from)?;
+    tmp.persist(&weights).map_err(|e| E::from(HfError::Io { path: weights.clone(), source: e.error }))?;
 
     let config_path = dir.join(CONFIG_FILE);
-    let mut json = serde_json::to_vec_pretty(&hf_config_json(config))
-        .map_err(|source| HfError::Json { path: config_path.clone(), source })?;
+    let mut config_json = hf_config_json(config);
+    config_json["torch_dtype"] = json!(dtype.torch_name());
+    let mut json = serde_json::to_vec_pretty(&config_json)
+        .map_err(|source| E::from(HfError::Json { path: config_path.clone(), source }))?;
     json.push(b'\n');
-    tessera_core::fsutil::write_atomic(&config_path, &json).map_err(io_err(&config_path))?;
+    tessera_core::fsutil::write_atomic(&config_path, &json).map_err(io_err(&config_path)).map_err(E::from)?;
     Ok(())
 }
 

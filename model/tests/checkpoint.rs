@@ -285,3 +285,44 @@ fn inspection_describes_a_checkpoint_and_names_a_damaged_section() {
     let err = inspect_checkpoint(&missing).unwrap_err().to_string();
     assert!(err.contains("missing.ckpt"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_exports_to_an_hf_directory_in_f32_exactly_and_in_bf16_rounded() {
+    use tessera_model::checkpoint::export_checkpoint;
+    use tessera_model::hf::{ExportDtype, import_hf};
+    let (dir, path) = saved();
+    let (expected, _) = load(&path).unwrap();
+    let expected = param_bits(&expected);
+
+    let f32_dir = dir.path().join("hf-f32");
+    let report = export_checkpoint(&path, &f32_dir, ExportDtype::F32).unwrap();
+    assert_eq!(report.window, 42);
+    let (model, imported_config) = import_hf::<NdArray<f32>>(&f32_dir, &Default::default()).unwrap();
+    assert_eq!(imported_config, config());
+    let got: Vec<Vec<u32>> =
+        (0..model.num_params()).map(|i| model.param_values(i).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
+    assert_eq!(got, expected, "f32 export is exact");
+
+    let bf16_dir = dir.path().join("hf-bf16");
+    export_checkpoint(&path, &bf16_dir, ExportDtype::Bf16).unwrap();
+    let config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config_json["torch_dtype"], "bfloat16");
+    let f32_len = std::fs::metadata(f32_dir.join("model.safetensors")).unwrap().len();
+    let bf16_len = std::fs::metadata(bf16_dir.join("model.safetensors")).unwrap().len();
+    assert!(bf16_len < f32_len * 6 / 10, "half the bytes: {bf16_len} vs {f32_len}");
+    let (model, _) = import_hf::<NdArray<f32>>(&bf16_dir, &Default::default()).unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        for (got, want) in model.param_values(i).unwrap().iter().zip(want) {
+            let want = f32::from_bits(*want);
+            assert!((got - want).abs() <= want.abs() / 128.0 + 1e-30, "param {i}: {got} vs {want}");
+        }
+    }
+
+    // A damaged checkpoint is not exported.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN as usize + 5] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = export_checkpoint(&path, &dir.path().join("hf-bad"), ExportDtype::F32).unwrap_err();
+    assert!(err.to_string().contains("is corrupt"), "{err}");
+}

@@ -51,8 +51,10 @@ use crate::llama::LlamaConfig;
 use crate::params::{ParamError, ParamRef};
 use crate::train::{OptimSettings, Trainer};
 
+mod export;
 mod inspect;
 
+pub use export::{ExportError, export_checkpoint};
 pub use inspect::{CheckpointReport, inspect_checkpoint};
 
 /// The file's first bytes.
