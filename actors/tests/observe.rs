@@ -23,7 +23,9 @@ async fn metrics_health_and_readiness_follow_the_miners() {
     options.block_time = Duration::from_millis(300);
     options.settings = devnet_settings(options.block_time);
     options.hparams = tiny_hparams(3).unwrap();
+    options.validator = true;
     let net = Devnet::start(options).await.unwrap();
+    net.chain.set_weights_rate_limit(3);
     let miners = net.miners().to_vec();
     let status = net.host.as_ref().unwrap().status_receiver();
     let (addr, _server) = observe::serve("127.0.0.1:0".parse().unwrap(), miners.clone(), status).await.unwrap();
@@ -57,10 +59,56 @@ async fn metrics_health_and_readiness_follow_the_miners() {
     ] {
         assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
     }
+    // The validator's scores and weights, once it has set weights.
+    let validator = miners.iter().find(|m| m.is_validator()).expect("a validator").clone();
+    let start = Instant::now();
+    while MinerStats::get(&validator.validator_stats.weights_set) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(90), "the validator set no weights");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    for needle in [
+        "tessera_validator_moving_score{miner=\"obs-validator1\",uid=\"0\"}",
+        "tessera_validator_weight{",
+        "tessera_validator_weight_on_chain{",
+        "tessera_validator_scored{",
+        "tessera_validator_eval_seconds_per_miner{",
+        "tessera_validator_weight_submissions_total{miner=\"obs-validator1\",result=\"set\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
     let (code, _) = get(&format!("{base}/nope")).await;
     assert_eq!(code, 404);
 
     net.shutdown().await;
     let (code, body) = get(&format!("{base}/healthz")).await;
     assert_eq!(code, 503, "no miner running after shutdown: {body}");
+}
+
+/// The Grafana dashboard shipped in deploy/grafana is valid JSON and names only metrics
+/// that tessera exports (each a name the metrics code writes).
+#[test]
+fn the_grafana_dashboard_names_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/tessera-dashboard.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let exported = include_str!("../src/observe.rs");
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("an expression");
+            let mut rest = expr;
+            while let Some(at) = rest.find("tessera_") {
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 20, "the dashboard covers the metrics: {names:?}");
+    for name in &names {
+        assert!(exported.contains(&format!("\"{name}\"")), "{name} is not a metric tessera exports");
+    }
+    // The miner variable reads a gauge every miner has.
+    assert!(text.contains("label_values(tessera_window, miner)"));
 }
