@@ -30,6 +30,10 @@ pub enum Command {
     /// the miner's set): scores every miner's delta each window and sets weights on chain.
     /// One hotkey per process; --random and --baseline do not apply and are refused.
     Validator(Box<MinerArgs>),
+    /// One screen for a running miner or validator process: each node's UID, hotkey,
+    /// bucket, window, loss, tokens/s, peers, slices averaged, rejections, restarts and
+    /// health, read from its /metrics and /healthz.
+    Status(StatusArgs),
     /// Inspect a training checkpoint: what it is of, and whether every byte is intact.
     Checkpoint(CheckpointArgs),
     /// Write a checkpoint's model as a Hugging Face directory (config.json,
@@ -41,6 +45,14 @@ pub enum Command {
     /// Run a whole network on this machine: a dev chain, an S3 server and N miners
     /// training a tiny Llama on CPU, every real code path; prints each window and a summary.
     Devnet(DevnetArgs),
+}
+
+/// The flags of `tessera status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the process serves its metrics (its metrics.listen).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464")]
+    pub metrics: String,
 }
 
 /// The flags of `tessera export`.

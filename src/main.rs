@@ -6,6 +6,7 @@ mod cli;
 mod devnet;
 mod export;
 mod miner;
+mod status;
 mod validator;
 
 use std::io::IsTerminal;
@@ -37,6 +38,7 @@ async fn main() -> ExitCode {
         Command::Devnet(args) => devnet::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Export(args) => export::run(args),
+        Command::Status(args) => status::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -169,3 +169,42 @@ fn the_validator_rewards_honest_miners_over_every_adversary() {
         assert!(honest.iter().all(|&h| h > weight(adversary)), "{adversary}: {stdout}");
     }
 }
+
+#[test]
+fn status_shows_each_node_of_a_running_devnet_and_says_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let status = || Command::new(env!("CARGO_BIN_EXE_tessera")).args(["status", "--metrics", &url]).output().unwrap();
+    let out = status();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a tessera miner or validator running there"));
+
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["devnet", "--windows", "0", "--miners", "2", "--block-time", "200ms", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let screen = loop {
+        let out = status();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Ready once the validator has scored: every node has a window and the miners a loss.
+        let validator_row = text.lines().find(|l| l.starts_with("validator1 "));
+        if out.status.success() && validator_row.is_some_and(|r| r.contains(" validator ")) && text.contains("3+3")
+            || out.status.success() && text.contains("2+2")
+        {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no status with averaged slices: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = devnet.kill();
+    let _ = devnet.wait();
+    assert!(screen.contains("healthy: ok: miner1, miner2, validator1"), "{screen}");
+    let miner1 = screen.lines().find(|l| l.starts_with("miner1 ")).expect("miner1 row");
+    assert!(miner1.contains(" miner ") && miner1.contains("devnet-miner1"), "{miner1}");
+    assert!(screen.contains("miner1: rejected none; restarts none"), "{screen}");
+}

@@ -151,6 +151,12 @@ fn describe() {
     describe_gauge!("tessera_window_idle", "1 when the last window trained nothing (the log says why), else 0.");
     describe_counter!("tessera_slices_rejected_total", "Peer slices not used, by reason.");
     describe_counter!("tessera_actor_restarts_total", "Restarts of the miner's actors, by actor.");
+    describe_gauge!(
+        "tessera_miner_info",
+        "1, with the node's uid, hotkey, bucket and role (miner or validator) as labels."
+    );
+    describe_gauge!("tessera_peers", "Registered peers with a bucket commitment, as last read from the chain.");
+    describe_gauge!("tessera_window_slices_averaged", "Slices averaged into the model in the last window, by kind.");
     describe_gauge!("tessera_validator_score", "Validator: a UID's score in the last evaluated window.");
     describe_gauge!("tessera_validator_moving_score", "Validator: a UID's moving score.");
     describe_gauge!("tessera_validator_indicator", "Validator: a UID's moving own-data-beats-random indicator.");
@@ -207,6 +213,19 @@ fn record(m: &MinerContext) {
     let s = &m.stats;
     let clock = m.clock_now();
     gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
+    gauge!(
+        "tessera_miner_info",
+        "miner" => miner.clone(),
+        "uid" => m.uid.to_string(),
+        "hotkey" => m.own_hotkey().to_string(),
+        "bucket" => m.own_location().to_string(),
+        "role" => if m.is_validator() { "validator" } else { "miner" },
+    )
+    .set(1.0);
+    let view = m.peer_view();
+    if view.refreshed_ms > 0 {
+        gauge!("tessera_peers", "miner" => miner.clone()).set(view.peers.len() as f64);
+    }
     if m.is_validator() {
         record_validator(m, &miner);
     }
@@ -221,6 +240,9 @@ fn record(m: &MinerContext) {
         gauge!("tessera_utilization", "miner" => miner.clone()).set(last.utilization);
         gauge!("tessera_optimizer_step", "miner" => miner.clone()).set(last.step as f64);
         gauge!("tessera_window_lag", "miner" => miner.clone()).set(clock.window.saturating_sub(last.window) as f64);
+        for (kind, n) in [("state", last.state_slices), ("delta", last.delta_slices)] {
+            gauge!("tessera_window_slices_averaged", "miner" => miner.clone(), "kind" => kind).set(f64::from(n));
+        }
     }
     if let Some((window, loss)) = s.last_eval() {
         gauge!("tessera_eval_loss", "miner" => miner.clone()).set(f64::from(loss));
