@@ -34,6 +34,9 @@ pub enum Command {
     /// bucket, window, loss, tokens/s, peers, slices averaged, rejections, restarts and
     /// health, read from its /metrics and /healthz.
     Status(StatusArgs),
+    /// Mean loss and perplexity of a checkpoint (or an HF directory) on held-out pages:
+    /// pages no miner is assigned, the held-out set the devnet and miners evaluate on.
+    Eval(EvalArgs),
     /// Inspect a training checkpoint: what it is of, and whether every byte is intact.
     Checkpoint(CheckpointArgs),
     /// Write a checkpoint's model as a Hugging Face directory (config.json,
@@ -45,6 +48,58 @@ pub enum Command {
     /// Run a whole network on this machine: a dev chain, an S3 server and N miners
     /// training a tiny Llama on CPU, every real code path; prints each window and a summary.
     Devnet(DevnetArgs),
+}
+
+/// The flags of `tessera eval`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["checkpoint", "hf"])))]
+pub struct EvalArgs {
+    /// A tessera checkpoint file.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// A Hugging Face model directory (config.json + model.safetensors), e.g. an export.
+    #[arg(long, value_name = "DIR")]
+    pub hf: Option<PathBuf>,
+
+    /// The data the held-out pages come from: huggingface (the seed's dataset), synthetic
+    /// (the devnet's generated text), or a local file or directory of jsonl/txt/parquet.
+    #[arg(long, value_name = "SOURCE", default_value = "synthetic")]
+    pub data: String,
+
+    /// Seed of the synthetic source (the devnet's --seed).
+    #[arg(long = "data-seed", value_name = "SEED", default_value_t = 0)]
+    pub data_seed: u64,
+
+    /// Held-out pages to evaluate on.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub pages: usize,
+
+    /// Sequences per micro-batch.
+    #[arg(long = "batch-size", value_name = "N", default_value_t = 4)]
+    pub batch_size: usize,
+
+    /// Tokens per sequence [default: the hparams' sequence_length, at most the model's
+    /// max_position_embeddings].
+    #[arg(long = "seq-len", value_name = "N")]
+    pub seq_len: Option<usize>,
+
+    /// At most this many micro-batches of the pages (0: all).
+    #[arg(long = "max-batches", value_name = "N", default_value_t = 0)]
+    pub max_batches: usize,
+
+    /// The tokenizer: bytes, a tokenizer.json, a directory, or a Hub name in the HF cache
+    /// [default: bytes for a byte-vocabulary model, else the hparams' tokenizer_name].
+    #[arg(long, value_name = "SPEC")]
+    pub tokenizer: Option<String>,
+
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags of `tessera status`.

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod devnet;
+mod eval;
 mod export;
 mod miner;
 mod status;
@@ -39,6 +40,7 @@ async fn main() -> ExitCode {
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Export(args) => export::run(args),
         Command::Status(args) => status::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,6 +124,29 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // `tessera eval` on the checkpoint measures what the devnet measured last: the same
+    // held-out pages (seed 0), micro-batches and model; and on the f32 export the same.
+    let devnet_heldout: f64 = columns[5].parse().expect("heldout column");
+    let eval = |args: &[&str]| -> f64 {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["eval", "--pages", "1", "--seq-len", "64", "--max-batches", "16", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["loss"].as_f64().unwrap()
+    };
+    let from_checkpoint = eval(&["--checkpoint", ckpt.to_str().unwrap()]);
+    assert!((from_checkpoint - devnet_heldout).abs() < 0.002, "{from_checkpoint} vs the devnet's {devnet_heldout}");
+    let f32_export = state.path().join("hf-f32");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["export", "--checkpoint", ckpt.to_str().unwrap(), "--out", f32_export.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(eval(&["--hf", f32_export.to_str().unwrap()]), from_checkpoint, "the f32 export is the same model");
+
     // A lockstep run on a new state directory starts at block 0: reproducible for a seed.
     let head: u64 = std::fs::read_to_string(state_dir.join("devnet-head")).unwrap().trim().parse().unwrap();
     assert!((80..90).contains(&head), "40 windows of 2 blocks from block 0, then the shutdown's: {head}");

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod engine;
+pub mod evaluate;
 pub mod hf;
 pub mod init;
 pub mod llama;

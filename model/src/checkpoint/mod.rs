@@ -204,6 +204,24 @@ pub fn load_checkpoint<B: AutodiffBackend>(
     Ok((trainer, meta))
 }
 
+/// The model of the checkpoint at `path` (its values only: no optimizer state, so a third
+/// of the memory of [`load_checkpoint`]), of the configuration the checkpoint records.
+pub fn load_checkpoint_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<(crate::Llama<B>, CheckpointMeta), CheckpointError> {
+    let mut file = open(path)?;
+    let (manifest, data_end) = read_manifest(&mut file, path)?;
+    let layout = ParamLayout::llama(&manifest.config.shape())?;
+    let meta = check_manifest(&manifest, &layout, path)?;
+    let mut model = manifest.config.init_zeros::<B>(device);
+    for (i, entry) in manifest.params.iter().enumerate() {
+        let values = read_f32(&mut file, path, data_end, &entry.values, &entry.name, layout.params()[i].numel())?;
+        model = model.set_param_values(i, &values)?;
+    }
+    Ok((model, meta))
+}
+
 /// Reads and verifies a checkpoint's header and manifest (not its tensors): what it is of.
 pub fn read_checkpoint_meta(path: &Path, config: &LlamaConfig) -> Result<CheckpointMeta, CheckpointError> {
     let layout = ParamLayout::llama(&config.shape())?;
