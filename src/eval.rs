@@ -22,6 +22,11 @@ pub async fn run(args: EvalArgs) -> Result<()> {
     };
     let device = Device::parse(&args.device)
         .ok_or_else(|| anyhow!("--device {:?}: expected cpu, cuda or cuda:N", args.device))?;
+    if let ModelFile::Checkpoint(path) = &file
+        && !path.exists()
+    {
+        bail!("{}: no such file (a miner keeps its checkpoints in <state_dir>/checkpoints/)", path.display());
+    }
     let described = match &file {
         ModelFile::Checkpoint(p) | ModelFile::Hf(p) => p.display().to_string(),
     };

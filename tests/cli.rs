@@ -398,3 +398,26 @@ fn validator_takes_the_seed_validators_flags_and_refuses_a_miners_switches() {
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("a validator process runs one hotkey"), "{}", stderr(&out));
 }
+
+#[test]
+fn operator_tools_name_the_file_and_what_is_wrong() {
+    let sb = Sandbox::new();
+    let foreign = sb.write("scores.json", "{\"not\": \"a checkpoint\"}");
+    let foreign = foreign.to_str().unwrap();
+    let missing = sb.path().join("missing.ckpt");
+    let missing = missing.to_str().unwrap();
+    let out_dir = sb.path().join("out");
+    for (args, expected) in [
+        (vec!["checkpoint", "show", foreign], "scores.json is not a tessera checkpoint"),
+        (vec!["checkpoint", "show", missing], "missing.ckpt: no such file"),
+        (vec!["export", "--checkpoint", foreign, "--out", out_dir.to_str().unwrap()], "is not a tessera checkpoint"),
+        (vec!["export", "--checkpoint", missing, "--out", out_dir.to_str().unwrap()], "missing.ckpt: no such file"),
+        (vec!["eval", "--checkpoint", foreign], "is not a tessera checkpoint"),
+        (vec!["export", "--checkpoint", foreign, "--out", "x", "--dtype", "int8"], "expected f32, bf16 or f16"),
+    ] {
+        let out = sb.run(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!out_dir.exists(), "nothing written for a bad checkpoint");
+}

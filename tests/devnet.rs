@@ -5,6 +5,9 @@
 
 use std::process::{Command, Output};
 
+/// A tiny Hugging Face tokenizer (word level), for the export's --tokenizer.
+const TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"</s>":1,"the":2},"unk_token":"[UNK]"}}"#;
+
 fn devnet(args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("devnet")
@@ -146,6 +149,20 @@ fn a_short_devnet_trains_exchanges_beats_the_baseline_and_resumes() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(eval(&["--hf", f32_export.to_str().unwrap()]), from_checkpoint, "the f32 export is the same model");
+    // With --tokenizer, its files travel with the model.
+    let tok = state.path().join("tok");
+    std::fs::create_dir_all(&tok).unwrap();
+    std::fs::write(tok.join("tokenizer.json"), TOKENIZER_JSON).unwrap();
+    std::fs::write(tok.join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["export", "--force", "--checkpoint", ckpt.to_str().unwrap(), "--out", f32_export.to_str().unwrap()])
+        .args(["--tokenizer", tok.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(f32_export.join(file).is_file(), "{file} exported");
+    }
 
     // A lockstep run on a new state directory starts at block 0: reproducible for a seed.
     let head: u64 = std::fs::read_to_string(state_dir.join("devnet-head")).unwrap().trim().parse().unwrap();
