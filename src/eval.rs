@@ -22,10 +22,14 @@ pub async fn run(args: EvalArgs) -> Result<()> {
     };
     let device = Device::parse(&args.device)
         .ok_or_else(|| anyhow!("--device {:?}: expected cpu, cuda or cuda:N", args.device))?;
-    if let ModelFile::Checkpoint(path) = &file
-        && !path.exists()
-    {
-        bail!("{}: no such file (a miner keeps its checkpoints in <state_dir>/checkpoints/)", path.display());
+    match &file {
+        ModelFile::Checkpoint(path) if !path.exists() => {
+            bail!("{}: no such file (a miner keeps its checkpoints in <state_dir>/checkpoints/)", path.display())
+        }
+        ModelFile::Hf(dir) if !dir.join("config.json").is_file() => {
+            bail!("{}: not a Hugging Face model directory (no config.json)", dir.display())
+        }
+        _ => {}
     }
     let described = match &file {
         ModelFile::Checkpoint(p) | ModelFile::Hf(p) => p.display().to_string(),
