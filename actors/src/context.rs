@@ -14,7 +14,7 @@ use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Dtype, Exchange, SliceIndices, SliceKind, slice_len};
+use tessera_core::slice::{Dtype, Exchange, Expected, SliceIndices, SliceKind, slice_len};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
 use tessera_core::validator::ScoreBook;
 use tessera_core::wallet::LoadedHotkey;
@@ -466,6 +466,28 @@ impl MinerContext {
             cache.pop_front();
         }
         Ok(computed)
+    }
+
+    /// What a valid `kind` slice of `window` looks like to this node: this model, this
+    /// compression and exchange; signed by `hotkey` (any when `None`), one of `registered`
+    /// (unchecked when `None`).
+    pub fn expected_slice<'a>(
+        &self,
+        kind: SliceKind,
+        window: Window,
+        hotkey: Option<Hotkey>,
+        registered: Option<&'a HashSet<Hotkey>>,
+    ) -> Expected<'a> {
+        Expected {
+            kind,
+            window,
+            hotkey,
+            registered,
+            fingerprint: self.model.layout.fingerprint(),
+            compression: self.hparams.compression,
+            value_count: self.slice_value_count(),
+            version: self.exchange().protocol_version(),
+        }
     }
 
     /// How this miner exchanges training with its peers (the network's hparams).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tessera_core::slice::{Expected, MeanAccumulator, SliceKind, decode};
+use tessera_core::slice::{MeanAccumulator, SliceKind, decode};
 use tessera_core::window::Window;
 use tracing::{debug, warn};
 
@@ -94,16 +94,7 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
                 continue;
             }
         };
-        let expected = Expected {
-            kind,
-            window,
-            hotkey: Some(slice.key.hotkey),
-            registered,
-            fingerprint: ctx.model.layout.fingerprint(),
-            compression: ctx.hparams.compression,
-            value_count,
-            version: ctx.exchange().protocol_version(),
-        };
+        let expected = ctx.expected_slice(kind, window, Some(slice.key.hotkey), registered);
         let added = decode(&bytes, &expected)
             .map_err(|e| (e.reason(), e.to_string()))
             .and_then(|view| acc.add(&view).map_err(|e| ("aggregate", e.to_string())));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
 use tessera_core::hotkey::Hotkey;
-use tessera_core::slice::{Exchange, Expected, SliceKind, decode};
+use tessera_core::slice::{Exchange, SliceKind, decode};
 use tessera_core::validator::{
     CopyCandidate, Evaluation, ScoreBook, ScoringParams, WindowOutcome, find_copies, sketch, sketch_positions,
 };
@@ -292,7 +292,7 @@ impl ValidatorJob {
                         continue;
                     }
                 };
-                match decode(&bytes, &delta_expected(&work, e, slice.key.hotkey, registered)) {
+                match decode(&bytes, &work.expected_slice(SliceKind::Delta, e, Some(slice.key.hotkey), registered)) {
                     Ok(view) => {
                         let candidate = CopyCandidate {
                             uid,
@@ -344,7 +344,8 @@ impl ValidatorJob {
         let values: Vec<f32> = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
             // One update in memory at a time: read back from the cache, checked again.
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let view = decode(&bytes, &delta_expected(&work, e, hotkey, None)).map_err(|e| e.to_string())?;
+            let view = decode(&bytes, &work.expected_slice(SliceKind::Delta, e, Some(hotkey), None))
+                .map_err(|e| e.to_string())?;
             Ok(view.values().into_owned())
         })
         .await
@@ -407,25 +408,6 @@ impl ValidatorJob {
         let until = start + (end - start) * 7 / 10;
         let left = (until - crate::context::unix_ms()).max(0) as u64;
         Some(Instant::now() + Duration::from_millis(left))
-    }
-}
-
-/// What a valid delta of window `e` signed by `hotkey` looks like, as a miner checks it.
-fn delta_expected<'a>(
-    ctx: &MinerContext,
-    e: Window,
-    hotkey: Hotkey,
-    registered: Option<&'a std::collections::HashSet<Hotkey>>,
-) -> Expected<'a> {
-    Expected {
-        kind: SliceKind::Delta,
-        window: e,
-        hotkey: Some(hotkey),
-        registered,
-        fingerprint: ctx.model.layout.fingerprint(),
-        compression: ctx.hparams.compression,
-        value_count: ctx.slice_value_count(),
-        version: ctx.exchange().protocol_version(),
     }
 }
 

@@ -278,16 +278,7 @@ impl WindowJob {
                 && let Some(slice) = outcome.slices.iter().find(|s| s.key.hotkey == victim)
                 && let Ok(bytes) = std::fs::read(&slice.path)
             {
-                let expected = tessera_core::slice::Expected {
-                    kind: SliceKind::Delta,
-                    window,
-                    hotkey: Some(victim),
-                    registered: None,
-                    fingerprint: ctx.model.layout.fingerprint(),
-                    compression: ctx.hparams.compression,
-                    value_count: ctx.slice_value_count(),
-                    version: ctx.exchange().protocol_version(),
-                };
+                let expected = ctx.expected_slice(SliceKind::Delta, window, Some(victim), None);
                 if let Ok(view) = tessera_core::slice::decode(&bytes, &expected) {
                     return Some(view.values().into_owned());
                 }

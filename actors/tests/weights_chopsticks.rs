@@ -8,26 +8,19 @@ mod support;
 
 use std::time::Duration;
 
-use support::chopsticks::{BlockProducer, Chopsticks, jump_to};
+use support::chopsticks::{BlockProducer, Chopsticks, DevSubnet, jump_to};
 use tessera_actors::messages::SubmitOutcome;
 use tessera_actors::weight_setter::WeightsSubmitter;
 use tessera_core::chain::{Chain, SubtensorChain};
-use tessera_core::hotkey::{HotkeySigner, dev_keypair};
+use tessera_core::hotkey::HotkeySigner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_are_set_within_the_rate_limit_and_committed_then_revealed_under_commit_reveal() {
     let node = Chopsticks::start().await;
     let chain = SubtensorChain::connect(&node.endpoint()).await.expect("connect");
     let _producer = BlockProducer::start(node.endpoint(), Duration::from_millis(100)).await;
-    let (alice, bob, charlie, dave) = (
-        dev_keypair("Alice").unwrap(),
-        dev_keypair("Bob").unwrap(),
-        dev_keypair("Charlie").unwrap(),
-        dev_keypair("Dave").unwrap(),
-    );
-    let netuid = chain.register_network(&alice, &bob.hotkey()).await.expect("register_network");
-    let uid = chain.register(netuid, &alice, &charlie.hotkey()).await.expect("register the validator");
-    let miner = chain.register(netuid, &alice, &dave.hotkey()).await.expect("register a miner");
+    // Charlie validates, Dave mines.
+    let DevSubnet { charlie, netuid, uid_charlie: uid, uid_dave: miner, .. } = DevSubnet::register(&chain).await;
     let dir = tempfile::tempdir().unwrap();
     let pending_path = dir.path().join("weights-commit.json");
     let submitter = WeightsSubmitter {

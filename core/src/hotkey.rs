@@ -68,6 +68,9 @@ pub fn verify(hotkey: &Hotkey, message: &[u8], signature: &[u8; 64]) -> bool {
     sr25519::verify(&sr25519::Signature(*signature), message, &sr25519::PublicKey(hotkey.0))
 }
 
+/// The sr25519 key pair the chain API signs with (re-exported: it is part of the `Chain` trait).
+pub use subxt_signer::sr25519::Keypair;
+
 /// A development keypair (`//Alice`, `//Bob`, …, or any `//Name`), for the devnet and tests.
 pub fn dev_keypair(name: &str) -> Result<sr25519::Keypair, String> {
     let uri = format!("//{}", name.trim_start_matches("//"));

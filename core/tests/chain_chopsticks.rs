@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use support::chopsticks::{BlockProducer, Chopsticks, jump_to};
+use support::chopsticks::{BlockProducer, Chopsticks, DevSubnet, jump_to};
 use tessera_core::chain::weights::{self, RevealTiming};
 use tessera_core::chain::{
     BlockEvent, BlockInfo, BlockStreamOptions, Chain, CommitScheme, SubtensorChain, resilient_blocks,
@@ -101,22 +101,12 @@ async fn subnet_registration_commitments_and_weights_on_the_real_runtime() {
     );
 }
 
-/// Builds one block numbered `height` (chopsticks' `unsafeBlockHeight`), skipping ahead.
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_rate_limit_and_commit_reveal_on_the_real_runtime() {
     let node = Chopsticks::start().await;
     let chain = SubtensorChain::connect(&node.endpoint()).await.expect("connect");
     let _producer = BlockProducer::start(node.endpoint(), Duration::from_millis(100)).await;
-    let (alice, bob, charlie, dave) = (
-        dev_keypair("Alice").unwrap(),
-        dev_keypair("Bob").unwrap(),
-        dev_keypair("Charlie").unwrap(),
-        dev_keypair("Dave").unwrap(),
-    );
-    let netuid = chain.register_network(&alice, &bob.hotkey()).await.expect("register_network");
-    let uid_charlie = chain.register(netuid, &alice, &charlie.hotkey()).await.expect("register charlie");
-    let uid_dave = chain.register(netuid, &alice, &dave.hotkey()).await.expect("register dave");
+    let DevSubnet { charlie, dave, netuid, uid_charlie, uid_dave, .. } = DevSubnet::register(&chain).await;
 
     // The subnet's policy as a new subnet gets it.
     let policy = chain.weights_policy(netuid).await.expect("policy");

@@ -179,3 +179,28 @@ impl Drop for BlockProducer {
 pub async fn jump_to(chain: &SubtensorChain, height: u64) {
     chain.raw_request("dev_newBlock", serde_json::json!([{ "unsafeBlockHeight": height }])).await.expect("jump");
 }
+
+/// A new subnet on the node: //Alice owns it (and pays), //Bob is its owner hotkey,
+/// //Charlie and //Dave are registered on it.
+pub struct DevSubnet {
+    pub alice: tessera_core::hotkey::Keypair,
+    pub bob: tessera_core::hotkey::Keypair,
+    pub charlie: tessera_core::hotkey::Keypair,
+    pub dave: tessera_core::hotkey::Keypair,
+    pub netuid: u16,
+    pub uid_charlie: u16,
+    pub uid_dave: u16,
+}
+
+impl DevSubnet {
+    pub async fn register(chain: &SubtensorChain) -> Self {
+        use tessera_core::chain::Chain;
+        use tessera_core::hotkey::{HotkeySigner, dev_keypair};
+        let key = |name: &str| dev_keypair(name).expect("dev key");
+        let (alice, bob, charlie, dave) = (key("Alice"), key("Bob"), key("Charlie"), key("Dave"));
+        let netuid = chain.register_network(&alice, &bob.hotkey()).await.expect("register_network");
+        let uid_charlie = chain.register(netuid, &alice, &charlie.hotkey()).await.expect("register charlie");
+        let uid_dave = chain.register(netuid, &alice, &dave.hotkey()).await.expect("register dave");
+        Self { alice, bob, charlie, dave, netuid, uid_charlie, uid_dave }
+    }
+}
