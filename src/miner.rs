@@ -167,6 +167,7 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
         schedule: WindowSchedule::new(hp.window_length)?,
         model: ModelSpec {
             device: config.device,
+            compute: Default::default(),
             llama: LlamaConfig::from(&shape),
             optim: OptimSettings::from_hparams(hp)?,
             layout: ParamLayout::llama(&shape)?,

@@ -332,6 +332,8 @@ impl Default for RuntimeSettings {
 /// The model side of a miner: architecture, layout, where checkpoints go, data.
 pub struct ModelSpec {
     pub device: tessera_core::config::Device,
+    /// Precision, attention kernel and recomputation on `device`.
+    pub compute: tessera_core::model::ComputeOptions,
     pub llama: LlamaConfig,
     pub optim: OptimSettings,
     pub layout: ParamLayout,

@@ -378,6 +378,7 @@ impl Devnet {
                 schedule,
                 model: ModelSpec {
                     device: Device::Cpu,
+                    compute: Default::default(),
                     llama: llama.clone(),
                     optim: optim.clone(),
                     layout: layout.clone(),

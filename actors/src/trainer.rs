@@ -179,6 +179,7 @@ fn engine_spec(ctx: &MinerContext) -> EngineSpec {
     EngineSpec {
         miner: ctx.name.clone(),
         device: ctx.model.device,
+        compute: ctx.model.compute,
         config: ctx.model.llama.clone(),
         settings: ctx.model.optim.clone(),
         checkpoints: ctx.model.checkpoints.clone(),

@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = EngineSpec {
         miner: "soak".into(),
         device: Device::Cpu,
+        compute: Default::default(),
         config: LlamaConfig::from(&shape),
         settings: OptimSettings::from_hparams(&hp)?,
         checkpoints: CheckpointStore::new(dir.path()),

@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = EngineSpec {
         miner: "validator-eval".into(),
         device: Device::Cpu,
+        compute: Default::default(),
         config: LlamaConfig::from(&shape),
         settings: OptimSettings::from_hparams(&hp)?,
         checkpoints: CheckpointStore::new(dir.path().join("checkpoints")),

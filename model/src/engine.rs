@@ -8,6 +8,7 @@
 use std::panic::AssertUnwindSafe;
 
 use tessera_core::config::Device;
+use tessera_core::model::ComputeOptions;
 use tessera_core::slice::SliceIndices;
 use thiserror::Error;
 
@@ -136,6 +137,8 @@ impl<B: AutodiffBackend> ModelOps for Engine<B> {
 pub struct EngineSpec {
     pub miner: String,
     pub device: Device,
+    /// Precision, attention kernel and recomputation on `device`.
+    pub compute: ComputeOptions,
     pub config: LlamaConfig,
     pub settings: OptimSettings,
     pub checkpoints: CheckpointStore,
@@ -230,6 +233,7 @@ mod tests {
         let spec = EngineSpec {
             miner: "t".into(),
             device: Device::Cpu,
+            compute: Default::default(),
             config,
             settings,
             checkpoints: CheckpointStore::new(dir.path()),

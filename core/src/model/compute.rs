@@ -1,0 +1,194 @@
+//! How a node computes the model on its device: the float precision of the products, the
+//! attention kernel, and whether decoder blocks are recomputed in the backward pass.
+//! None of these change what peers exchange (slices and checkpoints stay fp32 values);
+//! they trade speed and memory on one node.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Precision of the model's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// `bf16-mixed` on a CUDA GPU with bf16 tensor cores (compute capability ≥ 8.0), else
+    /// `fp32`.
+    #[default]
+    Auto,
+    /// fp32 master weights, AdamW moments, norms, softmax statistics and loss; matmul
+    /// operands cast to bf16 with fp32 accumulation (torch's bf16 autocast).
+    Bf16Mixed,
+    /// Everything in fp32 (TF32 tensor cores on CUDA sm_80+).
+    Fp32,
+}
+
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionKernel {
+    /// `fused` where the backend has the fused kernels (CUDA), else `naive`.
+    #[default]
+    Auto,
+    /// Scores, mask, softmax and product as separate tensor operations: materialises the
+    /// `[batch, heads, seq, seq]` scores; runs on every backend (the reference).
+    Naive,
+    /// One kernel pair (forward, backward) in the FlashAttention-2 style: online softmax,
+    /// only the log-sum-exp rows saved for the backward.
+    Fused,
+}
+
+/// The compute choices of one node (settings `precision`, `attention`,
+/// `recompute_activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeOptions {
+    pub precision: Precision,
+    pub attention: AttentionKernel,
+    /// Keep only each decoder block's input in the forward pass and recompute the block in
+    /// the backward: activation memory of one block instead of all of them, for about a
+    /// third more compute.
+    pub recompute_activations: bool,
+}
+
+/// What [`ComputeOptions`] resolve to on a concrete backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedCompute {
+    pub bf16_matmul: bool,
+    pub fused_attention: bool,
+    pub recompute_activations: bool,
+}
+
+impl ComputeOptions {
+    /// The choices on a backend that does (or does not) have bf16 products and the fused
+    /// attention kernels. Explicit requests the backend cannot honour are errors naming
+    /// the setting.
+    pub fn resolve(
+        &self,
+        backend: &str,
+        has_bf16: bool,
+        has_fused_attention: bool,
+    ) -> Result<ResolvedCompute, ComputeError> {
+        let bf16_matmul = match self.precision {
+            Precision::Auto => has_bf16,
+            Precision::Bf16Mixed if has_bf16 => true,
+            Precision::Bf16Mixed => {
+                return Err(ComputeError::Unsupported {
+                    setting: "precision",
+                    value: "bf16-mixed",
+                    backend: backend.to_owned(),
+                });
+            }
+            Precision::Fp32 => false,
+        };
+        let fused_attention = match self.attention {
+            AttentionKernel::Auto => has_fused_attention,
+            AttentionKernel::Fused if has_fused_attention => true,
+            AttentionKernel::Fused => {
+                return Err(ComputeError::Unsupported {
+                    setting: "attention",
+                    value: "fused",
+                    backend: backend.to_owned(),
+                });
+            }
+            AttentionKernel::Naive => false,
+        };
+        Ok(ResolvedCompute { bf16_matmul, fused_attention, recompute_activations: self.recompute_activations })
+    }
+}
+
+impl fmt::Display for ResolvedCompute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {} attention{}",
+            if self.bf16_matmul { "bf16-mixed" } else { "fp32" },
+            if self.fused_attention { "fused" } else { "naive" },
+            if self.recompute_activations { ", blocks recomputed" } else { "" }
+        )
+    }
+}
+
+/// A compute choice this build or device cannot honour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    #[error("setting `{setting}` = \"{value}\" is not available on the {backend} backend")]
+    Unsupported { setting: &'static str, value: &'static str, backend: String },
+    #[error("setting `{setting}`: {value:?} is not one of {expected}")]
+    Unknown { setting: &'static str, value: String, expected: &'static str },
+}
+
+macro_rules! text_enum {
+    ($ty:ty, $setting:literal, $expected:literal, $($variant:ident = $text:literal),+) => {
+        impl $ty {
+            /// The setting's accepted values.
+            pub const EXPECTED: &'static str = $expected;
+            pub fn as_str(&self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = ComputeError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(ComputeError::Unknown { setting: $setting, value: s.to_owned(), expected: Self::EXPECTED }),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(
+    Precision,
+    "precision",
+    "`auto`, `bf16-mixed` or `fp32`",
+    Auto = "auto",
+    Bf16Mixed = "bf16-mixed",
+    Fp32 = "fp32"
+);
+text_enum!(AttentionKernel, "attention", "`auto`, `naive` or `fused`", Auto = "auto", Naive = "naive", Fused = "fused");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_the_backend_and_explicit_requests_are_checked() {
+        let auto = ComputeOptions::default();
+        let cuda = auto.resolve("cuda", true, true).unwrap();
+        assert!(cuda.bf16_matmul && cuda.fused_attention && !cuda.recompute_activations);
+        let cpu = auto.resolve("ndarray", false, false).unwrap();
+        assert!(!cpu.bf16_matmul && !cpu.fused_attention);
+        let fp32 = ComputeOptions {
+            precision: Precision::Fp32,
+            attention: AttentionKernel::Naive,
+            recompute_activations: true,
+        };
+        assert_eq!(fp32.resolve("cuda", true, true).unwrap().to_string(), "fp32, naive attention, blocks recomputed");
+        let bf16 = ComputeOptions { precision: Precision::Bf16Mixed, ..auto };
+        let err = bf16.resolve("ndarray", false, false).unwrap_err().to_string();
+        assert_eq!(err, "setting `precision` = \"bf16-mixed\" is not available on the ndarray backend");
+        let fused = ComputeOptions { attention: AttentionKernel::Fused, ..auto };
+        assert!(fused.resolve("ndarray", false, false).unwrap_err().to_string().contains("`attention`"));
+    }
+
+    #[test]
+    fn text_round_trips_and_names_the_setting() {
+        for p in [Precision::Auto, Precision::Bf16Mixed, Precision::Fp32] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!("FUSED".parse::<AttentionKernel>().unwrap(), AttentionKernel::Fused);
+        let err = "bf16".parse::<Precision>().unwrap_err().to_string();
+        assert_eq!(err, "setting `precision`: \"bf16\" is not one of `auto`, `bf16-mixed` or `fp32`");
+        let toml: ComputeOptions =
+            serde_json::from_str(r#"{"precision":"bf16-mixed","recompute_activations":true}"#).unwrap();
+        assert_eq!(toml.precision, Precision::Bf16Mixed);
+        assert!(toml.recompute_activations);
+    }
+}
