@@ -46,6 +46,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            // The library names settings; the command line has a flag for this one.
+            if let Some(ConfigError::MissingBucket) = err.downcast_ref::<ConfigError>() {
+                eprintln!("hint: or pass --bucket NAME");
+            }
             if err.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
@@ -80,21 +84,11 @@ fn init_logging_with(filter: EnvFilter, format: LogFormat) -> LogHandle {
     handle
 }
 
-/// `--log-format`, else `TESSERA__LOG_FORMAT`, else a config file's `log_format` (read
-/// quietly first, so the format holds from the first line), else text.
-fn log_format(flag: Option<&str>, sources: Option<&ConfigSources>) -> LogFormat {
-    let parse = |v: &str| match v.trim() {
-        "json" => Some(LogFormat::Json),
-        "text" => Some(LogFormat::Text),
-        _ => None,
-    };
-    if let Some(format) = flag.and_then(parse) {
-        return format;
-    }
-    if let Some(format) = std::env::var("TESSERA__LOG_FORMAT").ok().as_deref().and_then(parse) {
-        return format;
-    }
-    sources.and_then(|s| MinerConfig::load(s).ok()).map(|c| c.log_format).unwrap_or_default()
+/// The `log_format` setting of `sources` (flags and environment included), read before
+/// logging starts so that it holds from the first line; text when the configuration does
+/// not load (its error is reported once logging runs).
+fn log_format(sources: &ConfigSources) -> LogFormat {
+    MinerConfig::load_log_format(sources).unwrap_or_default()
 }
 
 fn log_filter(debug: bool, trace: bool) -> EnvFilter {
@@ -120,7 +114,7 @@ fn log_filter(debug: bool, trace: bool) -> EnvFilter {
 /// a validator runs one hotkey, reads every bucket, and scores instead of training.
 async fn node(args: MinerArgs, validator: bool) -> Result<()> {
     let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
-    let format = log_format(args.log_format.as_deref(), Some(&sources));
+    let format = log_format(&sources);
     let log = init_logging(args.debug, args.trace, format);
     let config = MinerConfig::load(&sources)?;
     let effective = config.effective_toml();

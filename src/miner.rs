@@ -13,7 +13,6 @@ use tessera_core::chain::{Chain, CommitmentChange, SubtensorChain, ensure_commit
 use tessera_core::config::{DataConfig, DataSourceSpec, MinerConfig, MinerInstance};
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::Dtype;
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache, TransferOptions};
 use tessera_core::wallet::{LoadedHotkey, WalletSpec};
 use tessera_core::window::WindowSchedule;
@@ -40,14 +39,14 @@ pub struct Shared {
 
 impl Shared {
     pub async fn new(config: &MinerConfig, hparams: Hparams) -> Result<Self> {
-        let chain = Arc::new(SubtensorChain::connect(&config.subtensor.chain_endpoint).await?);
+        let chain = Arc::new(SubtensorChain::connect(config.chain_endpoint()).await?);
         let runtime = &config.runtime;
         let opts = TransferOptions {
-            transfer_timeout: runtime.peer_deadline(),
-            progress_timeout: runtime.progress_timeout(),
+            transfer_timeout: runtime.peer_deadline,
+            progress_timeout: runtime.progress_timeout,
             ..TransferOptions::default()
         };
-        let peer_clients = PeerClients::new(&config.s3.region, opts)?;
+        let peer_clients = PeerClients::new(config.s3.region(), opts)?;
         let cache_dir = runtime.cache_dir.clone();
         let cache = tokio::task::spawn_blocking(move || SliceCache::open(cache_dir)).await??;
         Ok(Self { hparams, chain, peer_clients, cache })
@@ -101,8 +100,8 @@ fn page_source(data: &DataConfig) -> Result<Arc<dyn PageSource>> {
 pub fn load_wallet(instance: &MinerInstance) -> Result<LoadedHotkey> {
     let config = &instance.config;
     let wallet = WalletSpec {
-        name: config.wallet.name.clone(),
-        hotkey: config.wallet.hotkey.clone(),
+        name: config.wallet.name.to_string(),
+        hotkey: config.wallet.hotkey.to_string(),
         path: config.wallet.path.clone(),
     };
     let hotkey = wallet.load_hotkey()?;
@@ -167,7 +166,7 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
         schedule: WindowSchedule::new(hp.window_length)?,
         model: ModelSpec {
             device: config.device,
-            compute: Default::default(),
+            compute: config.compute(),
             llama: LlamaConfig::from(&shape),
             optim: OptimSettings::from_hparams(hp)?,
             layout: ParamLayout::llama(&shape)?,
@@ -179,8 +178,10 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
         settings: RuntimeSettings {
             // A validator reads every miner's committed bucket.
             remote: config.remote || validator,
-            ..runtime_settings(config, hp)
+            block_time: SUBTENSOR_BLOCK_TIME,
+            ..config.runtime_settings(hp.validator_window_eval_size)
         },
+        behaviour: Default::default(),
         chain: shared.chain.clone(),
         own_bucket,
         peer_clients: shared.peer_clients.clone(),
@@ -192,36 +193,6 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
             NodeRole::Miner
         },
     }))
-}
-
-fn runtime_settings(config: &MinerConfig, hp: &Hparams) -> RuntimeSettings {
-    let r = &config.runtime;
-    RuntimeSettings {
-        checkpoint_every: r.checkpoint_every,
-        download_concurrency: r.download_concurrency as usize,
-        peer_deadline: r.peer_deadline(),
-        progress_timeout: r.progress_timeout(),
-        peer_failures_before_skip: r.peer_failures_before_skip,
-        peer_skip: r.peer_skip(),
-        refresh_period: r.refresh_period(),
-        max_restarts: r.max_restarts as usize,
-        restart_period: r.restart_period(),
-        restart_backoff: r.restart_backoff(),
-        restart_backoff_max: r.restart_backoff_max(),
-        shutdown_timeout: r.shutdown_timeout(),
-        clock_skew: r.clock_skew(),
-        block_time: SUBTENSOR_BLOCK_TIME,
-        remote: config.remote,
-        baseline: config.baseline,
-        random: config.random,
-        sync_state: config.sync_state,
-        batch_size: config.actual_batch_size as usize,
-        pages_per_window: config.data.pages_per_window.unwrap_or(hp.validator_window_eval_size) as usize,
-        upload_dtype: Dtype::F32,
-        stall_timeout: Duration::from_secs(60),
-        eval_every: r.eval_every,
-        ..RuntimeSettings::default()
-    }
 }
 
 /// Runs the host until a signal (graceful stop, Ok) or until every miner failed (Err),
@@ -236,7 +207,7 @@ pub async fn run(miners: Vec<Arc<MinerContext>>, config: &MinerConfig) -> Result
         })?),
         None => None,
     };
-    let shutdown_timeout = config.runtime.shutdown_timeout();
+    let shutdown_timeout = config.runtime.shutdown_timeout;
     let signal = shutdown_signal();
     let outcome = tokio::select! {
         name = signal => {
@@ -353,7 +324,7 @@ fn not_registered(config: &MinerConfig, hotkey: &str) -> anyhow::Error {
         name = config.wallet.name,
         hk = config.wallet.hotkey,
         netuid = config.netuid,
-        endpoint = config.subtensor.chain_endpoint,
+        endpoint = config.chain_endpoint(),
         network = config.subtensor.network,
     )
 }
@@ -363,10 +334,10 @@ fn not_registered(config: &MinerConfig, hotkey: &str) -> anyhow::Error {
 async fn check_own_bucket(config: &MinerConfig, location: &BucketLocation) -> Result<BucketClient> {
     let credentials = config.s3.credentials().resolve()?;
     let opts = TransferOptions {
-        transfer_timeout: config.runtime.peer_deadline().max(Duration::from_secs(120)),
+        transfer_timeout: config.runtime.peer_deadline.max(Duration::from_secs(120)),
         ..TransferOptions::default()
     };
-    let client = BucketClient::new(location, &config.s3.region, credentials, opts)?;
+    let client = BucketClient::new(location, config.s3.region(), credentials, opts)?;
     let existing =
         client.list("state-").await.with_context(|| format!("checking access to the own bucket {location}"))?;
     info!(bucket = %location, state_slices = existing.len(), "own bucket is reachable");
@@ -378,7 +349,7 @@ async fn check_own_bucket(config: &MinerConfig, location: &BucketLocation) -> Re
 fn own_bucket(config: &MinerConfig) -> Result<BucketLocation> {
     Ok(match &config.s3.endpoint {
         None => BucketLocation::aws(config.bucket.clone()),
-        Some(endpoint) => BucketLocation::endpoint(endpoint, config.bucket.clone())
-            .with_context(|| format!("s3.endpoint {endpoint} with bucket {}", config.bucket))?,
+        Some(endpoint) => BucketLocation::endpoint(&endpoint.0, config.bucket.clone())
+            .with_context(|| format!("s3.endpoint {} with bucket {}", endpoint.as_str(), config.bucket))?,
     })
 }

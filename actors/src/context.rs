@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{ActorRef, Message};
 use tessera_core::chain::{Chain, Metagraph};
@@ -14,7 +14,7 @@ use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Dtype, Exchange, Expected, SliceIndices, SliceKind, slice_len};
+use tessera_core::slice::{Exchange, Expected, SliceIndices, SliceKind, slice_len};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
 use tessera_core::validator::ScoreBook;
 use tessera_core::wallet::LoadedHotkey;
@@ -250,84 +250,9 @@ impl Faults {
     }
 }
 
-/// Tunables of one miner's runtime (from `[runtime]` and the seed flags).
-#[derive(Debug, Clone)]
-pub struct RuntimeSettings {
-    pub checkpoint_every: u64,
-    pub download_concurrency: usize,
-    pub peer_deadline: Duration,
-    pub progress_timeout: Duration,
-    pub peer_failures_before_skip: u32,
-    pub peer_skip: Duration,
-    pub refresh_period: Duration,
-    pub max_restarts: usize,
-    pub restart_period: Duration,
-    pub restart_backoff: Duration,
-    pub restart_backoff_max: Duration,
-    pub shutdown_timeout: Duration,
-    pub clock_skew: Duration,
-    /// Nominal block time, to extrapolate window bounds (12 s on subtensor).
-    pub block_time: Duration,
-    /// Read every peer's committed bucket (`--remote`), else only the own one.
-    pub remote: bool,
-    /// No slices downloaded or applied (`--baseline`).
-    pub baseline: bool,
-    /// Random pages instead of the UID's (`--random`).
-    pub random: bool,
-    /// Replay state history at start (`--sync_state`).
-    pub sync_state: bool,
-    /// Sequences per micro-batch (`--actual_batch_size`).
-    pub batch_size: usize,
-    pub pages_per_window: usize,
-    pub upload_dtype: Dtype,
-    /// Block-stream stall detection.
-    pub stall_timeout: Duration,
-    /// Evaluate the held-out loss every this many windows (0: never; it costs compute).
-    pub eval_every: u64,
-    /// Held-out pages evaluated, and at most this many micro-batches of them.
-    pub eval_pages: usize,
-    pub eval_batches: usize,
-    /// Fixed compute (the devnet's fair comparison): train exactly this many micro-batches
-    /// per window whatever the clock says, and let the clock wait; 0: train until the
-    /// window ends, as the seed.
-    pub fixed_micro_batches: usize,
-    /// Honest, or one of the faults the validator must catch (devnet only).
-    pub behaviour: Behaviour,
-}
-
-impl Default for RuntimeSettings {
-    fn default() -> Self {
-        Self {
-            checkpoint_every: 10,
-            download_concurrency: 16,
-            peer_deadline: Duration::from_secs(30),
-            progress_timeout: Duration::from_secs(10),
-            peer_failures_before_skip: 3,
-            peer_skip: Duration::from_secs(300),
-            refresh_period: Duration::from_secs(60),
-            max_restarts: 5,
-            restart_period: Duration::from_secs(300),
-            restart_backoff: Duration::from_millis(500),
-            restart_backoff_max: Duration::from_secs(30),
-            shutdown_timeout: Duration::from_secs(30),
-            clock_skew: Duration::from_secs(30),
-            block_time: Duration::from_secs(12),
-            remote: false,
-            baseline: false,
-            random: false,
-            sync_state: false,
-            batch_size: 8,
-            pages_per_window: 15,
-            upload_dtype: Dtype::F32,
-            stall_timeout: Duration::from_secs(60),
-            eval_every: 0,
-            eval_pages: 1,
-            eval_batches: 16,
-            fixed_micro_batches: 0,
-            behaviour: Behaviour::Honest,
-        }
-    }
-}
+/// The runtime tunables of a miner: one type, configured by `[runtime]` and set by the
+/// binary or the devnet.
+pub use tessera_core::config::RuntimeSettings;
 
 /// The model side of a miner: architecture, layout, where checkpoints go, data.
 pub struct ModelSpec {
@@ -358,6 +283,8 @@ pub struct MinerContext {
     pub schedule: WindowSchedule,
     pub model: ModelSpec,
     pub settings: RuntimeSettings,
+    /// Honest, or one of the faults the validator must catch (devnet only).
+    pub behaviour: Behaviour,
     pub chain: Arc<dyn Chain>,
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
@@ -400,6 +327,8 @@ pub struct MinerParts {
     pub schedule: WindowSchedule,
     pub model: ModelSpec,
     pub settings: RuntimeSettings,
+    /// Honest, or one of the faults the validator must catch (devnet only).
+    pub behaviour: Behaviour,
     pub chain: Arc<dyn Chain>,
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
@@ -421,6 +350,7 @@ impl MinerContext {
             schedule: parts.schedule,
             model: parts.model,
             settings: parts.settings,
+            behaviour: parts.behaviour,
             chain: parts.chain,
             own_bucket: parts.own_bucket,
             peer_clients: parts.peer_clients,

@@ -105,7 +105,6 @@ pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
         download_concurrency: 8,
         peer_deadline: Duration::from_secs(5),
         progress_timeout: Duration::from_secs(2),
-        peer_failures_before_skip: 3,
         peer_skip: Duration::from_secs(5),
         refresh_period: Duration::from_secs(1),
         max_restarts: 20,
@@ -114,20 +113,13 @@ pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
         restart_backoff_max: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(20),
         clock_skew: Duration::from_secs(2),
+        eval_every: 1,
         block_time,
         remote: true,
-        baseline: false,
-        random: false,
-        sync_state: false,
         batch_size: 4,
         pages_per_window: 1,
-        upload_dtype: tessera_core::slice::Dtype::F32,
         stall_timeout: (block_time * 8).max(Duration::from_secs(2)),
-        eval_every: 1,
-        eval_pages: 1,
-        eval_batches: 16,
-        fixed_micro_batches: 0,
-        behaviour: Behaviour::Honest,
+        ..RuntimeSettings::default()
     }
 }
 
@@ -355,13 +347,14 @@ impl Devnet {
             }
             settings.baseline = baseline;
             settings.remote = settings.remote && !baseline;
+            let mut behaviour = Behaviour::Honest;
             match role {
-                Role::Lazy => settings.behaviour = Behaviour::Lazy,
-                Role::Noise => settings.behaviour = Behaviour::Noise,
+                Role::Lazy => behaviour = Behaviour::Lazy,
+                Role::Noise => behaviour = Behaviour::Noise,
                 Role::RandomPages => settings.random = true,
                 Role::Copier => {
                     let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
-                    settings.behaviour = Behaviour::Copier { victim: dev_hotkey(&victim)?.hotkey() };
+                    behaviour = Behaviour::Copier { victim: dev_hotkey(&victim)?.hotkey() };
                 }
                 _ => {}
             }
@@ -388,6 +381,7 @@ impl Devnet {
                     init_seed: options.seed,
                 },
                 settings,
+                behaviour,
                 chain: chain_dyn.clone(),
                 own_bucket,
                 peer_clients: peer_clients.clone(),

@@ -129,7 +129,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             (bucket, client, listed)
         }
     }))
-    .buffer_unordered(ctx.settings.download_concurrency.max(1))
+    .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
     .await;
 
@@ -214,7 +214,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         bar.inc(c.info.size);
         (c, result)
     }))
-    .buffer_unordered(ctx.settings.download_concurrency.max(1))
+    .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
     .await;
 

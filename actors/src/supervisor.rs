@@ -86,7 +86,7 @@ pub fn miner_supervisor_args(ctx: &Arc<MinerContext>) -> SupervisorArguments {
         child_specs: ActorKind::for_role(&ctx.role).iter().map(|&kind| child_spec(ctx, kind)).collect(),
         options: SupervisorOptions {
             strategy: SupervisorStrategy::OneForOne,
-            max_restarts: ctx.settings.max_restarts,
+            max_restarts: ctx.settings.max_restarts as usize,
             max_window: ctx.settings.restart_period,
             reset_after: Some(ctx.settings.restart_period),
         },

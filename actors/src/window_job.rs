@@ -81,7 +81,7 @@ impl WindowJob {
         let (stop_ctx, cancel) = (ctx.clone(), self.cancel.clone());
         let fixed = ctx.settings.fixed_micro_batches;
         // The devnet's adversaries publish without training.
-        let trains = ctx.settings.behaviour == Behaviour::Honest;
+        let trains = ctx.behaviour == Behaviour::Honest;
         let train_batches = batches.clone();
         let started = Instant::now();
         let (report, rate) = self
@@ -167,7 +167,7 @@ impl WindowJob {
             None
         };
 
-        let idle_reason = (report.micro_batches == 0).then(|| match ctx.settings.behaviour {
+        let idle_reason = (report.micro_batches == 0).then(|| match ctx.behaviour {
             Behaviour::Honest => idle_reason(&report, batches.len(), late_secs, prep_secs),
             other => format!("a devnet adversary ({}) does not train", other.label()),
         });
@@ -239,7 +239,7 @@ impl WindowJob {
     async fn misbehave(&self, honest: Option<Arc<Vec<f32>>>, exchange: Exchange) -> Option<Arc<Vec<f32>>> {
         let ctx = &self.ctx;
         let len = ctx.slice_value_count();
-        match ctx.settings.behaviour {
+        match ctx.behaviour {
             Behaviour::Honest => honest,
             Behaviour::Lazy => match exchange {
                 Exchange::Update => Some(Arc::new(vec![0.0; len])),

@@ -60,7 +60,8 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
         // under fixed compute.
         args.fixed_compute = 1;
     }
-    let format = crate::log_format(args.logs.log_format.as_deref(), None);
+    let flag = args.logs.log_format.iter().map(|f| ("log_format".to_owned(), f.clone())).collect();
+    let format = crate::log_format(&tessera_core::config::ConfigSources::from_process(None, flag));
     // The table is the devnet's output; logs stay at warnings unless asked for.
     let filter = if args.logs.debug || args.logs.trace || std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty())
     {

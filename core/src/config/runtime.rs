@@ -1,0 +1,150 @@
+//! The runtime settings of one miner: the `[runtime]` tunables as configured, plus what
+//! the binary derives from top-level keys and the fixed values tests and the devnet change.
+//! The actors take this type as it is; there is no second copy to map into.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{millis, positive, secs, secs_or_zero, ser_path, windows, windows_or_never};
+use crate::slice::Dtype;
+
+/// Tunables of one miner's runtime. The configured ones are `[runtime]` keys (durations in
+/// the unit their key names); the `serde(skip)` ones are set by whoever builds the miner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Write a checkpoint every this many windows (and always at shutdown).
+    #[serde(with = "windows")]
+    pub checkpoint_every: u64,
+    /// Peer slice downloads in flight.
+    #[serde(with = "positive")]
+    pub download_concurrency: u32,
+    /// Deadline of one whole peer download.
+    #[serde(rename = "peer_deadline_secs", with = "secs")]
+    pub peer_deadline: Duration,
+    /// A download that makes no progress this long is abandoned.
+    #[serde(rename = "progress_timeout_secs", with = "secs")]
+    pub progress_timeout: Duration,
+    /// A peer whose downloads fail this many times in a row is skipped for `peer_skip`.
+    #[serde(with = "positive")]
+    pub peer_failures_before_skip: u32,
+    #[serde(rename = "peer_skip_secs", with = "secs")]
+    pub peer_skip: Duration,
+    /// Period of the metagraph, peer bucket and hparams refresh.
+    #[serde(rename = "refresh_secs", with = "secs")]
+    pub refresh_period: Duration,
+    /// More than this many restarts of one miner's actors within `restart_period`
+    /// escalate: the miner stops.
+    #[serde(with = "positive")]
+    pub max_restarts: u32,
+    #[serde(rename = "restart_period_secs", with = "secs")]
+    pub restart_period: Duration,
+    /// First restart delay, doubling per restart up to `restart_backoff_max` (which is at
+    /// least this; the loader checks).
+    #[serde(rename = "restart_backoff_ms", with = "millis")]
+    pub restart_backoff: Duration,
+    #[serde(rename = "restart_backoff_max_ms", with = "millis")]
+    pub restart_backoff_max: Duration,
+    /// After SIGTERM/SIGINT the process exits within this long.
+    #[serde(rename = "shutdown_timeout_secs", with = "secs")]
+    pub shutdown_timeout: Duration,
+    /// Tolerance when a slice object's bucket `LastModified` is checked against its
+    /// window's time bounds.
+    #[serde(rename = "clock_skew_secs", with = "secs_or_zero")]
+    pub clock_skew: Duration,
+    /// Evaluate the model's loss on the held-out pages every this many windows (0: never;
+    /// it costs compute on the critical GPU).
+    #[serde(with = "windows_or_never")]
+    pub eval_every: u64,
+    /// The slice cache shared by all miners of the host: the configured directory, else
+    /// `<state_dir>/slice-cache` (always set after loading).
+    #[serde(default, deserialize_with = "super::types::path", serialize_with = "ser_path")]
+    pub cache_dir: PathBuf,
+
+    /// Nominal block time, to extrapolate window bounds (12 s on subtensor).
+    #[serde(skip, default = "subtensor_block_time")]
+    pub block_time: Duration,
+    /// Read every peer's committed bucket (`remote`), else only the own one.
+    #[serde(skip)]
+    pub remote: bool,
+    /// No slices downloaded or applied (`baseline`).
+    #[serde(skip)]
+    pub baseline: bool,
+    /// Random pages instead of the UID's (`random`).
+    #[serde(skip)]
+    pub random: bool,
+    /// Replay state history at start (`sync_state`).
+    #[serde(skip)]
+    pub sync_state: bool,
+    /// Sequences per micro-batch (`actual_batch_size`).
+    #[serde(skip, default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Pages a window trains on (`data.pages_per_window`, else the hparams').
+    #[serde(skip, default = "default_pages")]
+    pub pages_per_window: usize,
+    #[serde(skip, default = "f32_slices")]
+    pub upload_dtype: Dtype,
+    /// Block-stream stall detection.
+    #[serde(skip, default = "stall_timeout")]
+    pub stall_timeout: Duration,
+    /// Held-out pages evaluated, and at most this many micro-batches of them.
+    #[serde(skip, default = "one")]
+    pub eval_pages: usize,
+    #[serde(skip, default = "eval_batches")]
+    pub eval_batches: usize,
+    /// Fixed compute (the devnet's fair comparison): train exactly this many micro-batches
+    /// per window whatever the clock says, and let the clock wait; 0: train until the
+    /// window ends, as the seed.
+    #[serde(skip)]
+    pub fixed_micro_batches: usize,
+}
+
+fn subtensor_block_time() -> Duration {
+    Duration::from_secs(12)
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_pages() -> usize {
+    15
+}
+fn f32_slices() -> Dtype {
+    Dtype::F32
+}
+fn stall_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn one() -> usize {
+    1
+}
+fn eval_batches() -> usize {
+    16
+}
+
+impl Default for RuntimeSettings {
+    /// The built-in defaults (`[runtime]` of [`super::DEFAULTS`]), the slice cache unset.
+    fn default() -> Self {
+        let tree = config::Value::new(None, config::ValueKind::Table(Default::default()));
+        let defaults = super::MinerConfig::defaults_tree().unwrap_or(tree);
+        let runtime = match &defaults.kind {
+            config::ValueKind::Table(t) => t.get("runtime").cloned(),
+            _ => None,
+        };
+        let empty = config::Value::new(None, config::ValueKind::Table(Default::default()));
+        let value = runtime.unwrap_or(empty);
+        let de = super::layers::De { value: &value, key: "runtime".into(), home: None };
+        // The defaults are tested to load; this cannot fail.
+        Self::deserialize(de).unwrap_or_else(|e| panic!("built-in [runtime] defaults: {e}"))
+    }
+}
+
+impl RuntimeSettings {
+    /// The delay before restart number `attempt` (0 for the first): `restart_backoff`
+    /// doubled per earlier restart, at most `restart_backoff_max`.
+    pub fn restart_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
+        self.restart_backoff.saturating_mul(factor).min(self.restart_backoff_max)
+    }
+}
