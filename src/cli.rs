@@ -296,40 +296,33 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// `config/default.toml`); a flag overrides files and environment variables.
 #[derive(Debug, Args)]
 pub struct MinerArgs {
-    /// Training batch size per accumulation step, in sequences [default: 8].
-    #[arg(long = "actual_batch_size", visible_alias = "actual-batch-size", value_name = "N")]
+    #[arg(help = with_default("Training batch size per accumulation step, in sequences.", "actual_batch_size"), long = "actual_batch_size", visible_alias = "actual-batch-size", value_name = "N")]
     pub actual_batch_size: Option<String>,
 
-    /// Wallet (coldkey) name [default: default].
-    #[arg(long = "wallet.name", visible_alias = "wallet-name", value_name = "NAME")]
+    #[arg(help = with_default("Wallet (coldkey) name.", "wallet.name"), long = "wallet.name", visible_alias = "wallet-name", value_name = "NAME")]
     pub wallet_name: Option<String>,
 
-    /// Hotkey name within the wallet [default: default].
-    #[arg(long = "wallet.hotkey", visible_alias = "wallet-hotkey", value_name = "NAME")]
+    #[arg(help = with_default("Hotkey name within the wallet.", "wallet.hotkey"), long = "wallet.hotkey", visible_alias = "wallet-hotkey", value_name = "NAME")]
     pub wallet_hotkey: Option<String>,
 
-    /// Directory holding the wallets [default: ~/.bittensor/wallets].
-    #[arg(long = "wallet.path", visible_alias = "wallet-path", value_name = "DIR")]
+    #[arg(help = with_default("Directory holding the wallets.", "wallet.path"), long = "wallet.path", visible_alias = "wallet-path", value_name = "DIR")]
     pub wallet_path: Option<String>,
 
     /// S3 bucket name this miner writes its slices to and commits on chain (required).
     #[arg(long, value_name = "NAME")]
     pub bucket: Option<String>,
 
-    /// Device to use for training: cpu, cuda or cuda:N [default: cuda].
-    #[arg(long, value_name = "DEVICE")]
+    #[arg(help = with_default("Device to use for training: cpu, cuda or cuda:N.", "device"), long, value_name = "DEVICE")]
     pub device: Option<String>,
 
     /// Use Weights and Biases for logging.
     #[arg(long = "use_wandb", visible_alias = "use-wandb")]
     pub use_wandb: bool,
 
-    /// Weights and Biases project name [default: templar].
-    #[arg(long, value_name = "NAME")]
+    #[arg(help = with_default("Weights and Biases project name.", "project"), long, value_name = "NAME")]
     pub project: Option<String>,
 
-    /// Bittensor subnet UID [default: 3].
-    #[arg(long, value_name = "UID")]
+    #[arg(help = with_default("Bittensor subnet UID.", "netuid"), long, value_name = "UID")]
     pub netuid: Option<String>,
 
     /// Connect to other miners' buckets: read slices from every UID's committed bucket,
@@ -394,6 +387,16 @@ pub struct MinerArgs {
     #[arg(long = "process_name", visible_alias = "process-name", value_name = "NAME")]
     pub process_name: Option<String>,
 
+    #[arg(long, help = with_default("Precision of the model's products: auto, bf16-mixed or fp32.", "precision"), value_name = "PRECISION")]
+    pub precision: Option<String>,
+
+    #[arg(long, help = with_default("Attention kernel: auto, naive or fused.", "attention"), value_name = "KERNEL")]
+    pub attention: Option<String>,
+
+    /// Recompute decoder blocks in the backward pass: less activation memory, more compute.
+    #[arg(long = "recompute_activations", visible_alias = "recompute-activations")]
+    pub recompute_activations: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 
@@ -424,6 +427,14 @@ pub struct CommonArgs {
 pub struct HparamsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// `text` with the setting's built-in default, stated once in the configuration.
+fn with_default(text: &str, key: &str) -> String {
+    match tessera_core::config::default_of(key) {
+        Some(default) => format!("{text} [default: {default}]"),
+        None => text.to_owned(),
+    }
 }
 
 /// Collects (config key, value) pairs for the flags actually given.
@@ -479,6 +490,9 @@ impl MinerArgs {
         o.value("process_name", &self.process_name);
         o.value("log_format", &self.log_format);
         o.value("metrics.listen", &self.metrics_listen);
+        o.value("precision", &self.precision);
+        o.value("attention", &self.attention);
+        o.switch("recompute_activations", self.recompute_activations);
         self.common.add_overrides(&mut o);
         o.0
     }
