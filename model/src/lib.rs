@@ -6,6 +6,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod engine;
 pub mod evaluate;
+pub mod fused;
 pub mod hf;
 pub mod init;
 pub mod llama;
