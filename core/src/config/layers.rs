@@ -12,15 +12,16 @@ use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess
 use tracing::{debug, info, warn};
 
 use super::{
-    CONFIG_DIR_ENV, ConfigError, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE, DEFAULTS, ENV_PREFIX, ENV_SEPARATOR,
-    REDACTED, is_secret_key,
+    CONFIG_DIR_ENV, ConfigError, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE, ENV_PREFIX, ENV_SEPARATOR, REDACTED,
+    is_secret_key,
 };
 
 /// Origin tag of command-line values (a NUL cannot appear in a file path).
 const CLI_ORIGIN: &str = "\0command line";
 /// Origin tag the `config` crate gives environment values.
 const ENV_ORIGIN: &str = "the environment";
-/// The name by which a path setting asks the deserializer to expand a leading `~`.
+/// The name by which a path setting asks the deserializer to expand a leading `~` (the
+/// `serde(rename)` of `types::HomePath`).
 pub(super) const HOME_PATH: &str = "\0tessera home path";
 
 /// The inputs of [`super::MinerConfig::load`]; explicit so tests need not touch the process.
@@ -63,7 +64,7 @@ impl ConfigSources {
     /// The merged tree of every layer, the built-in defaults lowest.
     pub(super) fn merged(&self) -> Result<Value, ConfigError> {
         let mut builder =
-            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+            config::Config::builder().add_source(config::File::from_str(super::defaults(), config::FileFormat::Toml));
         if let Some(dir) = &self.config_dir {
             let path = dir.join(DEFAULT_CONFIG_FILE);
             if path.is_file() {
@@ -436,7 +437,7 @@ impl<'de, 'a> Deserializer<'de> for De<'a> {
             return Err(DeError::Expected(expected.into()));
         }
         let path = expand_tilde(text, self.home).map_err(|e| DeError::Expected(format!("a path ({e})")))?;
-        visitor.visit_string(path.to_string_lossy().into_owned())
+        visitor.visit_newtype_struct(path.to_string_lossy().into_owned().into_deserializer())
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -465,10 +466,7 @@ impl<'de, 'a> Deserializer<'de> for De<'a> {
         let mut entries: Vec<(&String, &Value)> = table.iter().collect();
         entries.sort_by_key(|(k, _)| *k);
         let access = Entries { de: &self, entries: entries.into_iter(), current: None };
-        visitor.visit_map(access).map_err(|e| match e {
-            e @ DeError::UnknownField { .. } => e.at(&self.key, self.value),
-            e => e.at(&self.key, self.value),
-        })
+        visitor.visit_map(access).map_err(|e| e.at(&self.key, self.value))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(

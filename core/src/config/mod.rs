@@ -4,7 +4,7 @@
 //! `wallet.name`), so an operator's `python3 neurons/miner.py …` line carries over
 //! unchanged. Layers, lowest to highest:
 //!
-//! 1. built-in defaults ([`DEFAULTS`], the seed's),
+//! 1. built-in defaults ([`defaults`], the seed's, documented in `config/default.toml`),
 //! 2. `default.toml` in the configuration directory (`$TESSERA_CONFIG_DIR`, else
 //!    `./config`), when it exists,
 //! 3. `--config FILE` (must exist),
@@ -13,7 +13,8 @@
 //! 5. command-line flags actually given.
 //!
 //! Each setting is described once: a field of [`MinerConfig`] (or of a section such as
-//! [`RuntimeSettings`]) whose type checks its value, with its default in [`DEFAULTS`]. The
+//! [`RuntimeSettings`]) whose type checks its value, with its default and its notes for
+//! operators in `config/default.toml` ([`defaults`]). The
 //! `config` crate merges the layers and [`layers`] deserializes the merged tree, so an
 //! error names the key, the value, what is expected and which layer set it (`invalid value
 //! "abc" for netuid (command-line flag --netuid): expected an integer 0..=65535`). A key
@@ -39,6 +40,7 @@ mod types;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -76,62 +78,24 @@ pub const REDACTED: &str = "<redacted>";
 /// A key whose name contains one of these is a secret.
 const SECRET_MARKERS: &[&str] = &["secret", "password", "token", "api_key", "access_key"];
 
-/// The built-in defaults: the lowest layer, and what the command-line help shows
-/// ([`default_of`]). Settings without a default (`bucket`, the S3 keys, …) are absent.
-pub const DEFAULTS: &str = r#"
-actual_batch_size = 8
-device = "cuda"
-precision = "auto"
-attention = "auto"
-recompute_activations = false
-use_wandb = false
-project = "templar"
-netuid = 3
-remote = false
-sync_state = false
-debug = false
-trace = false
-log_format = "text"
-random = false
-baseline = false
-test = false
-local = false
-autoupdate = false
-hparams = "builtin"
-state_dir = "~/.tessera"
-[wallet]
-name = "default"
-hotkey = "default"
-path = "~/.bittensor/wallets"
-[subtensor]
-network = "finney"
-[metrics]
-listen = "127.0.0.1:9464"
-[s3]
-region = "us-east-1"
-[runtime]
-checkpoint_every = 10
-download_concurrency = 16
-peer_deadline_secs = 30
-progress_timeout_secs = 10
-peer_failures_before_skip = 3
-peer_skip_secs = 300
-refresh_secs = 60
-max_restarts = 5
-restart_period_secs = 300
-restart_backoff_ms = 500
-restart_backoff_max_ms = 30000
-shutdown_timeout_secs = 30
-clock_skew_secs = 30
-eval_every = 0
-[data]
-source = "huggingface"
-synthetic_seed = 0
-"#;
+/// `config/default.toml` as shipped: it documents every setting, those with a default on
+/// a line `# key = value` (notes and examples on `## ` lines).
+const DOCUMENTED_DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+/// The built-in defaults as TOML: the lowest layer, and what the command-line help shows
+/// ([`default_of`]). They are the setting lines of `config/default.toml` uncommented, so
+/// each default is stated once, where operators read it. Settings without a default
+/// (`bucket`, the S3 keys, …) are absent.
+pub fn defaults() -> &'static str {
+    static DEFAULTS: LazyLock<String> = LazyLock::new(|| {
+        DOCUMENTED_DEFAULTS.lines().filter_map(|l| l.strip_prefix("# ")).collect::<Vec<_>>().join("\n")
+    });
+    &DEFAULTS
+}
 
 /// The built-in default of `key` (dotted) as text, for help output; None when it has none.
 pub fn default_of(key: &str) -> Option<String> {
-    let tree: toml::Table = toml::from_str(DEFAULTS).ok()?;
+    let tree: toml::Table = toml::from_str(defaults()).ok()?;
     let mut parts = key.split('.');
     let mut value = tree.get(parts.next()?)?;
     for part in parts {
@@ -430,11 +394,6 @@ impl MinerConfig {
             config.runtime.cache_dir = config.state_dir.join(SLICE_CACHE_DIR);
         }
         Ok((config, tree))
-    }
-
-    /// The built-in defaults alone, as a tree.
-    pub(crate) fn defaults_tree() -> Option<config::Value> {
-        ConfigSources { env: Some(Default::default()), ..ConfigSources::default() }.merged().ok()
     }
 
     /// `--test`/`--local` force their network and its endpoint, as the seed did; else the

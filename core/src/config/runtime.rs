@@ -124,19 +124,15 @@ fn eval_batches() -> usize {
 }
 
 impl Default for RuntimeSettings {
-    /// The built-in defaults (`[runtime]` of [`super::DEFAULTS`]), the slice cache unset.
+    /// The built-in defaults (`[runtime]` of [`super::defaults`]), the slice cache unset.
     fn default() -> Self {
-        let tree = config::Value::new(None, config::ValueKind::Table(Default::default()));
-        let defaults = super::MinerConfig::defaults_tree().unwrap_or(tree);
-        let runtime = match &defaults.kind {
-            config::ValueKind::Table(t) => t.get("runtime").cloned(),
-            _ => None,
-        };
-        let empty = config::Value::new(None, config::ValueKind::Table(Default::default()));
-        let value = runtime.unwrap_or(empty);
-        let de = super::layers::De { value: &value, key: "runtime".into(), home: None };
+        #[derive(Deserialize)]
+        struct Defaults {
+            runtime: RuntimeSettings,
+        }
         // The defaults are tested to load; this cannot fail.
-        Self::deserialize(de).unwrap_or_else(|e| panic!("built-in [runtime] defaults: {e}"))
+        toml::from_str::<Defaults>(super::defaults())
+            .map_or_else(|e| panic!("built-in [runtime] defaults: {e}"), |d| d.runtime)
     }
 }
 

@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use super::REDACTED;
-use super::layers::HOME_PATH;
 use crate::hparams::HparamsSource;
 
 /// Text that passes `ok` and is not blank, else `expected`.
@@ -23,24 +22,11 @@ fn no_spaces(s: &str) -> bool {
     !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// A path setting, `~`-expanded from `$HOME` by the loader.
+/// A path setting, `~`-expanded from `$HOME` by the loader, which knows it by its name
+/// (`layers::HOME_PATH`; a NUL cannot clash with a real type's name).
+#[derive(Deserialize)]
+#[serde(rename = "\0tessera home path")]
 struct HomePath(String);
-
-impl<'de> Deserialize<'de> for HomePath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = HomePath;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a path")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HomePath, E> {
-                Ok(HomePath(v.to_owned()))
-            }
-        }
-        d.deserialize_newtype_struct(HOME_PATH, V)
-    }
-}
 
 /// `deserialize_with` for a `~`-expanded path.
 pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
