@@ -10,25 +10,31 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `TESSERA_BENCH_DEVICE` | `cpu`, `cuda`, `cuda:N` | `cpu` |
-//! | `TESSERA_BENCH_FLOAT` | `f32` or `bf16` (CUDA only; see `backend`) | `f32` |
+//! | `TESSERA_BENCH_FLOAT` | storage type: `f32`, or `bf16` for everything (CUDA only; see `backend`) | `f32` |
+//! | `TESSERA_BENCH_PRECISION` | the `precision` setting: `auto`, `bf16-mixed` or `fp32` | `fp32` |
+//! | `TESSERA_BENCH_ATTENTION` | the `attention` setting: `auto`, `naive` or `fused` | `naive` |
+//! | `TESSERA_BENCH_RECOMPUTE` | `1`: recompute decoder blocks in the backward | `0` |
 //! | `TESSERA_BENCH_PRESET` | `small` (fits 2 cores) or `seed` (the 1.2B Llama) | `small` |
 //! | `TESSERA_BENCH_VOCAB`, `_HIDDEN`, `_INTERMEDIATE`, `_LAYERS`, `_HEADS`, `_KV_HEADS` | override the preset's shape (`_KV_HEADS` defaults to the heads) | preset |
 //! | `TESSERA_BENCH_BATCH`, `TESSERA_BENCH_SEQ` | sequences per step and tokens per sequence | 4, 128 (`seed`: 8, 2048) |
 //! | `TESSERA_BENCH_STEPS`, `TESSERA_BENCH_WARMUP` | timed and untimed steps | 10, 2 (`seed`: 3 warm-up) |
 //!
 //! Tokens/s counts `batch × seq` tokens per step (the loss predicts `seq - 1` of each row;
-//! `scripts/torch_bench.py` counts the same way). The last line is `RESULT {json}`.
+//! `scripts/torch_bench.py` counts the same way). The last line is `RESULT {json}`, with the
+//! model FLOPs per token (`6·N + 6·layers·hidden·seq`: N the parameters that multiply, the
+//! causal attention's products) for MFU.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use tessera_core::config::Device;
 use tessera_core::hparams::LrSchedule;
-use tessera_core::model::{ModelShape, ParamLayout};
+use tessera_core::model::{ComputeOptions, ModelShape, ParamLayout, ResolvedCompute};
 use tessera_model::LlamaConfig;
-use tessera_model::backend::{BackendInfo, FloatType, WithBackend, dispatch_with};
+use tessera_model::backend::{BackendInfo, FloatType, WithBackend, compute_caps, dispatch_with};
 use tessera_model::init::initialize;
+use tessera_model::ops::TrainBackend;
 use tessera_model::train::{OptimSettings, TokenBatch, Trainer};
 
 /// What to run, read from the environment.
@@ -36,6 +42,7 @@ use tessera_model::train::{OptimSettings, TokenBatch, Trainer};
 struct BenchConfig {
     device: Device,
     float: FloatType,
+    compute: ComputeOptions,
     shape: ModelShape,
     batch: usize,
     seq: usize,
@@ -69,6 +76,20 @@ impl BenchConfig {
             None | Some("f32") => FloatType::F32,
             Some("bf16") => FloatType::Bf16,
             Some(v) => return Err(format!("TESSERA_BENCH_FLOAT={v:?}: expected f32 or bf16")),
+        };
+        let parse = |name: &str, default: &str| env_var(name).unwrap_or_else(|| default.to_owned());
+        let compute = ComputeOptions {
+            precision: parse("TESSERA_BENCH_PRECISION", "fp32")
+                .parse()
+                .map_err(|e| format!("TESSERA_BENCH_PRECISION: {e}"))?,
+            attention: parse("TESSERA_BENCH_ATTENTION", "naive")
+                .parse()
+                .map_err(|e| format!("TESSERA_BENCH_ATTENTION: {e}"))?,
+            recompute_activations: match parse("TESSERA_BENCH_RECOMPUTE", "0").trim() {
+                "0" => false,
+                "1" => true,
+                v => return Err(format!("TESSERA_BENCH_RECOMPUTE={v:?}: expected 0 or 1")),
+            },
         };
         let (mut shape, batch, seq, warmup) = match env_var("TESSERA_BENCH_PRESET").as_deref().map(str::trim) {
             None | Some("small") => (
@@ -107,6 +128,7 @@ impl BenchConfig {
         Ok(Self {
             device,
             float,
+            compute,
             shape,
             batch,
             seq,
@@ -119,6 +141,7 @@ impl BenchConfig {
 /// Measured figures.
 struct Report {
     info: BackendInfo,
+    compute: ResolvedCompute,
     burn_name: String,
     params: usize,
     step_times: Vec<Duration>,
@@ -130,12 +153,14 @@ struct Bench(BenchConfig);
 impl WithBackend for Bench {
     type Output = Result<Report, String>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
         eprintln!("backend: {info}");
         let c = self.0;
         let config = LlamaConfig::from(&c.shape);
         let params = ParamLayout::llama(&c.shape).map_err(|e| e.to_string())?.total_numel();
-        let model = initialize::<B>(&config, 1, &device).map_err(|e| format!("init: {e}"))?;
+        let compute = c.compute.resolve(info.backend, compute_caps::<B>(info, &device)).map_err(|e| e.to_string())?;
+        eprintln!("compute: {compute}");
+        let model = initialize::<B>(&config, 1, &device).map_err(|e| format!("init: {e}"))?.with_compute(compute);
         let settings = OptimSettings {
             base_lr: 1e-4,
             schedule: LrSchedule::Cosine { t_max: 5000, eta_min: 1e-5, warmup_steps: 0 },
@@ -170,7 +195,7 @@ impl WithBackend for Bench {
             }
             losses.push(loss);
         }
-        Ok(Report { info: info.clone(), burn_name: B::name(&device), params, step_times, losses })
+        Ok(Report { info: info.clone(), compute, burn_name: B::name(&device), params, step_times, losses })
     }
 }
 
@@ -231,8 +256,11 @@ fn main() -> ExitCode {
     let tokens_per_s = tokens_per_step as f64 / (median / 1e3);
     let (first, last) = (report.losses.first().copied(), report.losses.last().copied());
     let rss = peak_rss_mib();
+    // Multiplying parameters: all but the embedding table (a lookup).
+    let multiplying = (report.params - s.vocab_size * s.hidden_size) as f64;
+    let flops_per_token = 6.0 * multiplying + 6.0 * (s.num_hidden_layers * s.hidden_size * config.seq) as f64;
     println!(
-        "{:<18} {:>10.1} tokens/s {:>10.1} ms/step (min {:.1}, max {:.1}; {} steps, {:.1}M params, {} tokens/step, {}, storage {}, matmul {}, peak RSS {} MiB)",
+        "{:<18} {:>10.1} tokens/s {:>10.1} ms/step (min {:.1}, max {:.1}; {} steps, {:.1}M params, {} tokens/step, {}, storage {}, {}, peak RSS {} MiB)",
         info.backend,
         tokens_per_s,
         median,
@@ -243,7 +271,7 @@ fn main() -> ExitCode {
         tokens_per_step,
         report.burn_name,
         info.float,
-        info.matmul,
+        report.compute,
         rss.map_or("?".into(), |r| format!("{r:.0}")),
     );
     let json = serde_json::json!({
@@ -254,6 +282,8 @@ fn main() -> ExitCode {
         "gpu": info.gpu.as_ref().map(|g| g.name.clone()),
         "float": info.float.to_string(),
         "matmul": info.matmul.to_string(),
+        "compute": report.compute.to_string(),
+        "flops_per_token": flops_per_token,
         "params": report.params,
         "vocab": s.vocab_size,
         "hidden": s.hidden_size,

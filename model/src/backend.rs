@@ -37,12 +37,13 @@
 
 use std::fmt;
 
-use burn::tensor::backend::AutodiffBackend;
+use crate::ops::{ModelBackend, TrainBackend};
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "candle", feature = "cuda"))]
 use burn::tensor::backend::Backend;
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "candle", feature = "cuda"))]
 use burn::tensor::{FloatDType, get_device_settings};
 use tessera_core::config::Device;
+use tessera_core::model::BackendCaps;
 use thiserror::Error;
 
 /// The CPU backend of this build: the one of the enabled CPU features that is not the
@@ -210,7 +211,7 @@ fn check_float_type<B: Backend>(device: &B::Device, at: Device, float: FloatType
 /// side is one such job, monomorphised once per backend compiled in.
 pub trait WithBackend {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output;
+    fn run<B: TrainBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output;
 }
 
 /// What `device` trains on, or why it cannot (no CUDA in this build, no driver, no such
@@ -219,11 +220,21 @@ pub fn describe_device(device: &Device) -> Result<String, BackendError> {
     struct Describe;
     impl WithBackend for Describe {
         type Output = String;
-        fn run<B: AutodiffBackend>(self, _device: B::Device, info: &BackendInfo) -> String {
+        fn run<B: TrainBackend>(self, _device: B::Device, info: &BackendInfo) -> String {
             info.to_string()
         }
     }
     dispatch(device, Describe)
+}
+
+/// What `B` offers the compute settings on `device`: bf16 tensors, whether bf16 products
+/// are the fast ones (tensor cores: CUDA sm_80+), and the fused attention kernels.
+pub fn compute_caps<B: ModelBackend>(info: &BackendInfo, device: &B::Device) -> BackendCaps {
+    BackendCaps {
+        bf16: B::supports_dtype(device, burn::tensor::DType::BF16),
+        fast_bf16: info.gpu.as_ref().is_some_and(GpuInfo::has_bf16),
+        fused_attention: B::has_fused_attention(),
+    }
 }
 
 /// Runs `job` on the backend for `device`, in fp32 ([`FloatType::F32`]).

@@ -12,12 +12,12 @@ use tessera_core::model::ComputeOptions;
 use tessera_core::slice::SliceIndices;
 use thiserror::Error;
 
-use crate::backend::{BackendError, BackendInfo, WithBackend, dispatch};
+use crate::backend::{BackendError, BackendInfo, WithBackend, compute_caps, dispatch};
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
 use crate::init::initialize;
+use crate::ops::TrainBackend;
 use crate::train::{OptimSettings, SampleRate, TokenBatch, TrainError, Trainer, WindowReport, evaluate, train_window};
 use crate::{Llama, LlamaConfig};
-use burn::tensor::backend::AutodiffBackend;
 
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -63,13 +63,13 @@ pub trait ModelOps {
 /// `Llama::scatter` or `Llama::scatter_add`.
 type Scatter<B> = fn(Llama<B>, &SliceIndices, &[f32]) -> Result<Llama<B>, crate::ParamError>;
 
-struct Engine<B: AutodiffBackend> {
+struct Engine<B: TrainBackend> {
     trainer: Trainer<B>,
     config: LlamaConfig,
     store: CheckpointStore,
 }
 
-impl<B: AutodiffBackend> Engine<B> {
+impl<B: TrainBackend> Engine<B> {
     fn check(&self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError> {
         if values.len() != indices.total_len() {
             return Err(EngineError::SliceLength { expected: indices.total_len(), found: values.len() });
@@ -92,7 +92,7 @@ impl<B: AutodiffBackend> Engine<B> {
     }
 }
 
-impl<B: AutodiffBackend> ModelOps for Engine<B> {
+impl<B: TrainBackend> ModelOps for Engine<B> {
     fn apply(&mut self, indices: &SliceIndices, values: &[f32]) -> Result<(), EngineError> {
         self.edit(indices, values, Llama::scatter)
     }
@@ -171,10 +171,15 @@ struct EngineMain {
 }
 
 impl EngineMain {
-    fn build<B: AutodiffBackend>(
+    fn build<B: TrainBackend>(
         spec: &EngineSpec,
         device: &B::Device,
+        info: &BackendInfo,
     ) -> Result<(Engine<B>, Option<CheckpointMeta>), EngineError> {
+        let compute = spec
+            .compute
+            .resolve(info.backend, compute_caps::<B>(info, device))
+            .map_err(|e| EngineError::Model(e.to_string()))?;
         let loaded = spec.checkpoints.load::<B>(&spec.config, spec.settings.clone(), device)?;
         let (trainer, resumed) = match loaded {
             Some((trainer, meta)) => (trainer, Some(meta)),
@@ -184,6 +189,8 @@ impl EngineMain {
                 (Trainer::new(model, spec.settings.clone()), None)
             }
         };
+        let mut trainer = trainer;
+        trainer.replace_model(|model| model.with_compute(compute));
         Ok((Engine { trainer, config: spec.config.clone(), store: spec.checkpoints.clone() }, resumed))
     }
 }
@@ -191,13 +198,14 @@ impl EngineMain {
 impl WithBackend for EngineMain {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) {
+    fn run<B: TrainBackend>(self, device: B::Device, info: &BackendInfo) {
         let EngineMain { spec, body } = self;
-        let built = std::panic::catch_unwind(AssertUnwindSafe(|| Self::build::<B>(&spec, &device)))
+        let built = std::panic::catch_unwind(AssertUnwindSafe(|| Self::build::<B>(&spec, &device, info)))
             .unwrap_or_else(|_| Err(EngineError::Model("panic while building the model".into())));
         match built {
             Ok((mut engine, resumed)) => {
-                let start = EngineStart { resumed, backend: info.to_string() };
+                let compute = engine.trainer.model().compute();
+                let start = EngineStart { resumed, backend: format!("{info}, {compute}") };
                 body(Ok((&mut engine, start)));
             }
             Err(e) => body(Err(e)),

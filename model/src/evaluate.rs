@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::AutodiffBackend;
 use tessera_core::config::Device;
 use thiserror::Error;
 
 use crate::backend::{BackendError, BackendInfo, WithBackend, dispatch};
 use crate::checkpoint::{CheckpointError, load_checkpoint_model};
 use crate::hf::{HfError, import_hf};
+use crate::ops::TrainBackend;
 use crate::train::{TokenBatch, TrainError, evaluate};
 use crate::{Llama, LlamaConfig};
 
@@ -69,7 +69,7 @@ struct Job<'a, 'b> {
 impl WithBackend for Job<'_, '_> {
     type Output = Result<EvalOutcome, EvalError>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
         let (model, config): (Llama<B>, LlamaConfig) = match self.file {
             ModelFile::Checkpoint(path) => {
                 let (model, meta) = load_checkpoint_model::<B>(path, &device)?;

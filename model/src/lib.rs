@@ -10,7 +10,9 @@ pub mod fused;
 pub mod hf;
 pub mod init;
 pub mod llama;
+pub mod ops;
 pub mod params;
+mod recompute;
 pub mod train;
 
 pub use llama::{Llama, LlamaConfig};

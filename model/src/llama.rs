@@ -8,10 +8,12 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
-use tessera_core::model::ModelShape;
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use tessera_core::model::{ModelShape, ResolvedCompute};
+
+use crate::ops::{BlockContext, ModelBackend, causal_attention};
 
 /// The architecture, with HF `LlamaConfig` names.
 #[derive(Config, Debug, PartialEq)]
@@ -96,9 +98,14 @@ impl LlamaConfig {
             max_positions: self.max_position_embeddings,
             rope_theta: self.rope_theta,
             rms_norm_eps: self.rms_norm_eps,
+            compute: FP32_NAIVE,
         }
     }
 }
+
+/// fp32 products and naive attention: every backend's default.
+pub const FP32_NAIVE: ResolvedCompute =
+    ResolvedCompute { bf16_matmul: false, fused_attention: false, recompute_activations: false };
 
 /// One transformer block (HF `LlamaDecoderLayer`).
 #[derive(Module, Debug)]
@@ -127,11 +134,20 @@ pub struct Llama<B: Backend> {
     max_positions: usize,
     rope_theta: f64,
     rms_norm_eps: f64,
+    /// Precision, attention kernel and recomputation: how this node computes, not part of
+    /// the model (never saved; fp32 and naive attention unless set).
+    #[module(skip)]
+    compute: ResolvedCompute,
 }
 
-/// `x @ w^T` for `x: [B, T, in]` and an HF-layout weight `w: [out, in]`.
-fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>) -> Tensor<B, 3> {
-    x.matmul(w.val().transpose().unsqueeze::<3>())
+/// `x @ w^T` for `x: [B, T, in]` and an HF-layout weight `w: [out, in]`; with `bf16`, both
+/// operands are cast to bf16 (the product accumulates in f32 on the backends that have
+/// bf16) and the result comes back as f32, as under torch's bf16 autocast. The weight
+/// itself stays f32 (the master copy AdamW updates); the cast's backward casts the
+/// gradient back to f32.
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>, bf16: bool) -> Tensor<B, 3> {
+    let w = w.val().transpose().unsqueeze::<3>();
+    if bf16 { x.cast(FloatDType::BF16).matmul(w.cast(FloatDType::BF16)).cast(FloatDType::F32) } else { x.matmul(w) }
 }
 
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
@@ -147,6 +163,33 @@ fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
+impl<B: ModelBackend> DecoderLayer<B> {
+    /// The block on `x: [B, T, hidden]`: attention and SwiGLU MLP, each pre-normed with a
+    /// residual.
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let bf16 = ctx.compute.bf16_matmul;
+        let h = rms_norm(x.clone(), &self.input_layernorm, ctx.rms_norm_eps);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, ctx.head_dim]).swap_dims(1, 2);
+        let q = heads(linear(h.clone(), &self.q_proj, bf16), ctx.num_heads);
+        let k = heads(linear(h.clone(), &self.k_proj, bf16), ctx.num_kv_heads);
+        let v = heads(linear(h, &self.v_proj, bf16), ctx.num_kv_heads);
+        let q = q.clone() * ctx.cos.clone() + rotate_half(q) * ctx.sin.clone();
+        let k = k.clone() * ctx.cos.clone() + rotate_half(k) * ctx.sin.clone();
+        let attn = if bf16 && ctx.compute.fused_attention {
+            let cast = |t: Tensor<B, 4>| t.cast(FloatDType::BF16);
+            causal_attention(cast(q), cast(k), cast(v), ctx).cast(FloatDType::F32)
+        } else {
+            causal_attention(q, k, v, ctx)
+        };
+        let attn = attn.swap_dims(1, 2).reshape([batch, seq, hidden]);
+        let x = x + linear(attn, &self.o_proj, bf16);
+        let h = rms_norm(x.clone(), &self.post_attention_layernorm, ctx.rms_norm_eps);
+        let mlp = silu(linear(h.clone(), &self.gate_proj, bf16)) * linear(h, &self.up_proj, bf16);
+        x + linear(mlp, &self.down_proj, bf16)
+    }
+}
+
 impl<B: Backend> Llama<B> {
     pub fn num_layers(&self) -> usize {
         self.layers.len()
@@ -154,6 +197,17 @@ impl<B: Backend> Llama<B> {
 
     pub fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// How the forward pass computes (precision, attention kernel, recomputation).
+    pub fn compute(&self) -> ResolvedCompute {
+        self.compute
+    }
+
+    /// The same model computing as `compute` says.
+    pub fn with_compute(mut self, compute: ResolvedCompute) -> Self {
+        self.compute = compute;
+        self
     }
 
     /// Rotary tables `(cos, sin)`, each `[1, 1, T, head_dim]`, as HF computes them.
@@ -176,44 +230,45 @@ impl<B: Backend> Llama<B> {
         let shape = [1, 1, seq_len, self.head_dim];
         (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
     }
+}
 
+impl<B: ModelBackend> Llama<B> {
     /// Logits `[B, T, vocab]` for token ids `[B, T]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [batch, seq] = tokens.dims();
-        let device = tokens.device();
-        let hidden = self.num_heads * self.head_dim;
-        let flat = tokens.reshape([batch * seq]);
-        let mut x: Tensor<B, 3> = self.embed_tokens.val().select(0, flat).reshape([batch, seq, hidden]);
-        let (cos, sin) = self.rope(seq, &device);
-        let mask: Tensor<B, 4, Bool> = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device).unsqueeze::<4>();
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let rep = self.num_heads / self.num_kv_heads;
+        let ctx = self.block_context(tokens.dims()[1], &tokens.device());
+        let mut x = self.embed(tokens);
         for layer in &self.layers {
-            let h = rms_norm(x.clone(), &layer.input_layernorm, self.rms_norm_eps);
-            let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-            let q = heads(linear(h.clone(), &layer.q_proj), self.num_heads);
-            let k = heads(linear(h.clone(), &layer.k_proj), self.num_kv_heads);
-            let v = heads(linear(h, &layer.v_proj), self.num_kv_heads);
-            let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-            let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
-            let (k, v) = if rep > 1 {
-                let expand = |t: Tensor<B, 4>| {
-                    t.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([batch, self.num_heads, seq, self.head_dim])
-                };
-                (expand(k), expand(v))
-            } else {
-                (k, v)
-            };
-            // tril_mask marks the positions to *mask*: those above the diagonal.
-            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-            let scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
-            let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]);
-            x = x + linear(attn, &layer.o_proj);
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, self.rms_norm_eps);
-            let mlp = silu(linear(h.clone(), &layer.gate_proj)) * linear(h, &layer.up_proj);
-            x = x + linear(mlp, &layer.down_proj);
+            x = layer.forward(x, &ctx);
         }
+        self.head(x)
+    }
+
+    /// The embeddings `[B, T, hidden]` of token ids `[B, T]`.
+    pub(crate) fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let flat = tokens.reshape([batch * seq]);
+        self.embed_tokens.val().select(0, flat).reshape([batch, seq, self.num_heads * self.head_dim])
+    }
+
+    /// What every block of a forward pass over `seq` positions shares.
+    pub(crate) fn block_context(&self, seq: usize, device: &B::Device) -> BlockContext<B> {
+        let (cos, sin) = self.rope(seq, device);
+        BlockContext {
+            cos,
+            sin,
+            // tril_mask marks the positions to *mask*: those above the diagonal.
+            mask: Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, device).unsqueeze::<4>(),
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            compute: self.compute,
+        }
+    }
+
+    /// Final norm and `lm_head`: logits of the last block's output.
+    pub(crate) fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = rms_norm(x, &self.norm, self.rms_norm_eps);
-        linear(x, &self.lm_head)
+        linear(x, &self.lm_head, self.compute.bf16_matmul)
     }
 }

@@ -69,18 +69,35 @@ impl TokenBatch<'_> {
 }
 
 /// Mean next-token negative log-likelihood over the positions whose *target* is unmasked.
-pub fn causal_lm_loss<B: Backend>(model: &Llama<B>, batch: TokenBatch<'_>) -> Tensor<B, 1> {
+pub fn causal_lm_loss<B: ModelBackend>(model: &Llama<B>, batch: TokenBatch<'_>) -> Tensor<B, 1> {
     let device = model.embed_tokens.val().device();
+    let (inputs, targets) = batch_tensors::<B>(batch, &device);
+    lm_loss(model.forward(inputs), targets)
+}
+
+/// A batch's model inputs (every position but the last) `[b, t − 1]`, and its targets
+/// with their loss mask.
+pub(crate) fn batch_tensors<B: Backend>(batch: TokenBatch<'_>, device: &B::Device) -> (Tensor<B, 2, Int>, Targets<B>) {
     let (b, t) = (batch.batch_size, batch.seq_len);
     let ids: Vec<i64> = batch.tokens.iter().map(|&x| i64::from(x)).collect();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), device);
     let mask: Vec<f32> = batch.loss_mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), &device).slice([0..b, 1..t]);
-    let logits = model.forward(tokens.clone().slice([0..b, 0..t - 1]));
-    let targets = tokens.slice([0..b, 1..t]).unsqueeze_dim::<3>(2);
-    let nll = log_softmax(logits, 2).gather(2, targets).squeeze_dim::<2>(2).neg();
-    let count = mask.clone().sum().clamp_min(1.0);
-    (nll * mask).sum() / count
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), device).slice([0..b, 1..t]);
+    let targets = Targets { ids: tokens.clone().slice([0..b, 1..t]), mask };
+    (tokens.slice([0..b, 0..t - 1]), targets)
+}
+
+/// Next tokens `[b, t − 1]` and which of them count (1.0) or are padding (0.0).
+pub(crate) struct Targets<B: Backend> {
+    ids: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+}
+
+/// The masked mean negative log-likelihood of `targets` under `logits`.
+pub(crate) fn lm_loss<B: Backend>(logits: Tensor<B, 3>, targets: Targets<B>) -> Tensor<B, 1> {
+    let nll = log_softmax(logits, 2).gather(2, targets.ids.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
+    let count = targets.mask.clone().sum().clamp_min(1.0);
+    (nll * targets.mask).sum() / count
 }
 
 /// Optimizer settings from the hparams.
@@ -168,22 +185,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.settings.schedule.lr_at(self.settings.base_lr, self.step)
     }
 
-    /// Forward and backward on one micro-batch; gradients add up until [`Self::step`].
-    /// Returns the micro-batch's mean loss.
-    pub fn accumulate(&mut self, batch: TokenBatch<'_>) -> Result<f32, TrainError> {
-        batch.check(self.vocab)?;
-        let Some(model) = self.model.as_ref() else { return Ok(f32::NAN) };
-        let loss = causal_lm_loss(model, batch);
-        let value = loss.clone().into_scalar().elem::<f32>();
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss(value));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), model);
-        self.accum.accumulate(model, grads);
-        self.pending += 1;
-        Ok(value)
-    }
-
     /// Clips the accumulated gradients to the global norm, applies AdamW at the scheduled
     /// learning rate, and advances the schedule. A step with no pending gradients is a no-op.
     pub fn step(&mut self) -> Option<StepReport> {
@@ -227,6 +228,41 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
+impl<B: TrainBackend> Trainer<B> {
+    /// Forward and backward on one micro-batch; gradients add up until [`Self::step`].
+    /// Returns the micro-batch's mean loss.
+    pub fn accumulate(&mut self, batch: TokenBatch<'_>) -> Result<f32, TrainError> {
+        batch.check(self.vocab)?;
+        let Some(model) = self.model.as_ref() else { return Ok(f32::NAN) };
+        if model.compute().recompute_activations {
+            // Gradients by stage (head, each block from the last, embedding), each
+            // checked and added as it comes.
+            let accum = &mut self.accum;
+            let value = crate::recompute::loss_and_grads(
+                model,
+                batch,
+                |loss| {
+                    let value = loss.into_scalar().elem::<f32>();
+                    if value.is_finite() { Ok(value) } else { Err(TrainError::NonFiniteLoss(value)) }
+                },
+                |grads| accum.accumulate(model, grads),
+            )?;
+            self.pending += 1;
+            return Ok(value);
+        }
+        let loss = causal_lm_loss(model, batch);
+        let value = loss.clone().into_scalar().elem::<f32>();
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss(value));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        self.accum.accumulate(model, grads);
+        self.pending += 1;
+        Ok(value)
+    }
+}
+
+use crate::ops::{ModelBackend, TrainBackend};
 use burn::tensor::ElementConversion;
 
 /// Collects the ids and ranks of a module's float parameters.
@@ -313,7 +349,7 @@ pub struct WindowReport {
 /// Trains on `batches` until they run out or `window_ended()` says so (checked between
 /// micro-batches — cheap, never mid-batch), sampling each batch with the current rate
 /// (`coin()` in [0, 1)), then takes one optimizer step and adapts the sample rate.
-pub fn train_window<'a, B: AutodiffBackend>(
+pub fn train_window<'a, B: TrainBackend>(
     trainer: &mut Trainer<B>,
     batches: impl IntoIterator<Item = TokenBatch<'a>>,
     sample_rate: &mut SampleRate,
@@ -350,7 +386,7 @@ pub fn train_window<'a, B: AutodiffBackend>(
 
 /// Mean loss per target token over `batches` on the inner (non-autodiff) model: the
 /// held-out evaluation. Every batch is checked as in training; NaN when nothing counts.
-pub fn evaluate<B: AutodiffBackend>(model: &Llama<B>, batches: &[TokenBatch<'_>]) -> Result<f32, TrainError> {
+pub fn evaluate<B: TrainBackend>(model: &Llama<B>, batches: &[TokenBatch<'_>]) -> Result<f32, TrainError> {
     let vocab = model.embed_tokens.val().dims()[0];
     let valid = inner(model);
     let (mut sum, mut count) = (0f64, 0usize);

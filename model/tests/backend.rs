@@ -2,7 +2,6 @@
 //! backend; `--device cuda` without a usable GPU (or without the `cuda` feature) is a clear
 //! error, never a panic.
 
-use burn::tensor::backend::AutodiffBackend;
 use tessera_core::config::Device;
 use tessera_core::hparams::LrSchedule;
 use tessera_model::LlamaConfig;
@@ -11,6 +10,7 @@ use tessera_model::backend::{
     probe_cuda,
 };
 use tessera_model::init::initialize;
+use tessera_model::ops::TrainBackend;
 use tessera_model::train::{OptimSettings, TokenBatch, Trainer};
 
 /// One training step of a tiny model: exercises autodiff and AdamW on the chosen backend.
@@ -19,7 +19,7 @@ struct TrainOneStep;
 impl WithBackend for TrainOneStep {
     type Output = (BackendInfo, String, f32, u64);
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device, info: &BackendInfo) -> Self::Output {
         let config = LlamaConfig::new(16, 8, 16, 1, 2, 2, 8);
         let model = initialize::<B>(&config, 5, &device).expect("the tiny shape is valid");
         let settings = OptimSettings {

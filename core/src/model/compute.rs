@@ -59,38 +59,32 @@ pub struct ResolvedCompute {
     pub recompute_activations: bool,
 }
 
+/// What a backend offers for [`ComputeOptions::resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendCaps {
+    /// bf16 tensors and products exist on the backend (possibly emulated, as on CPUs).
+    pub bf16: bool,
+    /// bf16 products are faster than fp32 ones (tensor cores): `auto` takes bf16-mixed.
+    pub fast_bf16: bool,
+    /// The fused attention kernels exist on the backend.
+    pub fused_attention: bool,
+}
+
 impl ComputeOptions {
-    /// The choices on a backend that does (or does not) have bf16 products and the fused
-    /// attention kernels. Explicit requests the backend cannot honour are errors naming
-    /// the setting.
-    pub fn resolve(
-        &self,
-        backend: &str,
-        has_bf16: bool,
-        has_fused_attention: bool,
-    ) -> Result<ResolvedCompute, ComputeError> {
+    /// The choices on a backend (`backend` names it in errors). Explicit requests the
+    /// backend cannot honour are errors naming the setting.
+    pub fn resolve(&self, backend: &str, caps: BackendCaps) -> Result<ResolvedCompute, ComputeError> {
+        let unsupported = |setting, value| ComputeError::Unsupported { setting, value, backend: backend.to_owned() };
         let bf16_matmul = match self.precision {
-            Precision::Auto => has_bf16,
-            Precision::Bf16Mixed if has_bf16 => true,
-            Precision::Bf16Mixed => {
-                return Err(ComputeError::Unsupported {
-                    setting: "precision",
-                    value: "bf16-mixed",
-                    backend: backend.to_owned(),
-                });
-            }
+            Precision::Auto => caps.fast_bf16,
+            Precision::Bf16Mixed if caps.bf16 => true,
+            Precision::Bf16Mixed => return Err(unsupported("precision", "bf16-mixed")),
             Precision::Fp32 => false,
         };
         let fused_attention = match self.attention {
-            AttentionKernel::Auto => has_fused_attention,
-            AttentionKernel::Fused if has_fused_attention => true,
-            AttentionKernel::Fused => {
-                return Err(ComputeError::Unsupported {
-                    setting: "attention",
-                    value: "fused",
-                    backend: backend.to_owned(),
-                });
-            }
+            AttentionKernel::Auto => caps.fused_attention,
+            AttentionKernel::Fused if caps.fused_attention => true,
+            AttentionKernel::Fused => return Err(unsupported("attention", "fused")),
             AttentionKernel::Naive => false,
         };
         Ok(ResolvedCompute { bf16_matmul, fused_attention, recompute_activations: self.recompute_activations })
@@ -161,21 +155,26 @@ mod tests {
     #[test]
     fn auto_follows_the_backend_and_explicit_requests_are_checked() {
         let auto = ComputeOptions::default();
-        let cuda = auto.resolve("cuda", true, true).unwrap();
+        let gpu = BackendCaps { bf16: true, fast_bf16: true, fused_attention: true };
+        let cuda = auto.resolve("cuda", gpu).unwrap();
         assert!(cuda.bf16_matmul && cuda.fused_attention && !cuda.recompute_activations);
-        let cpu = auto.resolve("ndarray", false, false).unwrap();
+        let cpu = auto.resolve("ndarray", BackendCaps::default()).unwrap();
         assert!(!cpu.bf16_matmul && !cpu.fused_attention);
+        // bf16 emulated on a CPU: not taken by `auto`, allowed when asked for.
+        let flex = BackendCaps { bf16: true, ..BackendCaps::default() };
+        assert!(!auto.resolve("flex", flex).unwrap().bf16_matmul);
+        let bf16 = ComputeOptions { precision: Precision::Bf16Mixed, ..auto };
+        assert!(bf16.resolve("flex", flex).unwrap().bf16_matmul);
         let fp32 = ComputeOptions {
             precision: Precision::Fp32,
             attention: AttentionKernel::Naive,
             recompute_activations: true,
         };
-        assert_eq!(fp32.resolve("cuda", true, true).unwrap().to_string(), "fp32, naive attention, blocks recomputed");
-        let bf16 = ComputeOptions { precision: Precision::Bf16Mixed, ..auto };
-        let err = bf16.resolve("ndarray", false, false).unwrap_err().to_string();
+        assert_eq!(fp32.resolve("cuda", gpu).unwrap().to_string(), "fp32, naive attention, blocks recomputed");
+        let err = bf16.resolve("ndarray", BackendCaps::default()).unwrap_err().to_string();
         assert_eq!(err, "setting `precision` = \"bf16-mixed\" is not available on the ndarray backend");
         let fused = ComputeOptions { attention: AttentionKernel::Fused, ..auto };
-        assert!(fused.resolve("ndarray", false, false).unwrap_err().to_string().contains("`attention`"));
+        assert!(fused.resolve("ndarray", BackendCaps::default()).unwrap_err().to_string().contains("`attention`"));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! the model itself builds on this layout.
 
 mod compute;
+mod memory;
 mod params;
 
-pub use compute::{AttentionKernel, ComputeError, ComputeOptions, Precision, ResolvedCompute};
+pub use compute::{AttentionKernel, BackendCaps, ComputeError, ComputeOptions, Precision, ResolvedCompute};
 
+pub use memory::{StepMemory, memory_table, step_memory};
 pub use params::{ModelFingerprint, ModelShape, ModelShapeError, ParamLayout, ParamSpec};
