@@ -185,7 +185,9 @@ fn a_bf16_mixed_step_tracks_the_fp32_step() {
     let before: Vec<f32> = (0..start.num_params()).flat_map(|i| start.param_values(i).unwrap()).collect();
     let (loss32, norm32, after32) = step(FP32_NAIVE);
     let (loss16, norm16, after16) = step(bf16);
-    // bf16 keeps 8 bits of mantissa: relative error of a product about 2⁻⁸.
+    // The products did run in bf16 (else the two steps would agree to the bit)...
+    assert_ne!(loss16, loss32, "bf16-mixed computed nothing in bf16");
+    // ...and bf16 keeps 8 bits of mantissa: relative error of a product about 2⁻⁸.
     assert!((loss16 - loss32).abs() / loss32 < 1e-2, "loss: bf16-mixed {loss16} vs fp32 {loss32}");
     assert!((norm16 - norm32).abs() / norm32 < 5e-2, "gradient norm: bf16-mixed {norm16} vs fp32 {norm32}");
     let update = |after: &[f32]| after.iter().zip(&before).map(|(a, b)| f64::from(a - b)).collect::<Vec<f64>>();
@@ -195,6 +197,7 @@ fn a_bf16_mixed_step_tracks_the_fp32_step() {
     let cosine = dot / (norm(&u32_) * norm(&u16_));
     assert!(cosine > 0.95, "the bf16-mixed update points elsewhere: cosine {cosine}");
     assert!((norm(&u16_) / norm(&u32_) - 1.0).abs() < 0.05, "update sizes differ");
+    eprintln!("loss fp32 {loss32} bf16-mixed {loss16}; grad norm {norm32} vs {norm16}; update cosine {cosine}");
     // The master weights stay f32: the update is not rounded to bf16 steps.
     let p = start.clone().with_compute(bf16);
     assert_eq!(p.embed_tokens.val().dtype(), burn::tensor::DType::F32);
