@@ -5,9 +5,12 @@
 //!
 //! - [`reference`]: the blocking on plain f32 slices (the algorithm's specification, run
 //!   on the CPU and tested against the O(T²) formula).
-//! - `kernel`, `launch` (feature `cubecl-kernels`, on with `cuda` and `wgpu-test`): the
-//!   same algorithm as CubeCL kernels and their launches on burn's CubeCL tensors.
+//! - `kernel`, `launch`, `cube` (feature `cubecl-kernels`, on with `cuda` and `wgpu-test`):
+//!   the same algorithm as CubeCL kernels, their launches on burn's CubeCL tensors, and
+//!   `ModelBackend` for burn's `CubeBackend` and its `Fusion` wrapper.
 
+#[cfg(feature = "cubecl-kernels")]
+mod cube;
 #[cfg(feature = "cubecl-kernels")]
 mod kernel;
 #[cfg(feature = "cubecl-kernels")]
