@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use config::{Source, Value, ValueKind};
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
@@ -69,7 +69,7 @@ impl ConfigSources {
             let path = dir.join(DEFAULT_CONFIG_FILE);
             if path.is_file() {
                 info!(path = %path.display(), "configuration layer: defaults file");
-                builder = builder.add_source(TomlFile(path));
+                builder = builder.add_source(Layer::toml(&path)?);
             } else {
                 debug!(path = %path.display(), "no defaults file");
             }
@@ -79,10 +79,10 @@ impl ConfigSources {
                 return Err(ConfigError::FileNotFound { path: path.clone() });
             }
             info!(path = %path.display(), "configuration layer: --config file");
-            builder = builder.add_source(TomlFile(path.clone()));
+            builder = builder.add_source(Layer::toml(path)?);
         }
         let env = config::Environment::with_prefix(ENV_PREFIX).separator(ENV_SEPARATOR).ignore_empty(true);
-        builder = builder.add_source(env.source(self.env.clone())).add_source(CliSource(self.cli_overrides.clone()));
+        builder = builder.add_source(env.source(self.env.clone())).add_source(Layer::cli(&self.cli_overrides));
         Ok(Value::new(None, ValueKind::Table(builder.build()?.collect()?)))
     }
 }
@@ -153,39 +153,25 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A command-line layer whose values carry their own origin tag.
+/// A layer whose values all carry their origin: [`CLI_ORIGIN`], or a file's path *as
+/// given* (the config crate's own file source records a path relative to the working
+/// directory, which makes messages depend on where the miner was started).
 #[derive(Debug, Clone)]
-struct CliSource(Vec<(String, String)>);
+struct Layer(config::Map<String, Value>);
 
-impl Source for CliSource {
-    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn collect(&self) -> Result<config::Map<String, Value>, config::ConfigError> {
+impl Layer {
+    fn cli(overrides: &[(String, String)]) -> Self {
         let origin = CLI_ORIGIN.to_owned();
-        Ok(self.0.iter().map(|(k, v)| (k.clone(), Value::new(Some(&origin), v.clone()))).collect())
-    }
-}
-
-/// A TOML file layer whose values carry the path *as given* as their origin. (The config
-/// crate's own file source records a path relative to the working directory, which makes
-/// messages depend on where the miner was started.)
-#[derive(Debug, Clone)]
-struct TomlFile(PathBuf);
-
-impl Source for TomlFile {
-    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
-        Box::new(self.clone())
+        Self(overrides.iter().map(|(k, v)| (k.clone(), Value::new(Some(&origin), v.clone()))).collect())
     }
 
-    fn collect(&self) -> Result<config::Map<String, Value>, config::ConfigError> {
-        let uri = self.0.display().to_string();
-        let parse_error = |cause| config::ConfigError::FileParse { uri: Some(uri.clone()), cause };
-        let text = std::fs::read_to_string(&self.0).map_err(|e| parse_error(Box::new(e)))?;
+    fn toml(path: &Path) -> Result<Self, ConfigError> {
+        let uri = path.display().to_string();
+        let parse_error = |cause: String| ConfigError::FileParse { path: uri.clone(), cause };
+        let text = std::fs::read_to_string(path).map_err(|e| parse_error(e.to_string()))?;
         let table = config::File::from_str(&text, config::FileFormat::Toml).collect().map_err(|e| match e {
-            config::ConfigError::FileParse { cause, .. } => parse_error(cause),
-            other => other,
+            config::ConfigError::FileParse { cause, .. } => parse_error(cause.to_string()),
+            other => other.into(),
         })?;
         fn retag(value: Value, origin: &String) -> Value {
             let kind = match value.kind {
@@ -195,29 +181,30 @@ impl Source for TomlFile {
             };
             Value::new(Some(origin), kind)
         }
-        Ok(table.into_iter().map(|(k, v)| (k, retag(v, &uri))).collect())
+        Ok(Self(table.into_iter().map(|(k, v)| (k, retag(v, &uri))).collect()))
+    }
+}
+
+impl Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
     }
 }
 
 /// A deserialization error: what a setting expects until the key that holds it locates it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(super) enum DeError {
+    #[error("expected {0}")]
     Expected(String),
+    #[error("unknown key {field:?}")]
     UnknownField { field: String, known: &'static [&'static str] },
+    #[error(transparent)]
     Located(ConfigError),
 }
-
-impl fmt::Display for DeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Expected(what) => write!(f, "expected {what}"),
-            Self::UnknownField { field, .. } => write!(f, "unknown key {field:?}"),
-            Self::Located(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
@@ -317,7 +304,7 @@ fn hide_url_password(text: &str) -> String {
 }
 
 /// Expands a leading `~` (alone or followed by `/`) to `home`.
-pub fn expand_tilde(path: &str, home: Option<&std::path::Path>) -> Result<PathBuf, TildeError> {
+pub fn expand_tilde(path: &str, home: Option<&Path>) -> Result<PathBuf, TildeError> {
     let Some(rest) = path.strip_prefix('~') else { return Ok(PathBuf::from(path)) };
     if !(rest.is_empty() || rest.starts_with('/')) {
         return Err(TildeError::OtherUser);
@@ -339,7 +326,7 @@ pub enum TildeError {
 pub(super) struct De<'a> {
     pub value: &'a Value,
     pub key: String,
-    pub home: Option<&'a std::path::Path>,
+    pub home: Option<&'a Path>,
 }
 
 impl<'a> De<'a> {

@@ -7,7 +7,7 @@ use config::Value;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::types::{BucketName, Device, KeyName, MinerName, is_miner_name, opt_path, positive, ser_path};
+use super::types::{BucketName, Device, KeyName, MinerName, is_miner_name, opt_path, positive};
 use super::{ConfigError, MinerConfig, Origin, S3Config};
 use crate::model::{AttentionKernel, Precision};
 
@@ -30,7 +30,7 @@ pub struct MinerEntry {
     pub recompute_activations: Option<bool>,
     #[serde(deserialize_with = "positive::opt")]
     pub actual_batch_size: Option<u32>,
-    #[serde(deserialize_with = "opt_path", serialize_with = "ser_opt_path")]
+    #[serde(deserialize_with = "opt_path")]
     pub checkpoint_path: Option<PathBuf>,
     pub baseline: Option<bool>,
     pub random: Option<bool>,
@@ -45,20 +45,13 @@ pub struct MinerEntry {
 pub struct WalletOverrides {
     pub name: Option<KeyName>,
     pub hotkey: Option<KeyName>,
-    #[serde(deserialize_with = "opt_path", serialize_with = "ser_opt_path")]
+    #[serde(deserialize_with = "opt_path")]
     pub path: Option<PathBuf>,
 }
 
 impl WalletOverrides {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
-    }
-}
-
-pub(super) fn ser_opt_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
-    match p {
-        Some(p) => ser_path(p, s),
-        None => s.serialize_none(),
     }
 }
 

@@ -53,7 +53,7 @@ pub use self::types::{
     BucketName, BucketNameError, DataSourceSpec, Device, Endpoint, FINNEY_ENDPOINT, KeyName, LOCAL_ENDPOINT, LogFormat,
     MinerName, Network, Profile, Region, Secret, TEST_ENDPOINT,
 };
-use self::types::{dataset, hparams, label, listen, netuid, opt_path, path, positive, seed, ser_path, ws_url};
+use self::types::{dataset, hparams, label, listen, netuid, opt_path, path, positive, seed, ws_url};
 use crate::hparams::HparamsSource;
 use crate::model::{AttentionKernel, ComputeOptions, Precision};
 use crate::storage::{AccessKeys, CredentialSource, DEFAULT_REGION};
@@ -154,7 +154,7 @@ pub struct MinerConfig {
     /// Accepted for compatibility; tessera updates by image or binary version.
     pub autoupdate: bool,
     pub subtensor: SubtensorConfig,
-    #[serde(default, deserialize_with = "opt_path", serialize_with = "miner::ser_opt_path")]
+    #[serde(default, deserialize_with = "opt_path")]
     pub checkpoint_path: Option<PathBuf>,
     /// The seed's pm2 process name; accepted, unused.
     #[serde(default, deserialize_with = "opt_label")]
@@ -162,7 +162,7 @@ pub struct MinerConfig {
     #[serde(deserialize_with = "hparams")]
     pub hparams: HparamsSource,
     /// Local state: the hparams cache, later checkpoints and slice caches.
-    #[serde(deserialize_with = "path", serialize_with = "ser_path")]
+    #[serde(deserialize_with = "path")]
     pub state_dir: PathBuf,
     /// Tunables of the miner runtime (`[runtime]`).
     pub runtime: RuntimeSettings,
@@ -183,7 +183,7 @@ fn opt_label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D
 pub struct WalletConfig {
     pub name: KeyName,
     pub hotkey: KeyName,
-    #[serde(deserialize_with = "path", serialize_with = "ser_path")]
+    #[serde(deserialize_with = "path")]
     pub path: PathBuf,
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{millis, positive, secs, secs_or_zero, ser_path, windows, windows_or_never};
+use super::types::{millis, positive, secs, secs_or_zero, windows, windows_or_never};
 use crate::slice::Dtype;
 
 /// Tunables of one miner's runtime. The configured ones are `[runtime]` keys (durations in
@@ -60,11 +60,11 @@ pub struct RuntimeSettings {
     pub eval_every: u64,
     /// The slice cache shared by all miners of the host: the configured directory, else
     /// `<state_dir>/slice-cache` (always set after loading).
-    #[serde(default, deserialize_with = "super::types::path", serialize_with = "ser_path")]
+    #[serde(default, deserialize_with = "super::types::path")]
     pub cache_dir: PathBuf,
 
     /// Nominal block time, to extrapolate window bounds (12 s on subtensor).
-    #[serde(skip, default = "subtensor_block_time")]
+    #[serde(skip, default = "seconds::<12>")]
     pub block_time: Duration,
     /// Read every peer's committed bucket (`remote`), else only the own one.
     #[serde(skip)]
@@ -79,20 +79,20 @@ pub struct RuntimeSettings {
     #[serde(skip)]
     pub sync_state: bool,
     /// Sequences per micro-batch (`actual_batch_size`).
-    #[serde(skip, default = "default_batch_size")]
+    #[serde(skip, default = "count::<8>")]
     pub batch_size: usize,
     /// Pages a window trains on (`data.pages_per_window`, else the hparams').
-    #[serde(skip, default = "default_pages")]
+    #[serde(skip, default = "count::<15>")]
     pub pages_per_window: usize,
     #[serde(skip, default = "f32_slices")]
     pub upload_dtype: Dtype,
     /// Block-stream stall detection.
-    #[serde(skip, default = "stall_timeout")]
+    #[serde(skip, default = "seconds::<60>")]
     pub stall_timeout: Duration,
     /// Held-out pages evaluated, and at most this many micro-batches of them.
-    #[serde(skip, default = "one")]
+    #[serde(skip, default = "count::<1>")]
     pub eval_pages: usize,
-    #[serde(skip, default = "eval_batches")]
+    #[serde(skip, default = "count::<16>")]
     pub eval_batches: usize,
     /// Fixed compute (the devnet's fair comparison): train exactly this many micro-batches
     /// per window whatever the clock says, and let the clock wait; 0: train until the
@@ -101,26 +101,16 @@ pub struct RuntimeSettings {
     pub fixed_micro_batches: usize,
 }
 
-fn subtensor_block_time() -> Duration {
-    Duration::from_secs(12)
+/// `serde(default)` of a fixed count, stated at its field.
+fn count<const N: usize>() -> usize {
+    N
 }
-fn default_batch_size() -> usize {
-    8
-}
-fn default_pages() -> usize {
-    15
+/// `serde(default)` of a fixed duration in seconds, stated at its field.
+fn seconds<const N: u64>() -> Duration {
+    Duration::from_secs(N)
 }
 fn f32_slices() -> Dtype {
     Dtype::F32
-}
-fn stall_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn one() -> usize {
-    1
-}
-fn eval_batches() -> usize {
-    16
 }
 
 impl Default for RuntimeSettings {

@@ -18,6 +18,25 @@ pub(super) fn text<'de, D: Deserializer<'de>>(d: D, expected: &str, ok: fn(&str)
     String::deserialize(d).ok().filter(|s| !s.trim().is_empty() && ok(s)).ok_or_else(|| D::Error::custom(expected))
 }
 
+/// Implements `Serialize` and `Deserialize` through `Display` and a parser.
+macro_rules! via_text {
+    ($ty:ty, $expected:expr, $parse:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let parse: fn(&str) -> Result<$ty, String> = $parse;
+                let text = text(d, $expected, |_| true)?;
+                parse(&text).map_err(|why| D::Error::custom(why))
+            }
+        }
+    };
+}
+
 fn no_spaces(s: &str) -> bool {
     !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
@@ -36,10 +55,6 @@ pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error>
 /// `deserialize_with` for an optional `~`-expanded path.
 pub(super) fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     path(d).map(Some)
-}
-
-pub(super) fn ser_path<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&p.display())
 }
 
 /// `deserialize_with` for `hparams`: "builtin", an http(s) URL, or a `~`-expanded file.
@@ -275,18 +290,14 @@ impl Endpoint {
     }
 }
 
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = text(d, Self::EXPECTED, |_| true)?;
-        Self::parse(&text).map_err(|why| D::Error::custom(format!("{} ({why})", Self::EXPECTED)))
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
-impl Serialize for Endpoint {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
-    }
-}
+via_text!(Endpoint, Endpoint::EXPECTED, |t| Endpoint::parse(t)
+    .map_err(|why| format!("{} ({why})", Endpoint::EXPECTED)));
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -315,25 +326,6 @@ pub(super) mod listen {
             None => s.serialize_str("off"),
         }
     }
-}
-
-/// Implements `Serialize` and `Deserialize` through `Display` and a parser.
-macro_rules! via_text {
-    ($ty:ty, $expected:expr, $parse:expr) => {
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let parse: fn(&str) -> Result<$ty, String> = $parse;
-                let text = text(d, $expected, |_| true)?;
-                parse(&text).map_err(|why| D::Error::custom(why))
-            }
-        }
-    };
 }
 
 /// Where training runs.
@@ -499,8 +491,7 @@ impl<'de> Deserialize<'de> for DataSourceSpec {
 /// An S3 bucket name that follows AWS's naming rules (as the seed checked at start).
 /// `Default` is the empty name of a configuration whose bucket is not resolved yet; a
 /// loaded configuration always has a valid one.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BucketName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -562,10 +553,5 @@ impl fmt::Display for BucketName {
     }
 }
 
-impl<'de> Deserialize<'de> for BucketName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = text(d, "an S3 bucket name", |_| true)?;
-        Self::parse(&text)
-            .map_err(|why| D::Error::custom(format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)))
-    }
-}
+via_text!(BucketName, "an S3 bucket name", |t| BucketName::parse(t)
+    .map_err(|why| format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)));
