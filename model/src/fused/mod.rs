@@ -16,6 +16,8 @@ mod kernel;
 #[cfg(feature = "cubecl-kernels")]
 pub mod launch;
 pub mod reference;
+#[cfg(all(test, feature = "wgpu-test"))]
+mod wgpu_tests;
 
 /// A shape the fused attention cannot run on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
