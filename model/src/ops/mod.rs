@@ -119,6 +119,9 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray<f32> {}
+/// f64: the gradient checks' finite differences.
+#[cfg(feature = "ndarray")]
+impl ModelBackend for burn::backend::NdArray<f64> {}
 #[cfg(feature = "flex")]
 impl ModelBackend for burn::backend::Flex<f32> {}
 #[cfg(feature = "candle")]
