@@ -27,7 +27,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
 use tessera_core::config::Device;
 use tessera_core::hparams::LrSchedule;
 use tessera_core::model::{ComputeOptions, ModelShape, ParamLayout, ResolvedCompute};

@@ -122,7 +122,7 @@ impl ModelBackend for burn::backend::NdArray<f32> {}
 /// f64: the gradient checks' finite differences.
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray<f64> {}
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "bf16-test"))]
 impl ModelBackend for burn::backend::Flex<f32> {}
 #[cfg(feature = "candle")]
 #[allow(deprecated)]

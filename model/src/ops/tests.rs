@@ -147,9 +147,9 @@ fn recomputed_blocks_and_the_fused_operation_leave_loss_and_gradients_unchanged(
     }
 }
 
-/// bf16-mixed against fp32 on the one CPU backend with bf16 (flex; `cargo test -p
-/// tessera-model --features flex --lib bf16`): same model, same batch, one AdamW step.
-#[cfg(feature = "flex")]
+/// bf16-mixed against fp32 on the one CPU backend with bf16 (flex; `scripts/test` enables
+/// `bf16-test`): same model, same batch, one AdamW step.
+#[cfg(any(feature = "flex", feature = "bf16-test"))]
 #[test]
 fn a_bf16_mixed_step_tracks_the_fp32_step() {
     use crate::train::{OptimSettings, Trainer};
