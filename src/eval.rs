@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tessera_core::config::{DataSourceSpec, Device};
+use tessera_core::config::DataSourceSpec;
 use tessera_core::hparams::Hparams;
+use tessera_core::model::Device;
 use tessera_data::{
     BYTE_VOCAB_SIZE, HfRowsConfig, HfRowsSource, LocalFilesSource, PageSelection, PageSource, SyntheticSource,
     TextTokenizer, WindowData, WindowSpec,

@@ -256,7 +256,7 @@ pub use tessera_core::config::RuntimeSettings;
 
 /// The model side of a miner: architecture, layout, where checkpoints go, data.
 pub struct ModelSpec {
-    pub device: tessera_core::config::Device,
+    pub device: tessera_core::model::Device,
     /// Precision, attention kernel and recomputation on `device`.
     pub compute: tessera_core::model::ComputeOptions,
     pub llama: LlamaConfig,

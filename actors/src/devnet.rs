@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tessera_core::chain::{Chain, DevChain, DevChainOptions};
-use tessera_core::config::{BucketName, Device};
 use tessera_core::hparams::Hparams;
+use tessera_core::model::Device;
 use tessera_core::model::ParamLayout;
 use tessera_core::slice::Exchange;
+use tessera_core::storage::BucketName;
 use tessera_core::storage::{AccessKeys, BucketClient, EmbeddedS3, PeerClients, SliceCache, TransferOptions};
 use tessera_core::wallet::LoadedHotkey;
 use tessera_core::window::WindowSchedule;

@@ -27,8 +27,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tessera_core::config::Device;
 use tessera_core::hparams::LrSchedule;
+use tessera_core::model::Device;
 use tessera_core::model::{ComputeOptions, ModelShape, ParamLayout, ResolvedCompute};
 use tessera_model::LlamaConfig;
 use tessera_model::backend::{BackendInfo, FloatType, WithBackend, compute_caps, dispatch_with};

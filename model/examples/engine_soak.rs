@@ -5,8 +5,8 @@
 //!
 //!     cargo run --release -p tessera-model --example engine_soak -- [WINDOWS]
 
-use tessera_core::config::Device;
 use tessera_core::hparams::Hparams;
+use tessera_core::model::Device;
 use tessera_core::model::ParamLayout;
 use tessera_core::slice::SliceIndices;
 use tessera_model::LlamaConfig;

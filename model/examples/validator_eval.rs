@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-use tessera_core::config::Device;
 use tessera_core::hparams::Hparams;
+use tessera_core::model::Device;
 use tessera_core::model::ParamLayout;
 use tessera_core::slice::SliceIndices;
 use tessera_model::LlamaConfig;

@@ -42,8 +42,8 @@ use crate::ops::{ModelBackend, TrainBackend};
 use burn::tensor::backend::Backend;
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "candle", feature = "cuda"))]
 use burn::tensor::{FloatDType, get_device_settings};
-use tessera_core::config::Device;
 use tessera_core::model::BackendCaps;
+use tessera_core::model::Device;
 use thiserror::Error;
 
 /// The CPU backend of this build: the one of the enabled CPU features that is not the

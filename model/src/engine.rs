@@ -7,8 +7,8 @@
 
 use std::panic::AssertUnwindSafe;
 
-use tessera_core::config::Device;
 use tessera_core::model::ComputeOptions;
+use tessera_core::model::Device;
 use tessera_core::slice::SliceIndices;
 use thiserror::Error;
 

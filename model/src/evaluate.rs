@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tessera_core::config::Device;
+use tessera_core::model::Device;
 use thiserror::Error;
 
 use crate::backend::{BackendError, BackendInfo, WithBackend, dispatch};

@@ -2,8 +2,8 @@
 //! backend; `--device cuda` without a usable GPU (or without the `cuda` feature) is a clear
 //! error, never a panic.
 
-use tessera_core::config::Device;
 use tessera_core::hparams::LrSchedule;
+use tessera_core::model::Device;
 use tessera_model::LlamaConfig;
 use tessera_model::backend::{
     BackendError, BackendInfo, CPU_BACKEND, CUDA_BUILT, FloatType, MatmulType, WithBackend, dispatch, dispatch_with,

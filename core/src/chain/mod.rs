@@ -5,6 +5,7 @@
 
 mod blocks;
 mod dev;
+mod network;
 mod neuron;
 mod subtensor;
 pub mod timelock;
@@ -22,6 +23,7 @@ use crate::hotkey::Hotkey;
 
 pub use blocks::{BlockEvent, BlockStreamOptions, resilient_blocks};
 pub use dev::{DevChain, DevChainOptions};
+pub use network::{FINNEY_ENDPOINT, LOCAL_ENDPOINT, Network, TEST_ENDPOINT, is_ws_url};
 pub use neuron::{CommitmentChange, ensure_commitment, find_uid};
 pub use subtensor::SubtensorChain;
 pub use weights::{CommitScheme, RevealTiming, WeightCommit, WeightsPolicy};

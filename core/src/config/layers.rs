@@ -1,28 +1,20 @@
-//! The layers and how they are read: the `config` crate merges them into one tree whose
-//! values remember their layer, and a serde deserializer over that tree turns it into the
-//! typed settings. Every error is located here, once: the dotted key, the value as given
-//! (secrets hidden), what the setting's type expects, and the layer that set it.
+//! The layers: each read into a TOML table, merged into one tree that remembers which
+//! layer set each key, and deserialized into the typed settings. Every error is located
+//! here, once: the dotted key, the value as given (secrets hidden), what the setting
+//! expects, and the layer that set it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use config::{Source, Value, ValueKind};
-use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
-use tracing::{debug, info, warn};
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+use tracing::{info, warn};
 
 use super::{
     CONFIG_DIR_ENV, ConfigError, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE, ENV_PREFIX, ENV_SEPARATOR, REDACTED,
-    is_secret_key,
+    is_secret_key, types,
 };
-
-/// Origin tag of command-line values (a NUL cannot appear in a file path).
-const CLI_ORIGIN: &str = "\0command line";
-/// Origin tag the `config` crate gives environment values.
-const ENV_ORIGIN: &str = "the environment";
-/// The name by which a path setting asks the deserializer to expand a leading `~` (the
-/// `serde(rename)` of `types::HomePath`).
-pub(super) const HOME_PATH: &str = "\0tessera home path";
 
 /// The inputs of [`super::MinerConfig::load`]; explicit so tests need not touch the process.
 #[derive(Debug, Clone, Default)]
@@ -61,29 +53,44 @@ impl ConfigSources {
         }
     }
 
-    /// The merged tree of every layer, the built-in defaults lowest.
-    pub(super) fn merged(&self) -> Result<Value, ConfigError> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from_str(super::defaults(), config::FileFormat::Toml));
-        if let Some(dir) = &self.config_dir {
-            let path = dir.join(DEFAULT_CONFIG_FILE);
-            if path.is_file() {
-                info!(path = %path.display(), "configuration layer: defaults file");
-                builder = builder.add_source(Layer::toml(&path)?);
-            } else {
-                debug!(path = %path.display(), "no defaults file");
+    /// Every layer merged, the built-in defaults lowest.
+    pub(super) fn merged(&self) -> Result<Layers, ConfigError> {
+        let mut layers = Layers { home: self.home.clone(), ..Layers::default() };
+        let defaults = toml::from_str(super::defaults())
+            .map_err(|e| ConfigError::FileParse { path: "(built-in defaults)".into(), cause: e.to_string() })?;
+        layers.merge(defaults, &Origin::Default);
+        if let Some(path) = self.config_file.as_ref().filter(|p| !p.is_file()) {
+            return Err(ConfigError::FileNotFound { path: path.clone() });
+        }
+        let dir_file = self.config_dir.as_ref().map(|d| d.join(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file());
+        for path in dir_file.iter().chain(&self.config_file) {
+            info!(path = %path.display(), "configuration layer: file");
+            let cause = |e: &dyn fmt::Display| ConfigError::FileParse {
+                path: path.display().to_string(),
+                cause: e.to_string(),
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| cause(&e))?;
+            layers.merge(toml::from_str(&text).map_err(|e| cause(&e))?, &Origin::File(path.display().to_string()));
+        }
+        let mut vars: Vec<(String, String)> = match &self.env {
+            Some(env) => env.clone().into_iter().collect(),
+            None => {
+                std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+            }
+        };
+        vars.sort();
+        let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+        for (var, value) in vars {
+            let key = var.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(&prefix)).map(|_| &var[prefix.len()..]);
+            if let Some(key) = key.filter(|_| !value.is_empty()) {
+                let key = key.to_ascii_lowercase().replace(ENV_SEPARATOR, ".");
+                layers.set(&key, value, Origin::Env(var.clone()));
             }
         }
-        if let Some(path) = &self.config_file {
-            if !path.is_file() {
-                return Err(ConfigError::FileNotFound { path: path.clone() });
-            }
-            info!(path = %path.display(), "configuration layer: --config file");
-            builder = builder.add_source(Layer::toml(path)?);
+        for (key, value) in &self.cli_overrides {
+            layers.set(key, value.clone(), Origin::Cli(format!("--{key}")));
         }
-        let env = config::Environment::with_prefix(ENV_PREFIX).separator(ENV_SEPARATOR).ignore_empty(true);
-        builder = builder.add_source(env.source(self.env.clone())).add_source(Layer::cli(&self.cli_overrides));
-        Ok(Value::new(None, ValueKind::Table(builder.build()?.collect()?)))
+        Ok(layers)
     }
 }
 
@@ -92,54 +99,10 @@ impl ConfigSources {
 pub enum Origin {
     Default,
     File(String),
-    /// The variable name (reconstructed from the key).
+    /// The variable's name.
     Env(String),
-    /// The command line; the binary's flag for a key is `--key`.
+    /// The flag; the binary's flag for a key is `--key`.
     Cli(String),
-}
-
-impl Origin {
-    pub(super) fn of(key: &str, value: &Value) -> Self {
-        // Merging layers rebuilds tables without an origin; their values keep theirs.
-        fn tag(value: &Value) -> Option<&str> {
-            value.origin().or_else(|| match &value.kind {
-                ValueKind::Table(t) => t.values().find_map(tag),
-                ValueKind::Array(a) => a.iter().find_map(tag),
-                _ => None,
-            })
-        }
-        match tag(value) {
-            None => Self::Default,
-            Some(CLI_ORIGIN) => Self::Cli(format!("--{key}")),
-            Some(ENV_ORIGIN) => {
-                let var = key.to_ascii_uppercase().replace('.', ENV_SEPARATOR);
-                Self::Env(format!("{ENV_PREFIX}{ENV_SEPARATOR}{var}"))
-            }
-            Some(file) => Self::File(file.to_owned()),
-        }
-    }
-
-    /// Where `key` (dotted, `miners[1].s3.region`) was set in `tree`; the built-in default
-    /// when it was not.
-    pub(super) fn at(tree: &Value, key: &str) -> Self {
-        let mut value = tree;
-        for part in key.split('.') {
-            let (name, index) = match part.split_once('[') {
-                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-                None => (part, None),
-            };
-            let found = match &value.kind {
-                ValueKind::Table(t) => t.get(name),
-                _ => None,
-            };
-            value = match (found, index) {
-                (Some(v), None) => v,
-                (Some(Value { kind: ValueKind::Array(a), .. }), Some(i)) if i < a.len() => &a[i],
-                _ => return Self::Default,
-            };
-        }
-        Self::of(key, value)
-    }
 }
 
 impl fmt::Display for Origin {
@@ -153,142 +116,205 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A layer whose values all carry their origin: [`CLI_ORIGIN`], or a file's path *as
-/// given* (the config crate's own file source records a path relative to the working
-/// directory, which makes messages depend on where the miner was started).
-#[derive(Debug, Clone)]
-struct Layer(config::Map<String, Value>);
+/// The merged layers: one tree, and the layer of every key set (dotted, `miners[0].device`).
+#[derive(Debug, Default)]
+pub(super) struct Layers {
+    pub tree: Table,
+    origins: BTreeMap<String, Origin>,
+    home: Option<PathBuf>,
+}
 
-impl Layer {
-    fn cli(overrides: &[(String, String)]) -> Self {
-        let origin = CLI_ORIGIN.to_owned();
-        Self(overrides.iter().map(|(k, v)| (k.clone(), Value::new(Some(&origin), v.clone()))).collect())
+impl Layers {
+    /// Where `key` was set: its own layer, else that of the first key set inside it.
+    pub fn origin(&self, key: &str) -> Origin {
+        let inside = |k: &String| k == key || (k.starts_with(key) && k[key.len()..].starts_with(['.', '[']));
+        self.origins.range(key.to_owned()..).find(|(k, _)| inside(k)).map_or(Origin::Default, |(_, o)| o.clone())
     }
 
-    fn toml(path: &Path) -> Result<Self, ConfigError> {
-        let uri = path.display().to_string();
-        let parse_error = |cause: String| ConfigError::FileParse { path: uri.clone(), cause };
-        let text = std::fs::read_to_string(path).map_err(|e| parse_error(e.to_string()))?;
-        let table = config::File::from_str(&text, config::FileFormat::Toml).collect().map_err(|e| match e {
-            config::ConfigError::FileParse { cause, .. } => parse_error(cause.to_string()),
-            other => other.into(),
-        })?;
-        fn retag(value: Value, origin: &String) -> Value {
-            let kind = match value.kind {
-                ValueKind::Table(t) => ValueKind::Table(t.into_iter().map(|(k, v)| (k, retag(v, origin))).collect()),
-                ValueKind::Array(a) => ValueKind::Array(a.into_iter().map(|v| retag(v, origin)).collect()),
-                other => other,
-            };
-            Value::new(Some(origin), kind)
+    fn merge(&mut self, layer: Table, origin: &Origin) {
+        merge(&mut self.tree, layer, "", &mut |key, value| {
+            self.origins.retain(|k, _| !(k.starts_with(key) && k[key.len()..].starts_with(['.', '['])));
+            record(&mut self.origins, key, value, origin);
+        });
+    }
+
+    /// Sets a dotted key to text (the environment and the command line have no types).
+    fn set(&mut self, key: &str, text: String, origin: Origin) {
+        let nested =
+            key.rsplit('.').fold(Value::String(text), |v, part| Value::Table(Table::from_iter([(part.into(), v)])));
+        if let Value::Table(layer) = nested {
+            self.merge(layer, &origin);
         }
-        Ok(Self(table.into_iter().map(|(k, v)| (k, retag(v, &uri))).collect()))
-    }
-}
-
-impl Source for Layer {
-    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
-        Box::new(self.clone())
     }
 
-    fn collect(&self) -> Result<config::Map<String, Value>, config::ConfigError> {
-        Ok(self.0.clone())
-    }
-}
-
-/// A deserialization error: what a setting expects until the key that holds it locates it.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum DeError {
-    #[error("expected {0}")]
-    Expected(String),
-    #[error("unknown key {field:?}")]
-    UnknownField { field: String, known: &'static [&'static str] },
-    #[error(transparent)]
-    Located(ConfigError),
-}
-
-impl de::Error for DeError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Self::Expected(msg.to_string())
-    }
-
-    fn unknown_field(field: &str, known: &'static [&'static str]) -> Self {
-        Self::UnknownField { field: field.to_owned(), known }
-    }
-
-    fn unknown_variant(_: &str, known: &'static [&'static str]) -> Self {
-        let quoted: Vec<String> = known.iter().map(|k| format!("{k:?}")).collect();
-        Self::Expected(match quoted.split_last() {
-            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-            _ => quoted.concat(),
-        })
-    }
-}
-
-impl DeError {
-    /// This error of the value at `key`, located.
-    fn at(self, key: &str, value: &Value) -> Self {
-        let origin = || Origin::of(key, value);
-        match self {
-            Self::Located(_) => self,
-            Self::Expected(expected) => Self::Located(ConfigError::InvalidValue {
-                key: key.to_owned(),
-                value: shown(key, &value.kind),
-                expected,
-                origin: origin(),
-            }),
-            Self::UnknownField { field, known } => {
-                let key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
-                // Suggested relative to the table the user is in: a [[miners]] entry or the top.
-                let prefix = key[..key.len() - field.len()]
-                    .rsplit_once("].")
-                    .map_or(&key[..key.len() - field.len()], |(_, p)| p);
-                let norm = field.to_ascii_lowercase().replace('-', "_");
-                let suggestion = known
-                    .iter()
-                    .map(|k| (strsim::levenshtein(&norm, k), k))
-                    .filter(|(d, _)| *d <= 3)
-                    .min_by_key(|(d, _)| *d)
-                    .map(|(_, k)| format!("{prefix}{k}"));
-                let value = match value_at(value, &field) {
-                    Some(v) => Origin::of(&key, v),
-                    None => origin(),
+    /// `tree` (a part of these layers at `at`, dotted, or all of them at "") as `T`.
+    /// Text from the environment and the command line is read as the integer or boolean
+    /// the setting expects when it spells one; files are taken as typed.
+    pub fn read<T: DeserializeOwned>(&self, tree: &Table, at: &str) -> Result<T, ConfigError> {
+        let deserialize = |typed: &Table| {
+            types::with_home(self.home.as_deref(), || serde_path_to_error::deserialize(Value::Table(typed.clone())))
+        };
+        let mut typed = tree.clone();
+        loop {
+            let err = match deserialize(&typed) {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let path = err.path().to_string();
+            let message = err.inner().message().trim().to_owned();
+            let key = join(at, &path);
+            // A miner's key was set in its entry, else at the top level.
+            let origin = match self.origin(&key) {
+                Origin::Default if !at.is_empty() => self.origin(&path),
+                own => own,
+            };
+            if matches!(origin, Origin::Env(_) | Origin::Cli(_))
+                && let Some(value) = get_mut(&mut typed, &path)
+                && let Some(retyped) = retype(value, &message)
+            {
+                *value = retyped;
+                continue;
+            }
+            // What a value of the wrong kind should have been is learnt from the error that a
+            // value of the right kind which no setting takes gives: serde lists the names.
+            let names_for = |probe: Value| {
+                let mut probed = typed.clone();
+                if let Some(value) = get_mut(&mut probed, &path) {
+                    *value = probe;
+                }
+                deserialize(&probed).err().map_or_else(Vec::new, |e| expected_names(e.inner().message()))
+            };
+            return Err(if message.starts_with("unknown field") {
+                let mut known = expected_names(&message);
+                if !path.contains('.') && at.is_empty() {
+                    known.push("miners".into()); // read apart from the top level's
+                }
+                let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+                let field = message.split('`').nth(1).unwrap_or_default();
+                ConfigError::UnknownKey { suggestion: suggest(field, &known).map(|k| join(parent, &k)), origin, key }
+            } else {
+                let expected = if message.contains("expected struct") {
+                    table_of(&key, &names_for(Value::Table(Table::from_iter([("\0".into(), Value::Integer(0))]))))
+                } else if message.contains("variant") {
+                    one_of(&names_for(Value::String("\0".into())))
+                } else if message.starts_with("invalid type:") || message.starts_with("invalid value:") {
+                    message.rsplit_once("expected ").map_or(message.clone(), |(_, e)| e.to_owned())
+                } else {
+                    message
                 };
-                Self::Located(ConfigError::UnknownKey { key, origin: value, suggestion })
+                ConfigError::InvalidValue { value: shown(&key, get(tree, &path)), key, expected, origin }
+            });
+        }
+    }
+
+    /// An invalid-value error at `key`, located.
+    pub fn invalid(&self, key: &str, value: Option<&Value>, expected: String) -> ConfigError {
+        ConfigError::InvalidValue { key: key.to_owned(), value: shown(key, value), expected, origin: self.origin(key) }
+    }
+}
+
+/// Merges `layer` into `into`: tables key by key, anything else replaced; `set` sees each
+/// replaced key (dotted) and its new value.
+pub(super) fn merge(into: &mut Table, layer: Table, at: &str, set: &mut dyn FnMut(&str, &Value)) {
+    for (name, value) in layer {
+        let key = join(at, &name);
+        match (into.get_mut(&name), value) {
+            (Some(Value::Table(old)), Value::Table(new)) => merge(old, new, &key, set),
+            (_, value) => {
+                set(&key, &value);
+                into.insert(name, value);
             }
         }
     }
+}
 
-    pub(super) fn into_config(self) -> ConfigError {
-        match self {
-            Self::Located(e) => e,
-            other => ConfigError::Layers(other.to_string()),
-        }
+fn record(origins: &mut BTreeMap<String, Origin>, key: &str, value: &Value, origin: &Origin) {
+    origins.insert(key.to_owned(), origin.clone());
+    match value {
+        Value::Table(t) => t.iter().for_each(|(k, v)| record(origins, &join(key, k), v, origin)),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| record(origins, &format!("{key}[{i}]"), v, origin)),
+        _ => {}
     }
 }
 
-fn value_at<'a>(table: &'a Value, field: &str) -> Option<&'a Value> {
-    match &table.kind {
-        ValueKind::Table(t) => t.get(field),
+pub(super) fn join(at: &str, key: &str) -> String {
+    match (at, key) {
+        ("", key) | (key, "." | "") => key.to_owned(),
+        _ => format!("{at}.{key}"),
+    }
+}
+
+fn get<'a>(tree: &'a Table, path: &str) -> Option<&'a Value> {
+    let (first, rest) = path.split_once('.').unwrap_or((path, ""));
+    match (tree.get(first)?, rest) {
+        (value, "") => Some(value),
+        (Value::Table(t), rest) => get(t, rest),
         _ => None,
+    }
+}
+
+fn get_mut<'a>(tree: &'a mut Table, path: &str) -> Option<&'a mut Value> {
+    let (first, rest) = path.split_once('.').unwrap_or((path, ""));
+    match (tree.get_mut(first)?, rest) {
+        (value, "") => Some(value),
+        (Value::Table(t), rest) => get_mut(t, rest),
+        _ => None,
+    }
+}
+
+/// Text as the boolean or integer that `message`, the error it gave, says was expected.
+fn retype(value: &Value, message: &str) -> Option<Value> {
+    let Value::String(text) = value else { return None };
+    if !message.contains("boolean") {
+        return text.trim().parse().ok().map(Value::Integer);
+    }
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(Value::Boolean(true)),
+        "false" | "0" | "no" | "off" => Some(Value::Boolean(false)),
+        _ => None,
+    }
+}
+
+/// The names a serde message says were expected: the `quoted` ones after the first (the
+/// field or variant given).
+fn expected_names(message: &str) -> Vec<String> {
+    message.split('`').skip(3).step_by(2).map(str::to_owned).collect()
+}
+
+/// The known key nearest to `field` (any case, `-` for `_`), when it is near.
+pub(super) fn suggest(field: &str, known: &[impl AsRef<str>]) -> Option<String> {
+    let field = field.to_ascii_lowercase().replace('-', "_");
+    let nearest = known.iter().map(|k| (strsim::levenshtein(&field, k.as_ref()), k.as_ref())).min();
+    nearest.filter(|(d, _)| *d <= 3).map(|(_, k)| k.to_owned())
+}
+
+/// "a table with keys" `key.name`, … for an expected table.
+pub(super) fn table_of(key: &str, names: &[impl AsRef<str>]) -> String {
+    let mut keys: Vec<String> = names.iter().map(|n| join(key, n.as_ref())).collect();
+    keys.sort();
+    format!("a table with keys {}", keys.join(", "))
+}
+
+/// `"a", "b" or "c"`.
+fn one_of(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|k| format!("{k:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
     }
 }
 
 /// A value as it appears in an error message: a secret's hidden unless it is empty or not a
 /// scalar, a URL's password always.
-fn shown(key: &str, kind: &ValueKind) -> String {
-    match kind {
-        ValueKind::Nil => "(nothing)".into(),
-        ValueKind::Table(_) => "(a table)".into(),
-        ValueKind::Array(_) => "(an array)".into(),
-        ValueKind::String(s) if s.is_empty() => "\"\"".into(),
+pub(super) fn shown(key: &str, value: Option<&Value>) -> String {
+    match value {
+        None => "(nothing)".into(),
+        Some(Value::Table(_)) => "(a table)".into(),
+        Some(Value::Array(_)) => "(an array)".into(),
+        Some(Value::String(s)) if s.is_empty() => "\"\"".into(),
         _ if is_secret_key(key.rsplit('.').next().unwrap_or(key)) => REDACTED.into(),
-        ValueKind::String(s) => format!("{:?}", hide_url_password(s)),
-        ValueKind::Boolean(b) => b.to_string(),
-        ValueKind::I64(v) => v.to_string(),
-        ValueKind::I128(v) => v.to_string(),
-        ValueKind::U64(v) => v.to_string(),
-        ValueKind::U128(v) => v.to_string(),
-        ValueKind::Float(v) => v.to_string(),
+        Some(Value::String(s)) => format!("{:?}", hide_url_password(s)),
+        Some(other) => other.to_string(),
     }
 }
 
@@ -300,216 +326,5 @@ fn hide_url_password(text: &str) -> String {
     match rest[..at].split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
         None => text.to_owned(),
-    }
-}
-
-/// Expands a leading `~` (alone or followed by `/`) to `home`.
-pub fn expand_tilde(path: &str, home: Option<&Path>) -> Result<PathBuf, TildeError> {
-    let Some(rest) = path.strip_prefix('~') else { return Ok(PathBuf::from(path)) };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return Err(TildeError::OtherUser);
-    }
-    Ok(home.ok_or(TildeError::NoHome)?.join(rest.trim_start_matches('/')))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TildeError {
-    #[error("HOME is not set, so a leading ~ in the path cannot be expanded")]
-    NoHome,
-    #[error("~user paths are not supported")]
-    OtherUser,
-}
-
-/// Deserializes the typed settings from the merged tree: strict about types in files (a
-/// string is not a number), while the environment and the command line, which only have
-/// strings, may spell numbers and booleans as text.
-pub(super) struct De<'a> {
-    pub value: &'a Value,
-    pub key: String,
-    pub home: Option<&'a Path>,
-}
-
-impl<'a> De<'a> {
-    fn child(&self, key: String, value: &'a Value) -> Self {
-        Self { value, key, home: self.home }
-    }
-
-    fn uint(&self, max: u64) -> Result<u64, DeError> {
-        let n = match &self.value.kind {
-            ValueKind::I64(v) => u64::try_from(*v).ok(),
-            ValueKind::U64(v) => Some(*v),
-            ValueKind::I128(v) => u64::try_from(*v).ok(),
-            ValueKind::U128(v) => u64::try_from(*v).ok(),
-            ValueKind::String(s) => s.trim().parse::<u64>().ok(),
-            _ => None,
-        };
-        n.filter(|n| *n <= max).ok_or_else(|| DeError::Expected(format!("an integer 0..={max}")))
-    }
-
-    fn text(&self, expected: &str) -> Result<&'a str, DeError> {
-        match &self.value.kind {
-            ValueKind::String(s) => Ok(s),
-            _ => Err(DeError::Expected(expected.to_owned())),
-        }
-    }
-}
-
-/// The largest integer a setting may hold: TOML integers are signed 64-bit, and the printed
-/// configuration must read back.
-pub(super) const MAX_INTEGER: u64 = i64::MAX as u64;
-
-macro_rules! uints {
-    ($($method:ident: $max:expr),*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-            visitor.visit_u64(self.uint($max)?)
-        }
-    )*};
-}
-
-impl<'de, 'a> Deserializer<'de> for De<'a> {
-    type Error = DeError;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        match &self.value.kind {
-            ValueKind::Nil => visitor.visit_unit(),
-            ValueKind::Boolean(b) => visitor.visit_bool(*b),
-            ValueKind::I64(v) => visitor.visit_i64(*v),
-            ValueKind::I128(v) => visitor.visit_i128(*v),
-            ValueKind::U64(v) => visitor.visit_u64(*v),
-            ValueKind::U128(v) => visitor.visit_u128(*v),
-            ValueKind::Float(v) => visitor.visit_f64(*v),
-            ValueKind::String(s) => visitor.visit_str(s),
-            ValueKind::Table(_) => self.deserialize_map(visitor),
-            ValueKind::Array(_) => self.deserialize_seq(visitor),
-        }
-    }
-
-    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        let b = match &self.value.kind {
-            ValueKind::Boolean(b) => Some(*b),
-            ValueKind::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Some(true),
-                "false" | "0" | "no" | "off" => Some(false),
-                _ => None,
-            },
-            _ => None,
-        };
-        visitor.visit_bool(b.ok_or_else(|| DeError::Expected("a boolean (true or false)".into()))?)
-    }
-
-    uints!(deserialize_u8: u8::MAX.into(), deserialize_u16: u16::MAX.into(), deserialize_u32: u32::MAX.into(), deserialize_u64: MAX_INTEGER);
-
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        visitor.visit_str(self.text("a string")?)
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        match self.value.kind {
-            ValueKind::Nil => visitor.visit_none(),
-            _ => visitor.visit_some(self),
-        }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &str, visitor: V) -> Result<V::Value, DeError> {
-        if name != HOME_PATH {
-            return visitor.visit_newtype_struct(self);
-        }
-        let expected = "a non-empty path";
-        let text = self.text(expected)?;
-        if text.trim().is_empty() {
-            return Err(DeError::Expected(expected.into()));
-        }
-        let path = expand_tilde(text, self.home).map_err(|e| DeError::Expected(format!("a path ({e})")))?;
-        visitor.visit_newtype_struct(path.to_string_lossy().into_owned().into_deserializer())
-    }
-
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        let ValueKind::Array(items) = &self.value.kind else {
-            return Err(DeError::Expected(format!("an array of tables: one [[{}]] table per entry", self.key)));
-        };
-        visitor.visit_seq(Items { de: &self, items: items.iter().enumerate() })
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        self.deserialize_struct("", &[], visitor)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        let ValueKind::Table(table) = &self.value.kind else {
-            let prefix = if self.key.is_empty() { String::new() } else { format!("{}.", self.key) };
-            let mut keys: Vec<String> = fields.iter().map(|f| format!("{prefix}{f}")).collect();
-            keys.sort();
-            return Err(DeError::Expected(format!("a table with keys {}", keys.join(", "))));
-        };
-        let mut entries: Vec<(&String, &Value)> = table.iter().collect();
-        entries.sort_by_key(|(k, _)| *k);
-        let access = Entries { de: &self, entries: entries.into_iter(), current: None };
-        visitor.visit_map(access).map_err(|e| e.at(&self.key, self.value))
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        let text = self.text("a string")?.trim().to_owned();
-        visitor.visit_enum(text.into_deserializer())
-    }
-
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        visitor.visit_unit()
-    }
-
-    serde::forward_to_deserialize_any! {
-        i8 i16 i32 i64 i128 u128 f32 f64 char bytes byte_buf unit unit_struct tuple tuple_struct identifier
-    }
-}
-
-/// The entries of a table, in key order, each deserialized at its own key.
-struct Entries<'b, 'a, I> {
-    de: &'b De<'a>,
-    entries: I,
-    current: Option<(&'a String, &'a Value)>,
-}
-
-impl<'de, 'a, I: Iterator<Item = (&'a String, &'a Value)>> MapAccess<'de> for Entries<'_, 'a, I> {
-    type Error = DeError;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some((key, value)) = self.entries.next() else { return Ok(None) };
-        self.current = Some((key, value));
-        seed.deserialize(key.as_str().into_deserializer()).map(Some)
-    }
-
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, DeError> {
-        let (key, value) = self.current.ok_or_else(|| DeError::Expected("a value".into()))?;
-        let key = if self.de.key.is_empty() { key.clone() } else { format!("{}.{key}", self.de.key) };
-        seed.deserialize(self.de.child(key.clone(), value)).map_err(|e| e.at(&key, value))
-    }
-}
-
-/// The items of an array, each deserialized at `key[index]`.
-struct Items<'b, 'a, I> {
-    de: &'b De<'a>,
-    items: I,
-}
-
-impl<'de, 'a, I: Iterator<Item = (usize, &'a Value)>> SeqAccess<'de> for Items<'_, 'a, I> {
-    type Error = DeError;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, DeError> {
-        let Some((index, value)) = self.items.next() else { return Ok(None) };
-        let key = format!("{}[{index}]", self.de.key);
-        seed.deserialize(self.de.child(key.clone(), value)).map(Some).map_err(|e| e.at(&key, value))
     }
 }

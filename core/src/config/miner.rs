@@ -1,59 +1,35 @@
-//! Several miners in one process: the `[[miners]]` entries, each overriding a few
-//! top-level settings for its miner, and the rules across them.
+//! Several miners in one process. Each `[[miners]]` entry is read as the top-level tree
+//! with the entry's keys merged over it, so a miner is one [`MinerConfig`] checked like
+//! the top level; then the rules across miners.
 
 use std::path::PathBuf;
 
-use config::Value;
-use serde::{Deserialize, Serialize};
-use tracing::warn;
+use serde::Deserialize;
+use toml::{Table, Value};
 
-use super::types::{BucketName, Device, KeyName, MinerName, is_miner_name, opt_path, positive};
-use super::{ConfigError, MinerConfig, Origin, S3Config};
-use crate::model::{AttentionKernel, Precision};
+use super::layers::{Layers, merge, suggest, table_of};
+use super::types::is_miner_name;
+use super::{ConfigError, MinerConfig, MinerName, Origin};
 
 /// Holds the state directories of the `[[miners]]` of a process (`<state_dir>/miners/<name>`).
 pub const MINERS_DIR: &str = "miners";
 
-/// One `[[miners]]` entry as configured: each key it sets overrides the top-level one for
-/// that miner; the rest are the top-level configuration's.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MinerEntry {
-    /// Label in logs and metrics and the name of its state directory; None = its hotkey name.
-    pub name: Option<MinerName>,
-    #[serde(skip_serializing_if = "WalletOverrides::is_empty")]
-    pub wallet: WalletOverrides,
-    pub bucket: Option<BucketName>,
-    pub device: Option<Device>,
-    pub precision: Option<Precision>,
-    pub attention: Option<AttentionKernel>,
-    pub recompute_activations: Option<bool>,
-    #[serde(deserialize_with = "positive::opt")]
-    pub actual_batch_size: Option<u32>,
-    #[serde(deserialize_with = "opt_path")]
-    pub checkpoint_path: Option<PathBuf>,
-    pub baseline: Option<bool>,
-    pub random: Option<bool>,
-    /// Each key set here overrides the top-level `[s3]` one.
-    #[serde(skip_serializing_if = "S3Config::is_empty")]
-    pub s3: S3Config,
-}
-
-/// The `wallet` keys of a `[[miners]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WalletOverrides {
-    pub name: Option<KeyName>,
-    pub hotkey: Option<KeyName>,
-    #[serde(deserialize_with = "opt_path")]
-    pub path: Option<PathBuf>,
-}
-
-impl WalletOverrides {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+/// The keys a `[[miners]]` entry may set: its `name`, and the top-level keys it overrides
+/// for its miner (`wallet` and `s3` key by key). Everything else is the process's.
+pub const MINER_KEYS: &[&str] = &[
+    "actual_batch_size",
+    "attention",
+    "baseline",
+    "bucket",
+    "checkpoint_path",
+    "device",
+    "name",
+    "precision",
+    "random",
+    "recompute_activations",
+    "s3",
+    "wallet",
+];
 
 /// One miner of this process: its resolved configuration and where its own state lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,64 +43,85 @@ pub struct MinerInstance {
     pub state_dir: PathBuf,
 }
 
-impl MinerConfig {
-    /// The miners this process runs. Without `[[miners]]` entries, one: named after the
-    /// hotkey, this configuration, in `state_dir`. Otherwise one per entry, in entry order:
-    /// this configuration with the entry's keys applied, in `<state_dir>/miners/<name>`;
-    /// `runtime.cache_dir` is the same for all (the slice cache is shared by the miners of a
-    /// host).
-    pub fn instances(&self) -> Vec<MinerInstance> {
-        let top = MinerConfig { miners: Vec::new(), ..self.clone() };
-        if self.miners.is_empty() {
-            return vec![MinerInstance {
-                name: self.wallet.hotkey.to_string(),
-                config: top,
-                state_dir: self.state_dir.clone(),
-            }];
-        }
-        self.miners.iter().map(|entry| entry.apply_to(top.clone())).collect()
-    }
-
-    /// The bucket: the top-level one, else (when every `[[miners]]` entry sets its own)
-    /// the first entry's.
-    pub(super) fn resolve_bucket(&mut self, tree: &Value) -> Result<(), ConfigError> {
-        if !self.bucket.is_unset() {
-            return Ok(());
-        }
-        let Some(first) = self.miners.first().map(|m| m.bucket.clone()) else { return Err(ConfigError::MissingBucket) };
-        if let Some(index) = self.miners.iter().position(|m| m.bucket.is_none()) {
-            return Err(ConfigError::MinerWithoutBucket {
-                index,
-                origin: Origin::at(tree, &format!("miners[{index}]")),
-            });
-        }
-        self.bucket = first.unwrap_or_default();
-        Ok(())
-    }
-
-    /// Rules across the resolved `[[miners]]`: each entry's `[s3]` keys pair up, a default
-    /// name (the hotkey) is a valid name, and no two miners share a name, a wallet or a
-    /// checkpoint file.
-    pub(super) fn check_miners(&self, tree: &Value) -> Result<(), ConfigError> {
-        let instances = self.instances();
-        for (index, (entry, instance)) in self.miners.iter().zip(&instances).enumerate() {
-            let prefix = format!("miners[{index}].");
-            let origin = |key: &str| {
-                let own = format!("{prefix}{key}");
-                if Origin::at(tree, &own) == Origin::Default { Origin::at(tree, key) } else { Origin::at(tree, &own) }
+impl Layers {
+    /// The miners of `entries` (the value of `miners`), in entry order, each in
+    /// `<top state_dir>/miners/<name>`; `runtime.cache_dir` is the same for all (the slice
+    /// cache is shared by the miners of a host).
+    pub(super) fn miners(&self, entries: Option<Value>, top: &MinerConfig) -> Result<Vec<MinerInstance>, ConfigError> {
+        let entries = match entries {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(entries)) => entries,
+            Some(other) => {
+                let expected = "an array of tables: one [[miners]] table per entry".into();
+                return Err(self.invalid("miners", Some(&other), expected));
+            }
+        };
+        let read = |(index, entry): (usize, Value)| {
+            let at = format!("miners[{index}]");
+            let Value::Table(mut entry) = entry else {
+                return Err(self.invalid(&at, Some(&entry), table_of(&at, MINER_KEYS)));
             };
-            check_s3(&instance.config.s3, origin).map_err(|e| ConfigError::InMiner { index, cause: Box::new(e) })?;
-            if entry.name.is_none() && !is_miner_name(&instance.name) {
+            if let Some(key) = entry.keys().find(|k| !MINER_KEYS.contains(&k.as_str())) {
+                let suggestion = suggest(key, MINER_KEYS);
+                let key = format!("{at}.{key}");
+                return Err(ConfigError::UnknownKey { origin: self.origin(&key), key, suggestion });
+            }
+            #[derive(Deserialize)]
+            struct Named {
+                name: Option<MinerName>,
+            }
+            let name = Table::from_iter(entry.remove("name").map(|name| ("name".to_owned(), name)));
+            let named: Named = self.read(&name, &at)?;
+            let mut tree = self.tree.clone();
+            merge(&mut tree, entry, "", &mut |_, _| {});
+            let mut config = MinerConfig::from_tree(self, &tree, &at)?;
+            let name = named.name.map_or_else(|| config.wallet.hotkey.to_string(), |n| n.to_string());
+            config.state_dir = top.state_dir.join(MINERS_DIR).join(&name);
+            Ok(MinerInstance { name, state_dir: config.state_dir.clone(), config })
+        };
+        entries.into_iter().enumerate().map(read).collect()
+    }
+}
+
+impl MinerConfig {
+    /// The miners this process runs: one per `[[miners]]` entry, else this configuration,
+    /// named after its hotkey, in `state_dir`.
+    pub fn instances(&self) -> Vec<MinerInstance> {
+        if !self.miners.is_empty() {
+            return self.miners.clone();
+        }
+        vec![MinerInstance {
+            name: self.wallet.hotkey.to_string(),
+            config: self.clone(),
+            state_dir: self.state_dir.clone(),
+        }]
+    }
+
+    /// Rules across the `[[miners]]`: each miner's own rules as at the top level, a bucket
+    /// for each, a valid default name (the hotkey), and no two miners sharing a name, a
+    /// wallet or a checkpoint file.
+    pub(super) fn check_miners(&mut self, layers: &Layers) -> Result<(), ConfigError> {
+        for (index, miner) in self.miners.iter_mut().enumerate() {
+            let at = format!("miners[{index}]");
+            let origin = |key: &str| match layers.origin(&format!("{at}.{key}")) {
+                Origin::Default => layers.origin(key),
+                own => own,
+            };
+            miner.config.check(origin).map_err(|e| ConfigError::InMiner { index, cause: Box::new(e) })?;
+            if miner.config.bucket.is_unset() {
+                return Err(ConfigError::MinerWithoutBucket { index, origin: layers.origin(&at) });
+            }
+            if !is_miner_name(&miner.name) {
                 return Err(ConfigError::InvalidValue {
-                    key: format!("miners[{index}].name"),
-                    value: format!("{:?} (the default: its wallet.hotkey)", instance.name),
+                    key: format!("{at}.name"),
+                    value: format!("{:?} (the default: its wallet.hotkey)", miner.name),
                     expected: format!("{}; set name", MinerName::EXPECTED),
-                    origin: Origin::at(tree, &format!("miners[{index}]")),
+                    origin: layers.origin(&at),
                 });
             }
         }
-        for (second, b) in instances.iter().enumerate().skip(1) {
-            for (first, a) in instances.iter().enumerate().take(second) {
+        for (second, b) in self.miners.iter().enumerate().skip(1) {
+            for (first, a) in self.miners.iter().enumerate().take(second) {
                 let (wa, wb) = (&a.config.wallet, &b.config.wallet);
                 let what = if wa == wb {
                     format!("wallet (name {:?}, hotkey {:?}, path {})", *wa.name, *wa.hotkey, wa.path.display())
@@ -137,53 +134,43 @@ impl MinerConfig {
                 } else {
                     continue;
                 };
-                let origin = Origin::at(tree, &format!("miners[{second}]"));
+                let origin = layers.origin(&format!("miners[{second}]"));
                 return Err(ConfigError::DuplicateMiner { first, second, what, origin });
             }
         }
         Ok(())
     }
-}
 
-/// The S3 keys go in pairs; a session token needs both. `origin` finds where a key was set.
-pub(super) fn check_s3(s3: &S3Config, origin: impl Fn(&str) -> Origin) -> Result<(), ConfigError> {
-    let (id, secret) = ("s3.access_key_id", "s3.secret_access_key");
-    match (&s3.access_key_id, &s3.secret_access_key) {
-        (Some(_), None) => Err(ConfigError::S3UnpairedKey { given: id, origin: origin(id), missing: secret }),
-        (None, Some(_)) => Err(ConfigError::S3UnpairedKey { given: secret, origin: origin(secret), missing: id }),
-        (None, None) if s3.session_token.is_some() => {
-            Err(ConfigError::S3TokenWithoutKeys { origin: origin("s3.session_token") })
-        }
-        (Some(_), Some(_)) => {
-            if let Some(profile) = &s3.profile {
-                let origin = origin("s3.profile");
-                warn!(%profile, %origin, "s3.profile is unused: s3.access_key_id and s3.secret_access_key are set");
+    /// This configuration as TOML: the miners as `[[miners]]` entries, each with its name
+    /// and the keys where it differs from the top level.
+    pub(super) fn to_toml(&self) -> Result<Value, toml::ser::Error> {
+        let mut top = Value::try_from(self)?;
+        let mut entries = Vec::new();
+        for miner in &self.miners {
+            let mut entry = changed(Value::try_from(&miner.config)?, Some(&top)).unwrap_or(Value::Table(Table::new()));
+            if let Value::Table(entry) = &mut entry {
+                entry.remove("state_dir");
+                entry.insert("name".into(), Value::String(miner.name.clone()));
             }
-            Ok(())
+            entries.push(entry);
         }
-        (None, None) => Ok(()),
+        if let Value::Table(top) = &mut top
+            && !entries.is_empty()
+        {
+            top.insert("miners".into(), Value::Array(entries));
+        }
+        Ok(top)
     }
 }
 
-impl MinerEntry {
-    /// `top` with this entry's keys applied, in its own state directory.
-    fn apply_to(&self, mut config: MinerConfig) -> MinerInstance {
-        let wallet = &self.wallet;
-        config.wallet.name = wallet.name.clone().unwrap_or(config.wallet.name);
-        config.wallet.hotkey = wallet.hotkey.clone().unwrap_or(config.wallet.hotkey);
-        config.wallet.path = wallet.path.clone().unwrap_or(config.wallet.path);
-        config.bucket = self.bucket.clone().unwrap_or(config.bucket);
-        config.device = self.device.unwrap_or(config.device);
-        config.precision = self.precision.unwrap_or(config.precision);
-        config.attention = self.attention.unwrap_or(config.attention);
-        config.recompute_activations = self.recompute_activations.unwrap_or(config.recompute_activations);
-        config.actual_batch_size = self.actual_batch_size.unwrap_or(config.actual_batch_size);
-        config.checkpoint_path = self.checkpoint_path.clone().or(config.checkpoint_path);
-        config.baseline = self.baseline.unwrap_or(config.baseline);
-        config.random = self.random.unwrap_or(config.random);
-        config.s3 = self.s3.over(&config.s3);
-        let name = self.name.as_ref().map_or_else(|| config.wallet.hotkey.to_string(), |n| n.to_string());
-        config.state_dir = config.state_dir.join(MINERS_DIR).join(&name);
-        MinerInstance { state_dir: config.state_dir.clone(), name, config }
+/// What of `value` differs from `base`, tables key by key; `None` when nothing does.
+fn changed(value: Value, base: Option<&Value>) -> Option<Value> {
+    match (value, base) {
+        (Value::Table(table), Some(Value::Table(base))) => {
+            let table: Table =
+                table.into_iter().filter_map(|(k, v)| Some((k.clone(), changed(v, base.get(&k))?))).collect();
+            (!table.is_empty()).then_some(Value::Table(table))
+        }
+        (value, base) => (Some(&value) != base).then_some(value),
     }
 }

@@ -14,17 +14,18 @@
 //!
 //! Each setting is described once: a field of [`MinerConfig`] (or of a section such as
 //! [`RuntimeSettings`]) whose type checks its value, with its default and its notes for
-//! operators in `config/default.toml` ([`defaults`]). The
-//! `config` crate merges the layers and [`layers`] deserializes the merged tree, so an
-//! error names the key, the value, what is expected and which layer set it (`invalid value
-//! "abc" for netuid (command-line flag --netuid): expected an integer 0..=65535`). A key
-//! this build does not know is an error, with the nearest known key suggested.
+//! operators in `config/default.toml` ([`defaults`]). [`layers`] merges the layers into one
+//! TOML tree that remembers where each key was set and deserializes it, so an error names
+//! the key, the value, what is expected and which layer set it (`invalid value "abc" for
+//! netuid (command-line flag --netuid): expected an integer 0..=65535`). A key this build
+//! does not know is an error, with the nearest known key suggested.
 //!
 //! `[s3]` (how to reach and sign for the own bucket), `[runtime]` (tunables of the miner
 //! runtime) and `[data]` (where training text comes from) have no flags, as in the seed.
 //! Several miners can run in one process: each `[[miners]]` table (in a file only) names
-//! one, overriding a few top-level keys for it; see [`MinerConfig::instances`]. A layer that
-//! sets `[[miners]]` replaces the entries of lower layers as a whole.
+//! one, overriding a few top-level keys for it ([`MINER_KEYS`]); see
+//! [`MinerConfig::instances`]. A layer that sets `[[miners]]` replaces the entries of lower
+//! layers as a whole.
 //!
 //! There are no per-network files: the seed has no such notion, `--test`/`--local` and
 //! `subtensor.network` already pick the well-known endpoints, and a file that changed
@@ -46,17 +47,19 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::warn;
 
-pub use self::layers::{ConfigSources, Origin, TildeError, expand_tilde};
-pub use self::miner::{MINERS_DIR, MinerEntry, MinerInstance, WalletOverrides};
+pub use self::layers::{ConfigSources, Origin};
+pub use self::miner::{MINER_KEYS, MINERS_DIR, MinerInstance};
 pub use self::runtime::RuntimeSettings;
 pub use self::types::{
-    BucketName, BucketNameError, DataSourceSpec, Device, Endpoint, FINNEY_ENDPOINT, KeyName, LOCAL_ENDPOINT, LogFormat,
-    MinerName, Network, Profile, Region, Secret, TEST_ENDPOINT,
+    DataSourceSpec, KeyName, LogFormat, MinerName, Profile, Region, Secret, TildeError, expand_tilde,
 };
-use self::types::{dataset, hparams, label, listen, netuid, opt_path, path, positive, seed, ws_url};
+use self::types::{
+    dataset, hparams, label, listen, netuid, opt_label, opt_path, opt_positive, path, positive, seed, ws_url,
+};
+use crate::chain::Network;
 use crate::hparams::HparamsSource;
-use crate::model::{AttentionKernel, ComputeOptions, Precision};
-use crate::storage::{AccessKeys, CredentialSource, DEFAULT_REGION};
+use crate::model::{AttentionKernel, ComputeOptions, Device, Precision};
+use crate::storage::{AccessKeys, BucketName, CredentialSource, DEFAULT_REGION, Endpoint};
 
 /// Prefix of the configuration environment variables (`TESSERA__…`).
 pub const ENV_PREFIX: &str = "TESSERA";
@@ -95,13 +98,8 @@ pub fn defaults() -> &'static str {
 
 /// The built-in default of `key` (dotted) as text, for help output; None when it has none.
 pub fn default_of(key: &str) -> Option<String> {
-    let tree: toml::Table = toml::from_str(defaults()).ok()?;
-    let mut parts = key.split('.');
-    let mut value = tree.get(parts.next()?)?;
-    for part in parts {
-        value = value.get(part)?;
-    }
-    Some(match value {
+    let tree: toml::Value = toml::from_str(defaults()).ok()?;
+    Some(match key.split('.').try_fold(&tree, |value, part| value.get(part))? {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
     })
@@ -112,7 +110,7 @@ pub fn default_of(key: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 pub struct MinerConfig {
     /// Sequences per micro-batch (gradient accumulation step).
-    #[serde(with = "positive")]
+    #[serde(deserialize_with = "positive")]
     pub actual_batch_size: u32,
     pub wallet: WalletConfig,
     /// This miner's S3 bucket (committed on chain). With `[[miners]]` entries that all set
@@ -133,7 +131,7 @@ pub struct MinerConfig {
     /// Weights & Biases project.
     #[serde(deserialize_with = "label")]
     pub project: String,
-    #[serde(with = "netuid")]
+    #[serde(deserialize_with = "netuid")]
     pub netuid: u16,
     /// Read every UID's committed bucket, not only the own one.
     pub remote: bool,
@@ -168,14 +166,10 @@ pub struct MinerConfig {
     pub runtime: RuntimeSettings,
     /// Where training text comes from (`[data]`).
     pub data: DataConfig,
-    /// The `[[miners]]` entries as configured; [`MinerConfig::instances`] resolves them.
-    /// Empty: this process runs one miner, this configuration.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub miners: Vec<MinerEntry>,
-}
-
-fn opt_label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    label(d).map(Some)
+    /// The miners of the `[[miners]]` entries (read apart: each entry is the top level with
+    /// its keys merged over it). Empty: this process runs one miner, this configuration.
+    #[serde(skip)]
+    pub miners: Vec<MinerInstance>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,16 +209,15 @@ pub struct DataConfig {
     #[serde(default, deserialize_with = "dataset")]
     pub dataset: Option<String>,
     /// Seed of the `synthetic` source.
-    #[serde(with = "seed")]
+    #[serde(deserialize_with = "seed")]
     pub synthetic_seed: u64,
     /// Pages a window trains on; None = the hparams' `validator_window_eval_size`.
-    #[serde(default, deserialize_with = "positive::opt")]
+    #[serde(default, deserialize_with = "opt_positive")]
     pub pages_per_window: Option<u32>,
 }
 
-/// The own bucket's endpoint, region and credentials (`[s3]`); in a `[[miners]]` entry,
-/// the keys that override the top-level ones. `Debug` and printed configuration hide the
-/// keys and the session token.
+/// The own bucket's endpoint, region and credentials (`[s3]`). `Debug` and printed
+/// configuration hide the keys and the session token.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
@@ -242,25 +235,9 @@ pub struct S3Config {
 }
 
 impl S3Config {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// The region requests are signed for.
     pub fn region(&self) -> &str {
         self.region.as_deref().map_or(DEFAULT_REGION, String::as_str)
-    }
-
-    /// These keys, and `base`'s where not given here.
-    pub fn over(&self, base: &S3Config) -> S3Config {
-        S3Config {
-            endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
-            region: self.region.clone().or_else(|| base.region.clone()),
-            access_key_id: self.access_key_id.clone().or_else(|| base.access_key_id.clone()),
-            secret_access_key: self.secret_access_key.clone().or_else(|| base.secret_access_key.clone()),
-            session_token: self.session_token.clone().or_else(|| base.session_token.clone()),
-            profile: self.profile.clone().or_else(|| base.profile.clone()),
-        }
     }
 
     /// The configured keys (with the session token, if any) when both keys are set, else
@@ -318,19 +295,6 @@ pub enum ConfigError {
     FileNotFound { path: PathBuf },
     #[error("cannot read configuration file {path}: {cause}")]
     FileParse { path: String, cause: String },
-    #[error("cannot assemble the configuration: {0}")]
-    Layers(String),
-}
-
-impl From<config::ConfigError> for ConfigError {
-    fn from(e: config::ConfigError) -> Self {
-        match e {
-            config::ConfigError::FileParse { uri, cause } => {
-                Self::FileParse { path: uri.unwrap_or_else(|| "(unnamed)".into()), cause: cause.to_string() }
-            }
-            other => Self::Layers(other.to_string()),
-        }
-    }
 }
 
 /// Where hparams come from and where a fetched copy is cached.
@@ -344,81 +308,105 @@ impl HparamsSettings {
     /// Only the hparams part of the configuration (no bucket needed); the whole
     /// configuration is still checked, so a typo anywhere is reported.
     pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
-        Ok(MinerConfig::deserialize_from(sources)?.0.hparams_settings())
+        Ok(MinerConfig::read(sources)?.0.hparams_settings())
     }
 }
 
 impl MinerConfig {
     /// Merges the layers of `sources` and checks the result.
     pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
-        let (mut config, tree) = Self::deserialize_from(sources)?;
-        config.resolve_bucket(&tree)?;
-        let s3 = &config.s3;
-        miner::check_s3(s3, |key| Origin::at(&tree, key))?;
-        let (first, max) = (config.runtime.restart_backoff, config.runtime.restart_backoff_max);
-        if max < first {
-            return Err(ConfigError::InvalidValue {
-                key: "runtime.restart_backoff_max_ms".into(),
-                value: max.as_millis().to_string(),
-                expected: format!(
-                    "a number of milliseconds at least runtime.restart_backoff_ms ({}, {})",
-                    first.as_millis(),
-                    Origin::at(&tree, "runtime.restart_backoff_ms")
-                ),
-                origin: Origin::at(&tree, "runtime.restart_backoff_max_ms"),
-            });
+        let (mut config, layers) = Self::read(sources)?;
+        config.check(|key| layers.origin(key))?;
+        if config.bucket.is_unset() {
+            config.bucket = config.miners.first().ok_or(ConfigError::MissingBucket)?.config.bucket.clone();
         }
-        config.force_network(&tree)?;
         if let Some(dataset) = &config.data.dataset
             && config.data.source != DataSourceSpec::HuggingFace
         {
             warn!(%dataset, source = %config.data.source, "data.dataset is unused: data.source is not \"huggingface\"");
         }
-        config.check_miners(&tree)?;
+        config.check_miners(&layers)?;
         Ok(config)
     }
 
     /// Only the `log_format` setting (the rest checked, no bucket needed): the binary sets
     /// up logging with it before the configuration is loaded and its errors reported.
     pub fn load_log_format(sources: &ConfigSources) -> Result<LogFormat, ConfigError> {
-        Ok(Self::deserialize_from(sources)?.0.log_format)
+        Ok(Self::read(sources)?.0.log_format)
     }
 
-    /// The merged layers, deserialized, with the derived paths filled in; and the tree, for
-    /// the origins of cross-key errors.
-    fn deserialize_from(sources: &ConfigSources) -> Result<(Self, config::Value), ConfigError> {
-        let tree = sources.merged()?;
-        let de = layers::De { value: &tree, key: String::new(), home: sources.home.as_deref() };
-        let mut config = Self::deserialize(de).map_err(layers::DeError::into_config)?;
+    /// The merged layers, deserialized, with the derived settings filled in, and the
+    /// `[[miners]]` entries read; and the layers, for the origins of cross-key errors.
+    fn read(sources: &ConfigSources) -> Result<(Self, layers::Layers), ConfigError> {
+        let mut layers = sources.merged()?;
+        let entries = layers.tree.remove("miners");
+        let mut config = Self::from_tree(&layers, &layers.tree, "")?;
+        config.miners = layers.miners(entries, &config)?;
+        Ok((config, layers))
+    }
+
+    /// `tree` (at `at` in `layers`) deserialized, with the derived settings filled in.
+    fn from_tree(layers: &layers::Layers, tree: &toml::Table, at: &str) -> Result<Self, ConfigError> {
+        let mut config: Self = layers.read(tree, at)?;
         if config.runtime.cache_dir.as_os_str().is_empty() {
             config.runtime.cache_dir = config.state_dir.join(SLICE_CACHE_DIR);
         }
-        Ok((config, tree))
+        Ok(config)
     }
 
-    /// `--test`/`--local` force their network and its endpoint, as the seed did; else the
-    /// endpoint defaults to the network's.
-    fn force_network(&mut self, tree: &config::Value) -> Result<(), ConfigError> {
-        let sub = &mut self.subtensor;
-        let forced = match (self.test, self.local) {
+    /// Rules across keys of one miner; `origin` finds where a key was set.
+    fn check(&mut self, origin: impl Fn(&str) -> Origin) -> Result<(), ConfigError> {
+        let (id, secret) = ("s3.access_key_id", "s3.secret_access_key");
+        match (&self.s3.access_key_id, &self.s3.secret_access_key, &self.s3.session_token) {
+            (Some(_), None, _) => {
+                return Err(ConfigError::S3UnpairedKey { given: id, origin: origin(id), missing: secret });
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::S3UnpairedKey { given: secret, origin: origin(secret), missing: id });
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::S3TokenWithoutKeys { origin: origin("s3.session_token") });
+            }
+            (Some(_), Some(_), _) if self.s3.profile.is_some() => {
+                let origin = origin("s3.profile");
+                warn!(%origin, "s3.profile is unused: s3.access_key_id and s3.secret_access_key are set");
+            }
+            _ => {}
+        }
+        let (first, max) = (self.runtime.restart_backoff, self.runtime.restart_backoff_max);
+        if max < first {
+            let key = "runtime.restart_backoff_max_ms";
+            let expected = format!(
+                "a number of milliseconds at least runtime.restart_backoff_ms ({}, {})",
+                first.as_millis(),
+                origin("runtime.restart_backoff_ms")
+            );
+            let value = max.as_millis().to_string();
+            return Err(ConfigError::InvalidValue { key: key.into(), value, expected, origin: origin(key) });
+        }
+        self.force_network(origin)
+    }
+
+    /// `--test`/`--local` force their network and its endpoint, as the seed did.
+    fn force_network(&mut self, origin: impl Fn(&str) -> Origin) -> Result<(), ConfigError> {
+        let (setting, network) = match (self.test, self.local) {
             (true, true) => return Err(ConfigError::TestAndLocal),
-            (true, false) => Some(("test", Network::Test)),
-            (false, true) => Some(("local", Network::Local)),
-            (false, false) => None,
-        };
-        let Some((setting, network)) = forced else {
-            sub.chain_endpoint.get_or_insert_with(|| sub.network.default_endpoint().to_owned());
-            return Ok(());
+            (true, false) => ("test", Network::Test),
+            (false, true) => ("local", Network::Local),
+            (false, false) => {
+                let sub = &mut self.subtensor;
+                sub.chain_endpoint.get_or_insert_with(|| sub.network.default_endpoint().to_owned());
+                return Ok(());
+            }
         };
         let endpoint = network.default_endpoint().to_owned();
+        let sub = &mut self.subtensor;
         if sub.network != network {
-            let origin = Origin::at(tree, "subtensor.network");
+            let origin = origin("subtensor.network");
             warn!(configured = %sub.network, %origin, "{setting} overrides subtensor.network");
         }
-        if let Some(configured) = &sub.chain_endpoint
-            && *configured != endpoint
-        {
-            let origin = Origin::at(tree, "subtensor.chain_endpoint");
+        if let Some(configured) = sub.chain_endpoint.as_ref().filter(|c| **c != endpoint) {
+            let origin = origin("subtensor.chain_endpoint");
             warn!(%configured, %origin, %endpoint, "{setting} overrides subtensor.chain_endpoint");
         }
         *sub = SubtensorConfig { network, chain_endpoint: Some(endpoint) };
@@ -460,7 +448,7 @@ impl MinerConfig {
 
     /// The effective configuration as TOML (valid as a `--config` file), secrets redacted.
     pub fn effective_toml(&self) -> String {
-        let rendered = toml::Value::try_from(self).and_then(|mut value| {
+        let rendered = self.to_toml().and_then(|mut value| {
             redact_secrets(&mut value);
             toml::to_string(&value)
         });

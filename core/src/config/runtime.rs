@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{millis, positive, secs, secs_or_zero, windows, windows_or_never};
+use super::types::{as_millis, as_secs, millis, path, positive, secs, windows};
 use crate::slice::Dtype;
 
 /// Tunables of one miner's runtime. The configured ones are `[runtime]` keys (durations in
@@ -16,51 +16,51 @@ use crate::slice::Dtype;
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Write a checkpoint every this many windows (and always at shutdown).
-    #[serde(with = "windows")]
+    #[serde(deserialize_with = "windows::<_, 1>")]
     pub checkpoint_every: u64,
     /// Peer slice downloads in flight.
-    #[serde(with = "positive")]
+    #[serde(deserialize_with = "positive")]
     pub download_concurrency: u32,
     /// Deadline of one whole peer download.
-    #[serde(rename = "peer_deadline_secs", with = "secs")]
+    #[serde(rename = "peer_deadline_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub peer_deadline: Duration,
     /// A download that makes no progress this long is abandoned.
-    #[serde(rename = "progress_timeout_secs", with = "secs")]
+    #[serde(rename = "progress_timeout_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub progress_timeout: Duration,
     /// A peer whose downloads fail this many times in a row is skipped for `peer_skip`.
-    #[serde(with = "positive")]
+    #[serde(deserialize_with = "positive")]
     pub peer_failures_before_skip: u32,
-    #[serde(rename = "peer_skip_secs", with = "secs")]
+    #[serde(rename = "peer_skip_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub peer_skip: Duration,
     /// Period of the metagraph, peer bucket and hparams refresh.
-    #[serde(rename = "refresh_secs", with = "secs")]
+    #[serde(rename = "refresh_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub refresh_period: Duration,
     /// More than this many restarts of one miner's actors within `restart_period`
     /// escalate: the miner stops.
-    #[serde(with = "positive")]
+    #[serde(deserialize_with = "positive")]
     pub max_restarts: u32,
-    #[serde(rename = "restart_period_secs", with = "secs")]
+    #[serde(rename = "restart_period_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub restart_period: Duration,
     /// First restart delay, doubling per restart up to `restart_backoff_max` (which is at
     /// least this; the loader checks).
-    #[serde(rename = "restart_backoff_ms", with = "millis")]
+    #[serde(rename = "restart_backoff_ms", deserialize_with = "millis", serialize_with = "as_millis")]
     pub restart_backoff: Duration,
-    #[serde(rename = "restart_backoff_max_ms", with = "millis")]
+    #[serde(rename = "restart_backoff_max_ms", deserialize_with = "millis", serialize_with = "as_millis")]
     pub restart_backoff_max: Duration,
     /// After SIGTERM/SIGINT the process exits within this long.
-    #[serde(rename = "shutdown_timeout_secs", with = "secs")]
+    #[serde(rename = "shutdown_timeout_secs", deserialize_with = "secs::<_, 1>", serialize_with = "as_secs")]
     pub shutdown_timeout: Duration,
     /// Tolerance when a slice object's bucket `LastModified` is checked against its
     /// window's time bounds.
-    #[serde(rename = "clock_skew_secs", with = "secs_or_zero")]
+    #[serde(rename = "clock_skew_secs", deserialize_with = "secs::<_, 0>", serialize_with = "as_secs")]
     pub clock_skew: Duration,
     /// Evaluate the model's loss on the held-out pages every this many windows (0: never;
     /// it costs compute on the critical GPU).
-    #[serde(with = "windows_or_never")]
+    #[serde(deserialize_with = "windows::<_, 0>")]
     pub eval_every: u64,
     /// The slice cache shared by all miners of the host: the configured directory, else
     /// `<state_dir>/slice-cache` (always set after loading).
-    #[serde(default, deserialize_with = "super::types::path")]
+    #[serde(default, deserialize_with = "path")]
     pub cache_dir: PathBuf,
 
     /// Nominal block time, to extrapolate window bounds (12 s on subtensor).

@@ -3,6 +3,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::chain::{FINNEY_ENDPOINT, LOCAL_ENDPOINT, TEST_ENDPOINT};
+use crate::storage::BucketNameError;
 
 /// Every configuration key, dotted.
 const KEYS: &[&str] = &[
@@ -488,7 +490,8 @@ fn secrets_are_redacted_anywhere_in_the_tree() {
 }
 
 /// Every `[[miners]]` key but the S3 keys and token in the first entry (printed, those
-/// are placeholders that cannot be read back), a few in the second.
+/// are placeholders that cannot be read back), each different from the top level's (a
+/// miner is printed with the keys where it differs), a few in the second.
 const EVERY_MINER_KEY: &str = r#"
 [[miners]]
 name = "alpha"
@@ -496,11 +499,11 @@ bucket = "alpha-bucket"
 device = "cuda:0"
 precision = "bf16-mixed"
 attention = "fused"
-recompute_activations = true
+recompute_activations = false
 actual_batch_size = 4
 checkpoint_path = "/ckpt/alpha.bin"
 baseline = false
-random = true
+random = false
 [miners.wallet]
 name = "cold-a"
 hotkey = "hot-a"
@@ -1076,7 +1079,7 @@ fn two_miners_make_two_instances_sharing_the_slice_cache() {
     let file = write(dir.path(), "two.toml", TWO_MINERS);
     let c = MinerConfig::load(&ConfigSources { config_file: Some(file), ..sources() }).unwrap();
     assert_eq!(c.miners.len(), 2);
-    assert_eq!(c.miners[1].wallet.path, Some(PathBuf::from("/home/op/w1")), "entry paths are ~-expanded");
+    assert_eq!(c.miners[1].config.wallet.path, PathBuf::from("/home/op/w1"), "entry paths are ~-expanded");
     let [a, b] = <[MinerInstance; 2]>::try_from(c.instances()).unwrap();
     assert_eq!((a.name.as_str(), b.name.as_str()), ("gpu0", "h1"), "the name defaults to the hotkey");
     assert_eq!(a.state_dir, PathBuf::from("/home/op/st/miners/gpu0"));
@@ -1126,14 +1129,13 @@ fn two_miners_make_two_instances_sharing_the_slice_cache() {
     let tree: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(tree["miners"][1]["s3"]["secret_access_key"].as_str(), Some(REDACTED), "{text}");
     assert_eq!(tree["miners"][0]["name"].as_str(), Some("gpu0"), "{text}");
-    let printed = write(dir.path(), "printed.toml", &text);
-    let e = err(&ConfigSources { config_file: Some(printed), ..sources() });
-    assert!(
-        e.starts_with("invalid value <redacted> for miners[1].s3.access_key_id") && e.contains("placeholder"),
-        "{e}"
-    );
+    // Each placeholder is refused where it stands: the top level's first, then the entry's.
     let mut tree = tree;
-    for (table, id, secret) in [("miners", "AKIAONE", "one-secret"), ("s3", "AKIATOP", "top-secret")] {
+    for (table, id, secret) in [("s3", "AKIATOP", "top-secret"), ("miners", "AKIAONE", "one-secret")] {
+        let printed = write(dir.path(), "printed.toml", &toml::to_string(&tree).unwrap());
+        let e = err(&ConfigSources { config_file: Some(printed), ..sources() });
+        let key = if table == "miners" { "miners[1].s3.access_key_id" } else { "s3.access_key_id" };
+        assert!(e.starts_with(&format!("invalid value <redacted> for {key} ")) && e.contains("placeholder"), "{e}");
         let s3 = if table == "miners" { &mut tree["miners"][1]["s3"] } else { &mut tree["s3"] };
         s3["access_key_id"] = toml::Value::String(id.into());
         s3["secret_access_key"] = toml::Value::String(secret.into());

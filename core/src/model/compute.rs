@@ -148,6 +148,42 @@ text_enum!(
 );
 text_enum!(AttentionKernel, "attention", "`auto`, `naive` or `fused`", Auto = "auto", Naive = "naive", Fused = "fused");
 
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA GPU by index; plain `cuda` is GPU 0, as in torch.
+    Cuda(u32),
+}
+
+impl Device {
+    pub const EXPECTED: &str = "\"cpu\", \"cuda\" or \"cuda:N\"";
+
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Some(Self::Cpu),
+            "cuda" => Some(Self::Cuda(0)),
+            other => {
+                let index = other.strip_prefix("cuda:")?;
+                if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                index.parse().ok().map(Self::Cuda)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

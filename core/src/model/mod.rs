@@ -6,7 +6,7 @@ mod compute;
 mod memory;
 mod params;
 
-pub use compute::{AttentionKernel, BackendCaps, ComputeError, ComputeOptions, Precision, ResolvedCompute};
+pub use compute::{AttentionKernel, BackendCaps, ComputeError, ComputeOptions, Device, Precision, ResolvedCompute};
 
 pub use memory::{StepMemory, memory_table, step_memory};
 pub use params::{ModelFingerprint, ModelShape, ModelShapeError, ParamLayout, ParamSpec};

@@ -23,9 +23,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, info, warn};
 use url::Url;
 
+use super::BucketName;
 use super::client::AccessKeys;
 use super::location::BucketLocation;
-use crate::config::BucketName;
 
 #[derive(Debug, Error)]
 pub enum EmbeddedError {

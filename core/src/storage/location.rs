@@ -11,7 +11,7 @@ use std::str::FromStr;
 use thiserror::Error;
 use url::Url;
 
-use crate::config::BucketName;
+use super::BucketName;
 
 /// Longest commitment accepted; real ones are well under 100 characters.
 pub const MAX_LOCATION_LEN: usize = 256;

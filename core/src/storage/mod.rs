@@ -7,6 +7,7 @@
 //! size caps enforced before and during downloads, a progress timeout, and downloads that
 //! land atomically or not at all.
 
+mod bucket;
 pub mod cache;
 mod client;
 pub mod embedded;
@@ -14,6 +15,7 @@ mod error;
 mod location;
 mod retry;
 
+pub use bucket::{BucketName, BucketNameError, Endpoint};
 pub use cache::{
     CacheEntry, CacheError, CacheFetchError, CacheStats, CachedSlice, DEFAULT_LOCK_TIMEOUT, GcReport, SliceCache,
 };
