@@ -8,7 +8,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Id, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -261,8 +262,7 @@ pub struct DevnetArgs {
 /// Log flags shared by the long-running commands.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Log lines as text (default) or json (one object per line, for log collectors).
-    #[arg(long = "log-format", value_name = "text|json")]
+    #[arg(long = "log-format", value_name = "text|json", help = with_default("Log lines as text or json (one object per line, for log collectors).", "log_format"))]
     pub log_format: Option<String>,
 
     /// Enable debug logging (RUST_LOG overrides).
@@ -295,17 +295,18 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// The flags of `tessera miner`. Defaults are those of the configuration (see
 /// `config/default.toml`); a flag overrides files and environment variables.
 #[derive(Debug, Args)]
+#[group(skip)]
 pub struct MinerArgs {
     #[arg(help = with_default("Training batch size per accumulation step, in sequences.", "actual_batch_size"), long = "actual_batch_size", visible_alias = "actual-batch-size", value_name = "N")]
     pub actual_batch_size: Option<String>,
 
-    #[arg(help = with_default("Wallet (coldkey) name.", "wallet.name"), long = "wallet.name", visible_alias = "wallet-name", value_name = "NAME")]
+    #[arg(id = "wallet.name", help = with_default("Wallet (coldkey) name.", "wallet.name"), long = "wallet.name", visible_alias = "wallet-name", value_name = "NAME")]
     pub wallet_name: Option<String>,
 
-    #[arg(help = with_default("Hotkey name within the wallet.", "wallet.hotkey"), long = "wallet.hotkey", visible_alias = "wallet-hotkey", value_name = "NAME")]
+    #[arg(id = "wallet.hotkey", help = with_default("Hotkey name within the wallet.", "wallet.hotkey"), long = "wallet.hotkey", visible_alias = "wallet-hotkey", value_name = "NAME")]
     pub wallet_hotkey: Option<String>,
 
-    #[arg(help = with_default("Directory holding the wallets.", "wallet.path"), long = "wallet.path", visible_alias = "wallet-path", value_name = "DIR")]
+    #[arg(id = "wallet.path", help = with_default("Directory holding the wallets.", "wallet.path"), long = "wallet.path", visible_alias = "wallet-path", value_name = "DIR")]
     pub wallet_path: Option<String>,
 
     /// S3 bucket name this miner writes its slices to and commits on chain (required).
@@ -342,12 +343,10 @@ pub struct MinerArgs {
     #[arg(long)]
     pub trace: bool,
 
-    /// Log lines as text (default) or json (one object per line, for log collectors).
-    #[arg(long = "log-format", value_name = "text|json")]
+    #[arg(long = "log-format", value_name = "text|json", help = with_default("Log lines as text or json (one object per line, for log collectors).", "log_format"))]
     pub log_format: Option<String>,
 
-    /// Serve /metrics, /healthz and /readyz on this host:port, or "off" [default: 127.0.0.1:9464].
-    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    #[arg(id = "metrics.listen", long = "metrics-listen", value_name = "ADDR", help = with_default("Serve /metrics, /healthz and /readyz on this host:port, or \"off\".", "metrics.listen"))]
     pub metrics_listen: Option<String>,
 
     /// Train on random data pages instead of this UID's deterministic ones.
@@ -371,12 +370,16 @@ pub struct MinerArgs {
     #[arg(long)]
     pub autoupdate: bool,
 
-    /// Subtensor network: finney, test, local, or a ws:// / wss:// URL [default: finney].
-    #[arg(long = "subtensor.network", visible_alias = "subtensor-network", value_name = "NETWORK")]
+    #[arg(id = "subtensor.network", long = "subtensor.network", visible_alias = "subtensor-network", value_name = "NETWORK", help = with_default("Subtensor network: finney, test, local, or a ws:// / wss:// URL.", "subtensor.network"))]
     pub subtensor_network: Option<String>,
 
     /// Subtensor node endpoint, a ws:// / wss:// URL [default: the network's endpoint].
-    #[arg(long = "subtensor.chain_endpoint", visible_alias = "subtensor-chain-endpoint", value_name = "URL")]
+    #[arg(
+        id = "subtensor.chain_endpoint",
+        long = "subtensor.chain_endpoint",
+        visible_alias = "subtensor-chain-endpoint",
+        value_name = "URL"
+    )]
     pub subtensor_chain_endpoint: Option<String>,
 
     /// Path to save/load the checkpoint.
@@ -407,23 +410,22 @@ pub struct MinerArgs {
 
 /// Flags shared by the subcommands that read the configuration.
 #[derive(Debug, Args)]
+#[group(skip)]
 pub struct CommonArgs {
     /// TOML configuration file, layered over config/default.toml and under environment
     /// variables (TESSERA__KEY) and flags. Keys are the flag names.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Network hyperparameters: builtin, a path to an hparams.json, or an http(s):// URL
-    /// (falls back to the last cached copy) [default: builtin].
-    #[arg(long, value_name = "PATH|URL")]
+    #[arg(long, value_name = "PATH|URL", help = with_default("Network hyperparameters: builtin, a path to an hparams.json, or an http(s):// URL (falls back to the last cached copy).", "hparams"))]
     pub hparams: Option<String>,
 
-    /// Directory for local state, such as the hparams cache [default: ~/.tessera].
-    #[arg(long = "state_dir", visible_alias = "state-dir", value_name = "DIR")]
+    #[arg(long = "state_dir", visible_alias = "state-dir", value_name = "DIR", help = with_default("Directory for local state, such as the hparams cache.", "state_dir"))]
     pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Args)]
+#[group(skip)]
 pub struct HparamsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -437,79 +439,29 @@ fn with_default(text: &str, key: &str) -> String {
     }
 }
 
-/// Collects (config key, value) pairs for the flags actually given.
-#[derive(Default)]
-struct Overrides(Vec<(String, String)>);
+/// Flags of the node subcommands that are not configuration keys.
+const NOT_SETTINGS: &[&str] = &["config", "print_config"];
 
-impl Overrides {
-    fn value(&mut self, key: &str, value: &Option<String>) {
-        if let Some(v) = value {
-            self.0.push((key.to_owned(), v.clone()));
-        }
-    }
-
-    fn switch(&mut self, key: &str, on: bool) {
-        if on {
-            self.0.push((key.to_owned(), "true".to_owned()));
-        }
-    }
-}
-
-impl CommonArgs {
-    fn add_overrides(&self, o: &mut Overrides) {
-        o.value("hparams", &self.hparams);
-        o.value("state_dir", &self.state_dir);
-    }
-}
-
-impl MinerArgs {
-    /// The configuration overrides these flags make.
-    pub fn overrides(&self) -> Vec<(String, String)> {
-        let mut o = Overrides::default();
-        o.value("actual_batch_size", &self.actual_batch_size);
-        o.value("wallet.name", &self.wallet_name);
-        o.value("wallet.hotkey", &self.wallet_hotkey);
-        o.value("wallet.path", &self.wallet_path);
-        o.value("bucket", &self.bucket);
-        o.value("device", &self.device);
-        o.switch("use_wandb", self.use_wandb);
-        o.value("project", &self.project);
-        o.value("netuid", &self.netuid);
-        o.switch("remote", self.remote);
-        o.switch("sync_state", self.sync_state);
-        o.switch("debug", self.debug);
-        o.switch("trace", self.trace);
-        o.switch("random", self.random);
-        o.switch("baseline", self.baseline);
-        o.switch("test", self.test);
-        o.switch("local", self.local);
-        o.switch("autoupdate", self.autoupdate);
-        o.value("subtensor.network", &self.subtensor_network);
-        o.value("subtensor.chain_endpoint", &self.subtensor_chain_endpoint);
-        o.value("checkpoint_path", &self.checkpoint_path);
-        o.value("process_name", &self.process_name);
-        o.value("log_format", &self.log_format);
-        o.value("metrics.listen", &self.metrics_listen);
-        o.value("precision", &self.precision);
-        o.value("attention", &self.attention);
-        o.switch("recompute_activations", self.recompute_activations);
-        self.common.add_overrides(&mut o);
-        o.0
-    }
-}
-
-impl HparamsArgs {
-    /// The configuration overrides these flags make.
-    pub fn overrides(&self) -> Vec<(String, String)> {
-        let mut o = Overrides::default();
-        self.common.add_overrides(&mut o);
-        o.0
-    }
+/// The configuration overrides of the flags given on the command line: each flag of the
+/// subcommand is the setting its id names (`wallet.name`), with its value (`true` for a
+/// switch); flags not given leave the lower layers alone.
+pub fn overrides(matches: &ArgMatches) -> Vec<(String, String)> {
+    let Some((_, sub)) = matches.subcommand() else { return Vec::new() };
+    let given = |id: &&Id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine);
+    let settings = sub.ids().filter(given).filter(|id| !NOT_SETTINGS.contains(&id.as_str()));
+    settings
+        .filter_map(|id| {
+            let value = sub.try_get_raw(id.as_str()).ok()??.next_back()?;
+            Some((id.to_string(), value.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    use tessera_core::config::{LogFormat, MinerConfig};
 
     use super::*;
 
@@ -529,27 +481,27 @@ mod tests {
 
     #[test]
     fn seed_command_line_parses_into_overrides() {
-        let cli = Cli::try_parse_from([
-            "tessera",
-            "miner",
-            "--actual_batch_size",
-            "1",
-            "--wallet.name",
-            "w",
-            "--wallet.hotkey=h",
-            "--bucket",
-            "b-1",
-            "--device",
-            "cuda:0",
-            "--use_wandb",
-            "--netuid",
-            "223",
-            "--remote",
-            "--sync_state",
-        ])
-        .unwrap();
-        let Command::Miner(args) = cli.command else { panic!("miner expected") };
-        let o = args.overrides();
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "tessera",
+                "miner",
+                "--actual_batch_size",
+                "1",
+                "--wallet.name",
+                "w",
+                "--wallet.hotkey=h",
+                "--bucket",
+                "b-1",
+                "--device",
+                "cuda:0",
+                "--use_wandb",
+                "--netuid",
+                "223",
+                "--remote",
+                "--sync_state",
+            ])
+            .unwrap();
+        let o = overrides(&matches);
         for pair in [
             ("actual_batch_size", "1"),
             ("wallet.name", "w"),
@@ -568,13 +520,79 @@ mod tests {
 
     #[test]
     fn kebab_aliases_map_to_the_same_keys() {
-        let cli =
-            Cli::try_parse_from(["tessera", "miner", "--actual-batch-size", "2", "--wallet-name", "w", "--sync-state"])
-                .unwrap();
-        let Command::Miner(args) = cli.command else { panic!("miner expected") };
-        let o = args.overrides();
+        let args = ["tessera", "miner", "--actual-batch-size", "2", "--wallet-name", "w", "--sync-state"];
+        let o = overrides(&Cli::command().try_get_matches_from(args).unwrap());
         assert!(o.contains(&("actual_batch_size".into(), "2".into())));
         assert!(o.contains(&("wallet.name".into(), "w".into())));
         assert!(o.contains(&("sync_state".into(), "true".into())));
+    }
+
+    #[test]
+    fn every_setting_flag_is_the_configuration_key_its_id_names() {
+        let args = [
+            "tessera",
+            "miner",
+            "--actual_batch_size",
+            "2",
+            "--wallet.name",
+            "w",
+            "--wallet.hotkey",
+            "h",
+            "--wallet.path",
+            "/w",
+            "--bucket",
+            "b-1",
+            "--device",
+            "cpu",
+            "--use_wandb",
+            "--project",
+            "p",
+            "--netuid",
+            "2",
+            "--remote",
+            "--sync_state",
+            "--debug",
+            "--trace",
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            "off",
+            "--random",
+            "--baseline",
+            "--test",
+            "--autoupdate",
+            "--subtensor.network",
+            "test",
+            "--subtensor.chain_endpoint",
+            "ws://node:9944",
+            "--checkpoint_path",
+            "/c",
+            "--process_name",
+            "M",
+            "--precision",
+            "fp32",
+            "--attention",
+            "naive",
+            "--recompute_activations",
+            "--hparams",
+            "builtin",
+            "--state_dir",
+            "/s",
+            "--print-config",
+        ];
+        let o = overrides(&Cli::command().try_get_matches_from(args).unwrap());
+        let miner = Cli::command().find_subcommand("miner").cloned().unwrap();
+        let settings = miner.get_arguments().filter(|a| !NOT_SETTINGS.contains(&a.get_id().as_str()));
+        // Every setting flag but --local, which contradicts --test.
+        let local = overrides(&Cli::command().try_get_matches_from(["tessera", "miner", "--local"]).unwrap());
+        assert_eq!(local, [("local".to_owned(), "true".to_owned())]);
+        assert_eq!(o.len() + 1, settings.filter(|a| a.get_id() != "help").count(), "{o:?}");
+        let sources = tessera_core::config::ConfigSources {
+            cli_overrides: o,
+            env: Some(Default::default()),
+            ..Default::default()
+        };
+        let c = MinerConfig::load(&sources).unwrap();
+        assert_eq!((c.wallet.name.as_str(), c.metrics.listen, c.log_format), ("w", None, LogFormat::Json));
     }
 }

@@ -14,7 +14,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tessera_core::config::{ConfigError, ConfigSources, HparamsSettings, LogFormat, MinerConfig};
 use tessera_core::hparams::{LoadedHparams, load_hparams};
 use tessera_core::model::ParamLayout;
@@ -31,11 +31,13 @@ const EXIT_CONFIG: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let overrides = cli::overrides(&matches);
     let result = match cli.command {
-        Command::Miner(args) => node(*args, false).await,
-        Command::Validator(args) => node(*args, true).await,
-        Command::Hparams(args) => hparams(args).await,
+        Command::Miner(args) => node(*args, overrides, false).await,
+        Command::Validator(args) => node(*args, overrides, true).await,
+        Command::Hparams(args) => hparams(args, overrides).await,
         Command::Devnet(args) => devnet::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Export(args) => export::run(args),
@@ -112,8 +114,8 @@ fn log_filter(debug: bool, trace: bool) -> EnvFilter {
 
 /// `tessera miner` and `tessera validator`: the same configuration and start-up checks;
 /// a validator runs one hotkey, reads every bucket, and scores instead of training.
-async fn node(args: MinerArgs, validator: bool) -> Result<()> {
-    let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
+async fn node(args: MinerArgs, overrides: Vec<(String, String)>, validator: bool) -> Result<()> {
+    let sources = ConfigSources::from_process(args.common.config.clone(), overrides);
     let format = log_format(&sources);
     let log = init_logging(args.debug, args.trace, format);
     let config = MinerConfig::load(&sources)?;
@@ -178,9 +180,9 @@ async fn load_network_hparams(settings: &HparamsSettings) -> Result<LoadedHparam
     Ok(load_hparams(&settings.source, &settings.cache_path).await?)
 }
 
-async fn hparams(args: HparamsArgs) -> Result<()> {
+async fn hparams(args: HparamsArgs, overrides: Vec<(String, String)>) -> Result<()> {
     init_logging(false, false, LogFormat::Text);
-    let sources = ConfigSources::from_process(args.common.config.clone(), args.overrides());
+    let sources = ConfigSources::from_process(args.common.config.clone(), overrides);
     let settings = HparamsSettings::load(&sources)?;
     let loaded = load_network_hparams(&settings).await?;
     let layout = ParamLayout::llama(&loaded.hparams.model_shape()).context("building the model layout")?;

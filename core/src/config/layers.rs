@@ -127,13 +127,13 @@ pub(super) struct Layers {
 impl Layers {
     /// Where `key` was set: its own layer, else that of the first key set inside it.
     pub fn origin(&self, key: &str) -> Origin {
-        let inside = |k: &String| k == key || (k.starts_with(key) && k[key.len()..].starts_with(['.', '[']));
-        self.origins.range(key.to_owned()..).find(|(k, _)| inside(k)).map_or(Origin::Default, |(_, o)| o.clone())
+        let mut from_key = self.origins.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key));
+        from_key.find(|(k, _)| within(k, key)).map_or(Origin::Default, |(_, origin)| origin.clone())
     }
 
     fn merge(&mut self, layer: Table, origin: &Origin) {
         merge(&mut self.tree, layer, "", &mut |key, value| {
-            self.origins.retain(|k, _| !(k.starts_with(key) && k[key.len()..].starts_with(['.', '['])));
+            self.origins.retain(|k, _| !within(k, key));
             record(&mut self.origins, key, value, origin);
         });
     }
@@ -235,6 +235,11 @@ fn record(origins: &mut BTreeMap<String, Origin>, key: &str, value: &Value, orig
         Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| record(origins, &format!("{key}[{i}]"), v, origin)),
         _ => {}
     }
+}
+
+/// Whether dotted `key` is `table` or inside it.
+fn within(key: &str, table: &str) -> bool {
+    key.strip_prefix(table).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 pub(super) fn join(at: &str, key: &str) -> String {
