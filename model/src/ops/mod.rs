@@ -101,16 +101,21 @@ pub fn causal_attention<B: ModelBackend>(
 ) -> Tensor<B, 4> {
     let scale = 1.0 / (ctx.head_dim as f32).sqrt();
     if ctx.compute.fused_attention {
-        let (out, _lse) = B::fused_attention_forward(
-            q.into_primitive().tensor(),
-            k.into_primitive().tensor(),
-            v.into_primitive().tensor(),
-            scale,
-        );
-        float(out)
+        fused_attention(q, k, v, scale)
     } else {
         naive_attention(q, k, v, ctx.mask.clone(), scale, ctx.compute.bf16_matmul)
     }
+}
+
+/// The backend's fused causal attention on tensors (the log-sum-exp rows dropped).
+pub fn fused_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+    let (out, _lse) = B::fused_attention_forward(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        scale,
+    );
+    float(out)
 }
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
