@@ -12,7 +12,7 @@ pub mod init;
 pub mod llama;
 pub mod ops;
 pub mod params;
-mod recompute;
+pub mod recompute;
 pub mod train;
 
 pub use llama::{Llama, LlamaConfig};

@@ -22,7 +22,7 @@ use crate::train::{TokenBatch, batch_tensors, lm_loss};
 /// The batch's loss (through `check_loss`, which may refuse it before any gradient is
 /// computed) and its gradients, handed to `add_grads` stage by stage (each parameter's
 /// gradient once, complete).
-pub(crate) fn loss_and_grads<B: TrainBackend, E>(
+pub fn loss_and_grads<B: TrainBackend, E>(
     model: &Llama<B>,
     batch: TokenBatch<'_>,
     check_loss: impl FnOnce(Tensor<B, 1>) -> Result<f32, E>,

@@ -20,7 +20,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use tessera_core::model::ResolvedCompute;
 
-pub use naive::{naive_attention, naive_attention_backward, naive_attention_forward};
+pub use naive::{naive_attention, naive_attention_backward, naive_attention_forward, repeat_kv, sum_groups};
 
 /// A backend the model runs on: burn's [`Backend`] plus the operations below, each with a
 /// default in plain tensor operations.
@@ -133,5 +133,6 @@ impl ModelBackend for burn::backend::Flex<f32> {}
 #[allow(deprecated)]
 impl ModelBackend for burn::backend::Candle<f32> {}
 
-#[cfg(test)]
+/// The bf16-mixed step; flex is the CPU backend with bf16.
+#[cfg(all(test, any(feature = "flex", feature = "bf16-test")))]
 mod tests;

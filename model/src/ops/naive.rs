@@ -4,10 +4,16 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Tensor};
+
+/// The float type the explicit forward and backward compute in: f32 for half-precision
+/// inputs, f64 inputs as they are (the tests' reference runs the same equations in f64).
+fn widened<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F64 { t } else { t.cast(FloatDType::F32) }
+}
 
 /// `[b, kv, t, d]` → `[b, kv · rep, t, d]`, each KV head repeated for its `rep` query heads.
-fn repeat_kv<B: Backend>(t: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+pub fn repeat_kv<B: Backend>(t: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
     if rep == 1 {
         return t;
     }
@@ -17,7 +23,7 @@ fn repeat_kv<B: Backend>(t: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
 
 /// `[b, kv · rep, t, d]` → `[b, kv, t, d]`, summing each group's query heads (the
 /// gradient of [`repeat_kv`]).
-fn sum_groups<B: Backend>(t: Tensor<B, 4>, kv: usize) -> Tensor<B, 4> {
+pub fn sum_groups<B: Backend>(t: Tensor<B, 4>, kv: usize) -> Tensor<B, 4> {
     let [b, h, s, d] = t.dims();
     if h == kv {
         return t;
@@ -47,16 +53,16 @@ pub fn naive_attention<B: Backend>(
     matmul(softmax(scores, 3), v, bf16)
 }
 
-/// Scaled, masked scores in f32, `[b, h, t, t]`, and the repeated k, v.
+/// Scaled, masked scores in at least f32, `[b, h, t, t]`, from q and the repeated k.
 fn scores<B: Backend>(q: &Tensor<B, 4>, k: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
     let [_, _, t, _] = q.dims();
     let mask = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &q.device()).unsqueeze::<4>();
-    let s = q.clone().cast(FloatDType::F32).matmul(k.cast(FloatDType::F32).swap_dims(2, 3)) * scale;
+    let s = widened(q.clone()).matmul(widened(k).swap_dims(2, 3)) * scale;
     s.mask_fill(mask, f32::NEG_INFINITY)
 }
 
 /// `(out, lse)` as the fused forward returns them: `out` in q's float type, `lse: [b, h, t]`
-/// in f32.
+/// in f32 (f64 for f64 inputs).
 pub fn naive_attention_forward<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -70,7 +76,7 @@ pub fn naive_attention_forward<B: Backend>(
     let max = s.clone().max_dim(3);
     let lse = max.clone() + (s.clone() - max).exp().sum_dim(3).log();
     let p = (s - lse.clone()).exp();
-    let out = p.matmul(v.cast(FloatDType::F32)).cast(dtype);
+    let out = p.matmul(widened(v)).cast(dtype);
     (out, lse.squeeze_dim::<3>(3))
 }
 
@@ -91,11 +97,11 @@ pub fn naive_attention_backward<B: Backend>(
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
     let kv = k.dims()[1];
     let rep = q.dims()[1] / kv;
-    let (kr, vr) = (repeat_kv(k, rep).cast(FloatDType::F32), repeat_kv(v, rep).cast(FloatDType::F32));
-    let q32 = q.cast(FloatDType::F32);
-    let d_out = grad_out.cast(FloatDType::F32);
+    let (kr, vr) = (widened(repeat_kv(k, rep)), widened(repeat_kv(v, rep)));
+    let q32 = widened(q);
+    let d_out = widened(grad_out);
     let p = (scores(&q32, kr.clone(), scale) - lse.unsqueeze_dim::<4>(3)).exp();
-    let d = (d_out.clone() * out.cast(FloatDType::F32)).sum_dim(3);
+    let d = (d_out.clone() * widened(out)).sum_dim(3);
     let dv = p.clone().swap_dims(2, 3).matmul(d_out.clone());
     let dp = d_out.matmul(vr.swap_dims(2, 3));
     let ds = p * (dp - d);
