@@ -85,7 +85,11 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
     let registered = (view.refreshed_ms > 0).then_some(&view.registered);
     let mut acc = MeanAccumulator::new(value_count);
     let mut outcome = AverageOutcome::default();
-    for slice in &fetched.slices {
+    // In hotkey order, not arrival order: f32 sums depend on their order, and every node
+    // that fetched the same slices must compute the same mean to the bit.
+    let mut ordered: Vec<_> = fetched.slices.iter().collect();
+    ordered.sort_by_key(|slice| (slice.key.hotkey.0, slice.key.to_string()));
+    for slice in ordered {
         let bytes = match std::fs::read(&slice.path) {
             Ok(bytes) => bytes,
             Err(e) => {

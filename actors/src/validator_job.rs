@@ -35,6 +35,15 @@ use crate::window_job::{WindowJob, token_batches};
 /// Values per update compared for copies.
 const SKETCH_LEN: usize = 4096;
 
+/// The validator's own draws, from its secret key ([`LoadedHotkey::private_seed`]): no
+/// miner can predict the random pages or the copy sketch's positions (to train on them,
+/// or to hide a copy), and the same validator draws the same ones for a window again, so
+/// a lockstep devnet scores the same way every run.
+///
+/// [`LoadedHotkey::private_seed`]: tessera_core::wallet::LoadedHotkey::private_seed
+const RANDOM_PAGES_PURPOSE: &str = "validator random pages";
+const SKETCH_PURPOSE: &str = "validator copy sketch";
+
 /// At least this many random micro-batches per evaluation.
 const RANDOM_BATCHES_MIN: usize = 4;
 
@@ -160,7 +169,8 @@ impl ValidatorJob {
         // reference every miner's own improvement is compared with, so its noise is
         // kept low (it is measured once per window before and once per miner after).
         let random_batches = params.eval_batches.max(RANDOM_BATCHES_MIN);
-        let random = Arc::new(self.load_batches(PageSelection::Random, e, random_batches).await?);
+        let random_pages = PageSelection::Keyed(ctx.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]));
+        let random = Arc::new(self.load_batches(random_pages, e, random_batches).await?);
         let indices = ctx.indices(e).await?;
         let theta = base.gather(e).await?;
         let random_before = {
@@ -277,7 +287,9 @@ impl ValidatorJob {
             _ => FetchOutcome::default(),
         };
         let uid_of: HashMap<Hotkey, u16> = miners.iter().map(|(u, h)| (*h, *u)).collect();
-        let positions = sketch_positions(ctx.slice_value_count(), SKETCH_LEN, rand::random());
+        let [s0, s1, s2, s3, s4, s5, s6, s7, ..] = ctx.hotkey.private_seed(SKETCH_PURPOSE, &e.to_le_bytes());
+        let sketch_seed = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        let positions = sketch_positions(ctx.slice_value_count(), SKETCH_LEN, sketch_seed);
         let work = ctx.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let view = work.peer_view();
@@ -381,7 +393,7 @@ impl ValidatorJob {
         let pages = match selection {
             PageSelection::Uid(_) => ctx.settings.pages_per_window,
             // Random pages: enough of them for `n` micro-batches from several pages.
-            PageSelection::Random => ctx.settings.pages_per_window.max(n),
+            PageSelection::Random | PageSelection::Keyed(_) => ctx.settings.pages_per_window.max(n),
         };
         let spec = WindowSpec {
             selection,

@@ -248,7 +248,8 @@ impl WindowJob {
             Behaviour::Noise => {
                 // Uniform noise with the standard deviation of one AdamW step (≈ lr).
                 let half_width = (3f64.sqrt() * ctx.hparams.learning_rate) as f32;
-                let mut rng = StdRng::from_os_rng();
+                // Drawn from this node's key and the window: the same noise every run.
+                let mut rng = StdRng::from_seed(ctx.hotkey.private_seed("devnet noise", &self.window.to_le_bytes()));
                 let noise = (0..len).map(|_| rng.random_range(-half_width..=half_width));
                 match (exchange, honest) {
                     (Exchange::Seed, Some(values)) => {
@@ -447,7 +448,13 @@ impl WindowJob {
     async fn load_data(&self) -> Result<WindowData, RuntimeError> {
         let ctx = &self.ctx;
         let spec = WindowSpec {
-            selection: if ctx.settings.random { PageSelection::Random } else { PageSelection::Uid(ctx.uid) },
+            // `--random`: pages from this miner's own key, which no validator can predict
+            // (as the seed's random pages) and a restart draws again.
+            selection: if ctx.settings.random {
+                PageSelection::Keyed(ctx.hotkey.private_seed("miner random pages", &[]))
+            } else {
+                PageSelection::Uid(ctx.uid)
+            },
             window: self.window,
             n_pages: ctx.settings.pages_per_window.max(1),
             seq_len: ctx.hparams.sequence_length,

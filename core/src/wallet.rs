@@ -95,6 +95,9 @@ impl WalletSpec {
     }
 }
 
+/// BLAKE3 context of [`LoadedHotkey::private_seed`].
+const PRIVATE_SEED_CONTEXT: &str = "tessera 2026-12 private seed v1";
+
 /// An sr25519 hotkey ready to sign: the keypair plus where it came from.
 ///
 /// `Debug` shows only the SS58 address. Do not `Debug`-print [`LoadedHotkey::keypair`]:
@@ -129,6 +132,22 @@ impl LoadedHotkey {
     /// The subxt-signer keypair, for signing extrinsics with the chain client.
     pub fn keypair(&self) -> &sr25519::Keypair {
         &self.keypair
+    }
+
+    /// 32 bytes only this key's holder can compute, the same on every run, for draws that
+    /// others must not predict but that a restart or a lockstep devnet must repeat (a
+    /// validator's random evaluation pages and copy-check sketches). They hash the public
+    /// key of the hard derivation `//tessera-private//<purpose>`, which needs the secret
+    /// key and is never published, with `context`.
+    pub fn private_seed(&self, purpose: &str, context: &[u8]) -> [u8; 32] {
+        use subxt_signer::DeriveJunction;
+        let derived = self.keypair.derive([DeriveJunction::hard("tessera-private"), DeriveJunction::hard(purpose)]);
+        let mut h = blake3::Hasher::new_derive_key(PRIVATE_SEED_CONTEXT);
+        h.update(&derived.public_key().0);
+        h.update(&(purpose.len() as u64).to_le_bytes());
+        h.update(purpose.as_bytes());
+        h.update(context);
+        *h.finalize().as_bytes()
     }
 
     /// The keyfile it was read from; `None` for a dev key.
@@ -814,5 +833,17 @@ mod tests {
         assert_eq!(expand_home(Path::new("/abs/~/x"), Some(Path::new("/h"))), PathBuf::from("/abs/~/x"));
         assert_eq!(expand_home(Path::new("~bob/x"), Some(Path::new("/h"))), PathBuf::from("~bob/x"));
         assert_eq!(expand_home(Path::new("~/x"), None), PathBuf::from("~/x"));
+    }
+
+    #[test]
+    fn private_seeds_repeat_for_a_key_and_differ_by_purpose_context_and_key() {
+        let alice = LoadedHotkey::dev("Alice").unwrap();
+        let seed = alice.private_seed("pages", &7u64.to_le_bytes());
+        assert_eq!(seed, LoadedHotkey::dev("//Alice").unwrap().private_seed("pages", &7u64.to_le_bytes()));
+        assert_ne!(seed, alice.private_seed("pages", &8u64.to_le_bytes()));
+        assert_ne!(seed, alice.private_seed("sketch", &7u64.to_le_bytes()));
+        assert_ne!(seed, LoadedHotkey::dev("Bob").unwrap().private_seed("pages", &7u64.to_le_bytes()));
+        // Not a hash of public material alone: the public key is not in it as such.
+        assert_ne!(&seed[..], &alice.hotkey().0[..]);
     }
 }

@@ -14,6 +14,8 @@ pub const ROWS_PER_PAGE: u32 = 100;
 
 /// BLAKE3 `derive_key` context for page selection; changing it changes every miner's pages.
 pub const PAGES_DOMAIN: &str = "tessera-data 2024-11 pages v1";
+/// BLAKE3 context of [`keyed_pages`].
+pub const KEYED_PAGES_DOMAIN: &str = "tessera-data 2026-12 keyed pages v1";
 
 /// A contiguous run of rows in one config (shard) of the dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,11 +53,14 @@ impl DatasetInfo {
     }
 }
 
-/// How a miner picks its pages: from its uid (validators can check), or at random (`--random`).
+/// How a node picks its pages: from a miner's uid (validators can check), at random
+/// (`--random`), or from a key only the node holds (a validator's random pages: no miner
+/// can predict them, and the validator draws the same ones again for the same window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageSelection {
     Uid(u16),
     Random,
+    Keyed([u8; 32]),
 }
 
 impl PageSelection {
@@ -64,6 +69,7 @@ impl PageSelection {
         match *self {
             PageSelection::Uid(uid) => pages_for(uid, window, n_pages, dataset),
             PageSelection::Random => random_pages(n_pages, dataset),
+            PageSelection::Keyed(key) => keyed_pages(&key, window, n_pages, dataset),
         }
     }
 }
@@ -77,6 +83,15 @@ pub fn pages_for(uid: u16, window: u64, n_pages: usize, dataset: &DatasetInfo) -
     material[..2].copy_from_slice(&uid.to_le_bytes());
     material[2..].copy_from_slice(&window.to_le_bytes());
     pages_from_seed(blake3::derive_key(PAGES_DOMAIN, &material), n_pages, dataset)
+}
+
+/// The pages `key` gives for `window`: a pure function of both, which nobody without the
+/// key can compute.
+pub fn keyed_pages(key: &[u8; 32], window: u64, n_pages: usize, dataset: &DatasetInfo) -> Vec<Page> {
+    let mut material = [0u8; 40];
+    material[..32].copy_from_slice(key);
+    material[32..].copy_from_slice(&window.to_le_bytes());
+    pages_from_seed(blake3::derive_key(KEYED_PAGES_DOMAIN, &material), n_pages, dataset)
 }
 
 /// Pages from a fresh OS-random seed, for `--random` (not reproducible by design).
@@ -197,6 +212,18 @@ mod tests {
         let ds = dataset();
         assert_ne!(random_pages(8, &ds), random_pages(8, &ds));
         assert_eq!(PageSelection::Uid(5).pages(9, 3, &ds), pages_for(5, 9, 3, &ds));
+    }
+
+    #[test]
+    fn keyed_pages_repeat_per_key_and_window_and_differ_from_every_uid() {
+        let ds = dataset();
+        let key = [3u8; 32];
+        let a = PageSelection::Keyed(key).pages(9, 8, &ds);
+        assert_eq!(a, keyed_pages(&key, 9, 8, &ds));
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, keyed_pages(&key, 10, 8, &ds));
+        assert_ne!(a, keyed_pages(&[4u8; 32], 9, 8, &ds));
+        assert!((0..64).all(|uid| pages_for(uid, 9, 8, &ds) != a));
     }
 
     #[test]
