@@ -23,6 +23,11 @@ use crate::error::RuntimeError;
 use crate::messages::{SliceUploaderMsg, StateSyncerMsg, WindowOutcome};
 use crate::stats::{MinerStats, WindowSummary};
 
+/// Purposes of this node's keyed draws (`LoadedHotkey::private_seed`): a `--random`
+/// miner's pages, and the devnet noise adversary's noise.
+const RANDOM_PAGES_PURPOSE: &str = "miner random pages";
+const NOISE_PURPOSE: &str = "devnet noise";
+
 /// One window of the seed's loop.
 pub(crate) struct WindowJob {
     pub ctx: Arc<MinerContext>,
@@ -249,7 +254,7 @@ impl WindowJob {
                 // Uniform noise with the standard deviation of one AdamW step (≈ lr).
                 let half_width = (3f64.sqrt() * ctx.hparams.learning_rate) as f32;
                 // Drawn from this node's key and the window: the same noise every run.
-                let mut rng = StdRng::from_seed(ctx.hotkey.private_seed("devnet noise", &self.window.to_le_bytes()));
+                let mut rng = StdRng::from_seed(ctx.hotkey.private_seed(NOISE_PURPOSE, &self.window.to_le_bytes()));
                 let noise = (0..len).map(|_| rng.random_range(-half_width..=half_width));
                 match (exchange, honest) {
                     (Exchange::Seed, Some(values)) => {
@@ -451,7 +456,7 @@ impl WindowJob {
             // `--random`: pages from this miner's own key, which no validator can predict
             // (as the seed's random pages) and a restart draws again.
             selection: if ctx.settings.random {
-                PageSelection::Keyed(ctx.hotkey.private_seed("miner random pages", &[]))
+                PageSelection::Keyed(ctx.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]))
             } else {
                 PageSelection::Uid(ctx.uid)
             },

@@ -53,9 +53,10 @@ impl DatasetInfo {
     }
 }
 
-/// How a node picks its pages: from a miner's uid (validators can check), at random
-/// (`--random`), or from a key only the node holds (a validator's random pages: no miner
-/// can predict them, and the validator draws the same ones again for the same window).
+/// How a node picks its pages: from a miner's uid (validators can check), from fresh OS
+/// randomness, or from a key only the node holds (`--random` miners and a validator's
+/// random pages: nobody else can predict them, and the node draws the same ones again for
+/// the same window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageSelection {
     Uid(u16),
@@ -94,7 +95,7 @@ pub fn keyed_pages(key: &[u8; 32], window: u64, n_pages: usize, dataset: &Datase
     pages_from_seed(blake3::derive_key(KEYED_PAGES_DOMAIN, &material), n_pages, dataset)
 }
 
-/// Pages from a fresh OS-random seed, for `--random` (not reproducible by design).
+/// Pages from a fresh OS-random seed (not reproducible by design).
 pub fn random_pages(n_pages: usize, dataset: &DatasetInfo) -> Vec<Page> {
     pages_from_seed(rand::random::<[u8; 32]>(), n_pages, dataset)
 }
