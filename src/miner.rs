@@ -181,7 +181,7 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
             block_time: SUBTENSOR_BLOCK_TIME,
             ..config.runtime_settings(hp.validator_window_eval_size)
         },
-        behaviour: Default::default(),
+        misbehaviour: None,
         chain: shared.chain.clone(),
         own_bucket,
         peer_clients: shared.peer_clients.clone(),

@@ -25,9 +25,12 @@ use tessera_model::checkpoint::CheckpointStore;
 use tessera_model::train::{OptimSettings, SampleRate};
 use tokio::sync::watch;
 
+use crate::deadlines::Deadlines;
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
+use crate::faults::Faults;
 use crate::stats::{MinerStats, ValidatorStats, WindowSummary};
+use crate::window::Misbehaviour;
 
 /// The actor kinds of a miner's tree; names in the registry are `{miner}/{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,8 +101,9 @@ pub fn actor_name(miner: &str, kind: ActorKind) -> String {
 }
 
 /// The miner's actor of `kind`, if it is running now.
+/// Checked by message type: an actor of another type under that name is not returned.
 pub fn lookup<M: Message>(miner: &str, kind: ActorKind) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(actor_name(miner, kind)).map(ActorRef::from)
+    ActorRef::<M>::where_is(actor_name(miner, kind))
 }
 
 /// What a node of the actor tree is.
@@ -111,31 +115,6 @@ pub enum NodeRole {
     Validator {
         state_dir: PathBuf,
     },
-}
-
-/// How a miner behaves. Anything but `Honest` is a deliberate fault, as the Python
-/// network saw them, for the validator's tests and the devnet's `--adversaries`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Behaviour {
-    #[default]
-    Honest,
-    /// Trains nothing and publishes its unchanged state (a zero update).
-    Lazy,
-    /// Trains nothing and publishes noise the size of an update.
-    Noise,
-    /// Trains nothing and republishes `victim`'s delta of the window under its own key.
-    Copier { victim: Hotkey },
-}
-
-impl Behaviour {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Behaviour::Honest => "honest",
-            Behaviour::Lazy => "lazy",
-            Behaviour::Noise => "noise",
-            Behaviour::Copier { .. } => "copier",
-        }
-    }
 }
 
 /// Where the clock stands: the latest block seen and its window.
@@ -207,49 +186,6 @@ impl BlockTimes {
     }
 }
 
-/// Deliberate faults for the fault-injection tests (like `DevChain::drop_connections`):
-/// each armed fault fires once, at the named actor's next safe point mid-window.
-#[derive(Debug, Default)]
-pub struct Faults {
-    armed: Mutex<HashSet<Fault>>,
-    fired: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// The actor's message handler panics.
-    PanicIn(ActorKind),
-    /// The engine thread (which holds the model) panics: the model is lost and must come
-    /// back from the checkpoint.
-    EnginePanic,
-}
-
-impl Faults {
-    pub fn arm(&self, fault: Fault) {
-        lock(&self.armed).insert(fault);
-    }
-
-    /// True once for an armed fault, which is then disarmed.
-    pub fn take(&self, fault: Fault) -> bool {
-        let fire = lock(&self.armed).remove(&fault);
-        if fire {
-            self.fired.fetch_add(1, Ordering::Relaxed);
-        }
-        fire
-    }
-
-    pub fn is_armed(&self, fault: Fault) -> bool {
-        lock(&self.armed).contains(&fault)
-    }
-
-    /// Panics in the handler of `kind` when that fault is armed.
-    pub fn maybe_panic(&self, kind: ActorKind) {
-        if self.take(Fault::PanicIn(kind)) {
-            panic!("injected fault: panic in {kind}");
-        }
-    }
-}
-
 /// The runtime tunables of a miner: one type, configured by `[runtime]` and set by the
 /// binary or the devnet.
 pub use tessera_core::config::RuntimeSettings;
@@ -283,8 +219,8 @@ pub struct MinerContext {
     pub schedule: WindowSchedule,
     pub model: ModelSpec,
     pub settings: RuntimeSettings,
-    /// Honest, or one of the faults the validator must catch (devnet only).
-    pub behaviour: Behaviour,
+    /// What the node publishes instead of its honest result: the devnet's adversaries.
+    pub misbehaviour: Option<Arc<dyn Misbehaviour>>,
     pub chain: Arc<dyn Chain>,
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
@@ -327,8 +263,9 @@ pub struct MinerParts {
     pub schedule: WindowSchedule,
     pub model: ModelSpec,
     pub settings: RuntimeSettings,
-    /// Honest, or one of the faults the validator must catch (devnet only).
-    pub behaviour: Behaviour,
+    /// What the node publishes instead of its honest result: the devnet's adversaries
+    /// (`None` on every production node).
+    pub misbehaviour: Option<Arc<dyn Misbehaviour>>,
     pub chain: Arc<dyn Chain>,
     pub own_bucket: BucketClient,
     pub peer_clients: PeerClients,
@@ -350,7 +287,7 @@ impl MinerContext {
             schedule: parts.schedule,
             model: parts.model,
             settings: parts.settings,
-            behaviour: parts.behaviour,
+            misbehaviour: parts.misbehaviour,
             chain: parts.chain,
             own_bucket: parts.own_bucket,
             peer_clients: parts.peer_clients,
@@ -374,6 +311,11 @@ impl MinerContext {
         })
     }
 
+    /// The window loop's waits, from `peer_deadline`.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines::new(self.settings.peer_deadline)
+    }
+
     /// Values in one slice of this model at this compression (every window the same).
     pub fn slice_value_count(&self) -> usize {
         let compression = self.hparams.compression;
@@ -388,9 +330,8 @@ impl MinerContext {
         }
         let layout = self.model.layout.clone();
         let compression = self.hparams.compression;
-        let computed = tokio::task::spawn_blocking(move || SliceIndices::compute(&layout, window, compression))
-            .await
-            .map_err(|e| RuntimeError::Task(e.to_string()))??;
+        let computed =
+            tokio::task::spawn_blocking(move || SliceIndices::compute(&layout, window, compression)).await??;
         let computed = Arc::new(computed);
         let mut cache = lock(&self.index_cache);
         cache.push_back((window, computed.clone()));
@@ -551,14 +492,5 @@ mod tests {
         // Before anything seen: back from block 10.
         assert_eq!(times.window_bounds(&schedule, 4, 1000), Some((8_000, 10_000)));
         assert_eq!(BlockTimes::default().window_bounds(&schedule, 1, 1000), None);
-    }
-
-    #[test]
-    fn an_armed_fault_fires_once() {
-        let faults = Faults::default();
-        faults.arm(Fault::PanicIn(ActorKind::Trainer));
-        assert!(!faults.take(Fault::PanicIn(ActorKind::WindowClock)));
-        assert!(faults.take(Fault::PanicIn(ActorKind::Trainer)));
-        assert!(!faults.take(Fault::PanicIn(ActorKind::Trainer)));
     }
 }

@@ -1,7 +1,10 @@
 //! Errors of the miner runtime's work (window tasks, transfers), named by cause.
 
-use tessera_core::slice::{EncodeError, IndexError};
+use std::path::PathBuf;
+
+use tessera_core::slice::{EncodeError, IndexError, SliceError};
 use tessera_core::storage::StorageError;
+use tessera_core::validator::ScoreError;
 use tessera_data::DataError;
 use thiserror::Error;
 
@@ -19,8 +22,14 @@ pub enum RuntimeError {
     Storage(#[from] StorageError),
     #[error("encoding a slice: {0}")]
     Encode(#[from] EncodeError),
+    #[error("a cached slice: {0}")]
+    Slice(#[from] SliceError),
+    #[error("reading the cached slice {path}: {source}")]
+    CachedSlice { path: PathBuf, source: std::io::Error },
+    #[error("validator scores: {0}")]
+    Scores(#[from] ScoreError),
     #[error("a background task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
     #[error("the {0} actor is not running")]
     ActorDown(&'static str),
     #[error("the {actor} did not answer: {reason}")]

@@ -22,9 +22,11 @@
 
 pub mod chain_listener;
 pub mod context;
+pub mod deadlines;
 pub mod devnet;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod host;
 pub mod messages;
 pub mod observe;
@@ -36,17 +38,16 @@ pub mod stats;
 pub mod supervisor;
 pub mod task;
 pub mod trainer;
-pub mod validator_job;
 pub mod weight_setter;
+pub mod window;
 pub mod window_clock;
-mod window_job;
 
-pub use context::{
-    ActorKind, Behaviour, ClockState, Fault, MinerContext, MinerParts, ModelSpec, NodeRole, PeerView, RuntimeSettings,
-};
+pub use context::{ActorKind, ClockState, MinerContext, MinerParts, ModelSpec, NodeRole, PeerView, RuntimeSettings};
 pub use engine::{EngineError, EngineHandle};
 pub use error::RuntimeError;
+pub use faults::Fault;
 pub use host::{Host, MinerShutdown};
-pub use stats::{MinerStats, WindowSummary};
+pub use stats::{MinerStats, UidOutcome, WindowSummary};
 pub use supervisor::HostStatus;
 pub use tessera_core as core;
+pub use window::{Misbehaviour, WindowPlan};

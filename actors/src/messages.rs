@@ -10,6 +10,7 @@ use tessera_core::slice::{ObjectKey, SliceKind};
 use tessera_core::window::{Block, Window};
 
 use crate::context::PeerView;
+use crate::error::RuntimeError;
 
 /// To the ChainListener.
 pub enum ChainListenerMsg {
@@ -62,7 +63,7 @@ pub enum TrainerMsg {
     /// The clock entered `window` at `block`.
     WindowStarted { window: Window, block: Block },
     /// The current window task finished (or failed).
-    WindowDone(Result<WindowOutcome, String>),
+    WindowDone(Result<WindowResult, RuntimeError>),
     /// Watchdog: engine liveness; the safe point where injected faults fire.
     Tick,
     /// Stop training, write a checkpoint, reply.
@@ -71,7 +72,7 @@ pub enum TrainerMsg {
 
 /// What a window task did, for logs and counters.
 #[derive(Debug, Clone)]
-pub struct WindowOutcome {
+pub struct WindowResult {
     pub window: Window,
     pub trained: bool,
 }

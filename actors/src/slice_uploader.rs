@@ -191,9 +191,7 @@ async fn upload(
         version: ctx.exchange().protocol_version(),
     };
     let signer = ctx.hotkey.clone();
-    let bytes = tokio::task::spawn_blocking(move || encode(meta, &values, signer.as_ref()))
-        .await
-        .map_err(|e| RuntimeError::Task(e.to_string()))??;
+    let bytes = tokio::task::spawn_blocking(move || encode(meta, &values, signer.as_ref())).await??;
     let bytes = Bytes::from(bytes);
     ctx.own_bucket.put(key, bytes.clone()).await?;
     // The own slice counts in the mean without being downloaded back.

@@ -4,7 +4,6 @@
 //! one slice in memory at a time, on a blocking thread.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_core::slice::{MeanAccumulator, SliceKind, decode};
@@ -52,12 +51,6 @@ impl Actor for StateSyncer {
     }
 }
 
-/// How long a fetch may take: every object has its own deadline, and they run in parallel
-/// bounded by the concurrency, so this only catches a downloader that stopped answering.
-fn fetch_deadline(ctx: &MinerContext) -> Duration {
-    ctx.settings.peer_deadline * 4 + Duration::from_secs(5)
-}
-
 async fn average(ctx: Arc<MinerContext>, kind: SliceKind, window: Window, reply: RpcReplyPort<AverageOutcome>) {
     let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.name, ActorKind::SliceDownloader) else {
         warn!(miner = %ctx.name, "no slice downloader running; no average this time");
@@ -65,7 +58,7 @@ async fn average(ctx: Arc<MinerContext>, kind: SliceKind, window: Window, reply:
         return;
     };
     let fetched =
-        downloader.call(|reply| SliceDownloaderMsg::Fetch { kind, window, reply }, Some(fetch_deadline(&ctx))).await;
+        downloader.call(|reply| SliceDownloaderMsg::Fetch { kind, window, reply }, Some(ctx.deadlines().fetch())).await;
     let fetched = match fetched {
         Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
         Ok(_) | Err(_) => {

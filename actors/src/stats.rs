@@ -31,6 +31,28 @@ pub struct WindowSummary {
     pub bytes_downloaded: u64,
 }
 
+impl WindowSummary {
+    /// A window in which the node trained nothing, for `reason`.
+    pub fn untrained(window: u64, state_slices: u32, delta_slices: u32, reason: String) -> Self {
+        Self {
+            window,
+            loss: f32::NAN,
+            tokens: 0,
+            tokens_per_sec: 0.0,
+            micro_batches: 0,
+            sample_rate: 0.0,
+            utilization: 0.0,
+            lr: 0.0,
+            step: 0,
+            state_slices,
+            delta_slices,
+            idle_reason: Some(reason),
+            eval_loss: None,
+            bytes_downloaded: 0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct MinerStats {
     pub windows_completed: AtomicU64,
@@ -134,12 +156,34 @@ impl MinerStats {
     }
 }
 
+/// What became of one UID's delta in a validator's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UidOutcome {
+    Scored,
+    /// No valid delta in time (or it could not be evaluated).
+    Missing,
+    /// A copy of another miner's delta.
+    Copier,
+    /// No time left this window: neither rewarded nor penalised.
+    Skipped,
+}
+
+impl std::fmt::Display for UidOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UidOutcome::Scored => "scored",
+            UidOutcome::Missing => "missing",
+            UidOutcome::Copier => "copier",
+            UidOutcome::Skipped => "skipped",
+        })
+    }
+}
+
 /// One UID in a validator's window report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UidReport {
     pub uid: u16,
-    /// `scored`, `missing`, `copier` or `skipped` (no time left this window).
-    pub outcome: &'static str,
+    pub outcome: UidOutcome,
     /// The window score (loss improvement on own data), when scored.
     pub score: Option<f64>,
     /// Loss improvements on the miner's own data and on random data, when evaluated.
@@ -179,6 +223,8 @@ pub struct ValidatorStats {
     pub weights_revealed: AtomicU64,
     windows: Mutex<Vec<ScoredWindow>>,
     last_weights: Mutex<Option<ChainWeights>>,
+    /// The score book's last window when the confirmed weights were read from it.
+    weights_from_window: Mutex<Option<u64>>,
 }
 
 /// Weights confirmed on chain: the block, then `(uid, weight)` pairs.
@@ -209,6 +255,15 @@ impl ValidatorStats {
     /// Weights the chain confirmed: at which block, `(uid, weight)`.
     pub fn record_weights(&self, block: u64, weights: Vec<(u16, u16)>) {
         *lock(&self.last_weights) = Some((block, weights));
+    }
+
+    /// The scores' window that the weights last confirmed on chain were computed after.
+    pub fn record_weights_from_window(&self, window: u64) {
+        *lock(&self.weights_from_window) = Some(window);
+    }
+
+    pub fn weights_from_window(&self) -> Option<u64> {
+        *lock(&self.weights_from_window)
     }
 
     pub fn last_weights(&self) -> Option<ChainWeights> {

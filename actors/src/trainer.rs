@@ -1,9 +1,7 @@
 //! Trainer: the window loop of the seed, and the only writer of the model. A validator
-//! runs it as its Evaluator, with [`crate::validator_job`] windows (score, then step the
-//! model forward without training). Its handler only
-//! starts and finishes window tasks ([`crate::window_job`]: averages in, train, slices out,
-//! history pruned, evaluation and checkpoint when due), every computation on the engine
-//! thread. A restarted Trainer takes the engine back (the model survives), or
+//! runs it as its Evaluator. Its handler only starts and finishes window tasks
+//! ([`crate::window`]: the node's [`WindowPlan`] run phase by phase), every computation
+//! on the engine thread. A restarted Trainer takes the engine back (the model survives), or
 //! rebuilds it from the last checkpoint and re-syncs the state slices published since.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +18,7 @@ use crate::context::{MinerContext, lock};
 use crate::engine::{EngineError, EngineHandle, EngineSpec};
 use crate::messages::{ShutdownReport, TrainerMsg};
 use crate::stats::MinerStats;
-use crate::validator_job::ValidatorJob;
-use crate::window_job::WindowJob;
+use crate::window::{WindowPlan, WindowRun};
 
 /// How often the Trainer checks that the engine is alive.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
@@ -193,9 +190,10 @@ impl TrainerState {
             return;
         }
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = WindowJob {
+        let job = WindowRun {
             ctx: self.ctx.clone(),
             engine: self.engine.clone(),
+            plan: WindowPlan::for_node(&self.ctx),
             window,
             rate: self.rate.clone(),
             resync_from: self.resync_from.take(),
@@ -204,11 +202,9 @@ impl TrainerState {
         };
         let me = myself.clone();
         let span = tracing::info_span!("window", miner = %self.ctx.name, window);
-        let validator = self.ctx.is_validator();
         let handle = tokio::spawn(
             async move {
-                let result = if validator { ValidatorJob { base: job }.run().await } else { job.run().await };
-                let result = result.map_err(|e| e.to_string());
+                let result = job.run().await;
                 let _ = me.cast(TrainerMsg::WindowDone(result));
             }
             .instrument(span),

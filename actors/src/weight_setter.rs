@@ -39,6 +39,8 @@ pub struct WeightSetterState {
     dirty: bool,
     failures: usize,
     next_attempt: Instant,
+    /// The score book's last window behind the weights being submitted.
+    submitted_from: Option<u64>,
 }
 
 /// A hash commit waiting for its reveal epoch.
@@ -83,7 +85,14 @@ impl Actor for WeightSetter {
         myself.send_interval(period, || WeightSetterMsg::Tick);
         // Scores reloaded from disk are worth setting again after a restart.
         let dirty = lock(&ctx.scores).is_some();
-        Ok(WeightSetterState { ctx, busy: false, dirty, failures: 0, next_attempt: Instant::now() })
+        Ok(WeightSetterState {
+            ctx,
+            busy: false,
+            dirty,
+            failures: 0,
+            next_attempt: Instant::now(),
+            submitted_from: None,
+        })
     }
 
     async fn handle(
@@ -131,13 +140,15 @@ impl WeightSetterState {
             return;
         }
         let params = ScoringParams::from_hparams(&ctx.hparams);
-        let weights = lock(&ctx.scores).as_ref().map(|b| b.weights(&params)).unwrap_or_default();
+        let (from_window, weights) =
+            lock(&ctx.scores).as_ref().map(|b| (b.window, b.weights(&params))).unwrap_or_default();
         let (uids, values) = to_u16_weights(&weights);
         if uids.is_empty() {
             return; // nobody has earned anything yet: nothing worth a transaction
         }
         self.busy = true;
         self.dirty = false;
+        self.submitted_from = from_window;
         tokio::spawn(async move {
             let outcome =
                 submitter(&ctx).submit(uids, values).await.unwrap_or_else(|e| SubmitOutcome::Failed(e.to_string()));
@@ -156,6 +167,9 @@ impl WeightSetterState {
                 }
                 MinerStats::add(&stats.weights_set, 1);
                 stats.record_weights(*block, weights.clone());
+                if let (SubmitOutcome::Set { .. }, Some(window)) = (&outcome, self.submitted_from) {
+                    stats.record_weights_from_window(window);
+                }
                 info!(miner = %ctx.name, block, "weights set and confirmed on chain");
             }
             SubmitOutcome::Committed { block } => {

@@ -87,6 +87,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
     options.block_time = args.block_time;
     options.seed = args.seed;
     options.lockstep = args.fixed_compute > 0;
+    options.lockstep_windows = (args.windows > 0).then_some(args.windows);
     options.validator = !args.no_validator;
     options.adversaries = args.adversaries;
     options.settings = devnet_settings(args.block_time);
@@ -259,7 +260,12 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
                 memory.push((slowest as f64, rss as f64));
             }
         }
-        if args.windows > 0 && exchanging.iter().all(|m| MinerStats::get(&m.stats.windows_completed) >= args.windows) {
+        // In lockstep, also until the clock holds: every node at the same last window,
+        // the validators' weights of their last scores set.
+        if args.windows > 0
+            && exchanging.iter().all(|m| MinerStats::get(&m.stats.windows_completed) >= args.windows)
+            && (!net.options.lockstep || net.lockstep_held())
+        {
             break;
         }
     }

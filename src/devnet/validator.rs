@@ -5,9 +5,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tessera_actors::MinerContext;
 use tessera_actors::devnet::{Devnet, Role, role_of};
 use tessera_actors::stats::ScoredWindow;
+use tessera_actors::{MinerContext, UidOutcome};
 
 /// One line per scored window: each UID's outcome, window score and weight.
 pub fn print_window(out: &mut impl Write, name: &str, w: &ScoredWindow, names: &[(u16, String)]) -> Result<()> {
@@ -16,7 +16,7 @@ pub fn print_window(out: &mut impl Write, name: &str, w: &ScoredWindow, names: &
         .uids
         .iter()
         .map(|u| match (u.outcome, u.score) {
-            ("scored", Some(s)) => format!(
+            (UidOutcome::Scored, Some(s)) => format!(
                 "{} {:+.4} d{:+.5} w{:.2}",
                 label(u.uid),
                 s,

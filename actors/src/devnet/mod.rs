@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tessera_core::chain::{Chain, DevChain, DevChainOptions};
@@ -15,7 +16,7 @@ use tessera_core::slice::Exchange;
 use tessera_core::storage::BucketName;
 use tessera_core::storage::{AccessKeys, BucketClient, EmbeddedS3, PeerClients, SliceCache, TransferOptions};
 use tessera_core::wallet::LoadedHotkey;
-use tessera_core::window::WindowSchedule;
+use tessera_core::window::{Window, WindowSchedule};
 use tessera_data::{SyntheticSource, TextTokenizer};
 use tessera_model::LlamaConfig;
 use tessera_model::checkpoint::CheckpointStore;
@@ -23,10 +24,13 @@ use tessera_model::train::OptimSettings;
 use thiserror::Error;
 use tracing::info;
 
-use crate::context::{Behaviour, MinerContext, MinerParts, ModelSpec, NodeRole, RuntimeSettings};
+use crate::context::{MinerContext, MinerParts, ModelSpec, NodeRole, RuntimeSettings};
 use crate::host::{Host, MinerShutdown};
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
+use crate::window::Misbehaviour;
+
+pub mod adversaries;
 
 #[derive(Debug, Error)]
 pub enum DevnetError {
@@ -53,6 +57,10 @@ pub struct DevnetOptions {
     /// chain builds the window's last block only when every miner finished the window and
     /// its uploads (a comparison of protocols, not of CPU sharing).
     pub lockstep: bool,
+    /// Lockstep: the clock holds once every node has completed this many windows (and a
+    /// validator has set the weights of its last scores), so every run of a seed ends at
+    /// the same window with the same weights.
+    pub lockstep_windows: Option<u64>,
     pub block_time: Duration,
     pub state_dir: PathBuf,
     pub netuid: u16,
@@ -85,6 +93,7 @@ impl DevnetOptions {
             seed_exchange_miners: 0,
             seed: 0,
             lockstep: false,
+            lockstep_windows: None,
             block_time,
             state_dir: state_dir.into(),
             netuid: 1,
@@ -222,20 +231,21 @@ fn dev_hotkey(name: &str) -> Result<LoadedHotkey, DevnetError> {
 }
 
 /// The lockstep clock: builds each window's blocks `pace` apart and holds the block that
-/// would start the next window until every running miner has trained the window and
-/// its uploads have left the queue (or a generous deadline passed, which is logged).
+/// would start the next window until every running node has finished the window (see
+/// [`window_settled`]), or a generous deadline passed, which is logged. After `windows`
+/// windows on every node it builds no more blocks and sets `held`.
 async fn drive_lockstep(
     chain: Arc<DevChain>,
     miners: Vec<Arc<MinerContext>>,
     schedule: WindowSchedule,
     pace: Duration,
+    windows: Option<u64>,
+    held: Arc<AtomicBool>,
 ) {
-    const WAIT_LIMIT: Duration = Duration::from_secs(300);
-    const POLL: Duration = Duration::from_millis(10);
     // Every engine built first, so that no miner loses the first window to start-up.
-    let ready = tokio::time::Instant::now() + WAIT_LIMIT;
+    let ready = tokio::time::Instant::now() + LOCKSTEP_WAIT_LIMIT;
     while tokio::time::Instant::now() < ready && !miners.iter().all(|m| m.is_stopping() || m.engine_ready()) {
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(LOCKSTEP_POLL).await;
     }
     loop {
         let block = chain.produce_block().number;
@@ -244,26 +254,45 @@ async fn drive_lockstep(
             tokio::time::sleep(pace).await;
             continue;
         }
-        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
-        loop {
-            let done = miners.iter().all(|m| {
-                let s = &m.stats;
-                m.is_stopping()
-                    || (s.last_window().is_some_and(|w| w.window >= window)
-                        && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested))
-            });
-            if done {
-                break;
-            }
+        let deadline = tokio::time::Instant::now() + LOCKSTEP_WAIT_LIMIT;
+        while !miners.iter().all(|m| window_settled(m, window)) {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(window, "lockstep: a miner did not finish the window in time; moving on");
                 break;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(LOCKSTEP_POLL).await;
+        }
+        let completed = |m: &Arc<MinerContext>| MinerStats::get(&m.stats.windows_completed);
+        if windows.is_some_and(|n| miners.iter().all(|m| m.is_stopping() || completed(m) >= n)) {
+            held.store(true, Ordering::Release);
+            return;
         }
         tokio::time::sleep(pace).await;
     }
 }
+
+/// Whether a node is done with `window` as the lockstep clock sees it: its summary
+/// recorded, its uploads out of the queue, and (a validator) the weights of its last
+/// scores confirmed on chain — so the weights set never depend on how fast it ran.
+fn window_settled(node: &MinerContext, window: Window) -> bool {
+    let s = &node.stats;
+    if node.is_stopping() {
+        return true;
+    }
+    let trained = s.last_window().is_some_and(|w| w.window >= window)
+        && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested);
+    let weights_set = match node.validator_stats.last_window() {
+        Some(scored) if scored.uids.iter().any(|u| u.weight > 0.0) => {
+            node.validator_stats.weights_from_window().is_some_and(|w| w >= scored.window)
+        }
+        _ => true,
+    };
+    trained && weights_set
+}
+
+/// The lockstep clock's wait for a slow node, and how often it looks.
+const LOCKSTEP_WAIT_LIMIT: Duration = Duration::from_secs(300);
+const LOCKSTEP_POLL: Duration = Duration::from_millis(10);
 
 /// A running devnet.
 pub struct Devnet {
@@ -275,9 +304,15 @@ pub struct Devnet {
     pub host: Option<Host>,
     pub options: DevnetOptions,
     _lockstep: Option<AbortOnDrop>,
+    lockstep_held: Arc<AtomicBool>,
 }
 
 impl Devnet {
+    /// Whether the lockstep clock has stopped after its windows (never without lockstep).
+    pub fn lockstep_held(&self) -> bool {
+        self.lockstep_held.load(Ordering::Acquire)
+    }
+
     /// Starts the chain, the S3 server and the miners.
     pub async fn start(options: DevnetOptions) -> Result<Self, DevnetError> {
         let dir = &options.state_dir;
@@ -348,14 +383,14 @@ impl Devnet {
             }
             settings.baseline = baseline;
             settings.remote = settings.remote && !baseline;
-            let mut behaviour = Behaviour::Honest;
+            let mut misbehaviour: Option<Arc<dyn Misbehaviour>> = None;
             match role {
-                Role::Lazy => behaviour = Behaviour::Lazy,
-                Role::Noise => behaviour = Behaviour::Noise,
+                Role::Lazy => misbehaviour = Some(Arc::new(adversaries::Lazy)),
+                Role::Noise => misbehaviour = Some(Arc::new(adversaries::Noise)),
                 Role::RandomPages => settings.random = true,
                 Role::Copier => {
                     let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
-                    behaviour = Behaviour::Copier { victim: dev_hotkey(&victim)?.hotkey() };
+                    misbehaviour = Some(Arc::new(adversaries::Copier { victim: dev_hotkey(&victim)?.hotkey() }));
                 }
                 _ => {}
             }
@@ -382,7 +417,7 @@ impl Devnet {
                     init_seed: options.seed,
                 },
                 settings,
-                behaviour,
+                misbehaviour,
                 chain: chain_dyn.clone(),
                 own_bucket,
                 peer_clients: peer_clients.clone(),
@@ -393,11 +428,30 @@ impl Devnet {
             info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
             miners.push(ctx);
         }
+        let lockstep_held = Arc::new(AtomicBool::new(false));
         let lockstep = options.lockstep.then(|| {
-            AbortOnDrop(tokio::spawn(drive_lockstep(chain.clone(), miners.clone(), schedule, options.block_time)))
+            let (windows, held) = (options.lockstep_windows, lockstep_held.clone());
+            AbortOnDrop(tokio::spawn(drive_lockstep(
+                chain.clone(),
+                miners.clone(),
+                schedule,
+                options.block_time,
+                windows,
+                held,
+            )))
         });
         let host = Host::start(miners).await.map_err(setup("starting the actors"))?;
-        Ok(Self { chain, s3: Some(s3), s3_addr, s3_root, keys, host: Some(host), options, _lockstep: lockstep })
+        Ok(Self {
+            chain,
+            s3: Some(s3),
+            s3_addr,
+            s3_root,
+            keys,
+            host: Some(host),
+            options,
+            _lockstep: lockstep,
+            lockstep_held,
+        })
     }
 
     pub fn miners(&self) -> &[Arc<MinerContext>] {

@@ -1,0 +1,167 @@
+//! Phase `train`: the window's pages (the own UID's, or with `--random` pages from the own
+//! key), trained on the engine thread until the window ends, the node stops, or the fixed
+//! number of micro-batches is done.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tessera_core::slice::Exchange;
+use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
+use tessera_model::train::{TokenBatch, WindowReport};
+use tracing::info;
+
+use super::WindowRun;
+use crate::context::lock;
+use crate::deadlines::PAGE_FETCH_CONCURRENCY;
+use crate::error::RuntimeError;
+use crate::stats::MinerStats;
+
+/// Purpose of a `--random` miner's keyed page draw (`LoadedHotkey::private_seed`).
+const RANDOM_PAGES_PURPOSE: &str = "miner random pages";
+/// Mixed into the window for the sample-rate coin (the seed's adaptive skipping).
+const SKIP_COIN_SALT: u64 = 0x07e5_5e7a;
+
+/// Taken when the window's task starts, before anything waits.
+pub(super) struct Started {
+    at: Instant,
+    late_secs: f64,
+    bytes_before: u64,
+}
+
+impl Started {
+    pub fn now(run: &WindowRun) -> Self {
+        let late_secs =
+            run.bounds().map_or(0.0, |(start, _)| ((crate::context::unix_ms() - start).max(0) as f64) / 1000.0);
+        Self { at: Instant::now(), late_secs, bytes_before: MinerStats::get(&run.ctx.stats.bytes_downloaded) }
+    }
+}
+
+/// What the training of a window did.
+pub(super) struct Trained {
+    pub report: WindowReport,
+    /// The model's values at the window's positions before training (update exchange).
+    pub update_start: Option<Arc<Vec<f32>>>,
+    pub step: u64,
+    pub lr: f64,
+    pub train_secs: f64,
+    pub batches: usize,
+    /// How late the task started, and how long its averages and data took.
+    pub late_secs: f64,
+    pub prep_secs: f64,
+    pub bytes_before: u64,
+}
+
+/// `exchange` is `None` for a baseline miner.
+pub(super) async fn run(
+    run: &WindowRun,
+    exchange: Option<Exchange>,
+    started: Started,
+) -> Result<Trained, RuntimeError> {
+    let (ctx, window) = (&run.ctx, run.window);
+    let batches = Arc::new(load_data(run).await?.batches);
+    let update_start = match exchange {
+        Some(Exchange::Update) => Some(run.gather(window).await?),
+        _ => None,
+    };
+    let prep_secs = started.at.elapsed().as_secs_f64();
+    if let Some(since) = run.ready_since {
+        let ms = since.elapsed().as_millis() as u64;
+        ctx.stats.last_restart_ready_ms.store(ms.max(1), Ordering::Relaxed);
+        info!(miner = %ctx.name, window, ready_ms = ms, "training again after a restart");
+    }
+    let rate = *lock(&run.rate);
+    let clock = ctx.clock.subscribe();
+    let (stop_ctx, cancel) = (ctx.clone(), run.cancel.clone());
+    let fixed = ctx.settings.fixed_micro_batches;
+    let limit = match &ctx.misbehaviour {
+        Some(m) if !m.trains() => 0,
+        _ if fixed > 0 => fixed,
+        _ => batches.len(),
+    };
+    let train_batches = batches.clone();
+    let train_started = Instant::now();
+    let (report, rate) = run
+        .engine
+        .run(move |ops| {
+            let mut rate = rate;
+            let mut rng = StdRng::seed_from_u64(window ^ SKIP_COIN_SALT);
+            let window_ended = || {
+                stop_ctx.faults.maybe_panic_engine();
+                // With fixed compute the clock waits for the miners, not the reverse.
+                (fixed == 0 && clock.borrow().window != window)
+                    || stop_ctx.is_stopping()
+                    || cancel.load(Ordering::Acquire)
+            };
+            let token_batches = token_batches(&train_batches[..limit.min(train_batches.len())]);
+            let mut coin = || if fixed > 0 { 0.0 } else { rng.random::<f64>() };
+            let report = ops.train(&token_batches, &mut rate, &mut coin, &window_ended);
+            (report.map(|r| (r, ops.step_count(), ops.current_lr())), rate)
+        })
+        .await?;
+    let (report, step, lr) = report?;
+    *lock(&run.rate) = rate;
+    Ok(Trained {
+        report,
+        update_start,
+        step,
+        lr,
+        train_secs: train_started.elapsed().as_secs_f64().max(1e-9),
+        batches: batches.len(),
+        late_secs: started.late_secs,
+        prep_secs,
+        bytes_before: started.bytes_before,
+    })
+}
+
+async fn load_data(run: &WindowRun) -> Result<WindowData, RuntimeError> {
+    let ctx = &run.ctx;
+    let spec = WindowSpec {
+        // `--random`: pages from this miner's own key, which no validator can predict
+        // (as the seed's random pages) and a restart draws again.
+        selection: if ctx.settings.random {
+            PageSelection::Keyed(ctx.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]))
+        } else {
+            PageSelection::Uid(ctx.uid)
+        },
+        window: run.window,
+        n_pages: ctx.settings.pages_per_window.max(1),
+        seq_len: ctx.hparams.sequence_length,
+        batch_size: ctx.settings.batch_size.max(1),
+        max_concurrent_fetches: PAGE_FETCH_CONCURRENCY,
+    };
+    Ok(WindowData::load(ctx.model.source.as_ref(), &ctx.model.tokenizer, &spec).await?)
+}
+
+/// The engine's view of the data's micro-batches (borrowed, no copy).
+pub(crate) fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
+    batches
+        .iter()
+        .map(|b| TokenBatch {
+            tokens: &b.tokens,
+            loss_mask: &b.loss_mask,
+            batch_size: b.batch_size,
+            seq_len: b.seq_len,
+        })
+        .collect()
+}
+
+/// Why a window trained nothing, in words an operator can act on.
+pub(super) fn idle_reason(trained: &Trained) -> String {
+    let report = &trained.report;
+    if trained.batches == 0 {
+        "no training data for this window".to_owned()
+    } else if report.exhausted {
+        format!(
+            "the window ended before training began: it started {:.1}s late (the last window's uploads, averages \
+             and evaluation ran into it) and its averages and data took {:.1}s",
+            trained.late_secs, trained.prep_secs
+        )
+    } else if report.skipped > 0 {
+        format!("the sample rate ({:.3}) skipped all {} micro-batches", report.sample_rate, report.skipped)
+    } else {
+        "nothing to train".to_owned()
+    }
+}
