@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tessera_actors::devnet::{Devnet, DevnetOptions, Role, devnet_settings, role_of};
+use tessera_actors::devnet::{Devnet, DevnetOptions, Role, devnet_settings};
 use tessera_actors::{MinerContext, MinerStats, WindowSummary, observe};
 use tessera_core::slice::{Exchange, download_bytes_per_window, max_encoded_len, slice_len};
 use tracing_subscriber::EnvFilter;
@@ -121,7 +121,6 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
     // Weights every window: the dev chain's rate limit is one window.
     net.chain.set_weights_rate_limit(WINDOW_LENGTH);
     let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
-    let prefix = net.options.name_prefix.clone();
     let validators: Vec<Arc<MinerContext>> = nodes.iter().filter(|m| m.is_validator()).cloned().collect();
     let names: Vec<(u16, String)> = nodes.iter().map(|m| (m.uid, m.name.clone())).collect();
     // The miners' table and checks; the validator has its own lines.
@@ -192,8 +191,10 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
     drop(out);
 
     let mut seen: HashMap<String, Seen> = miners.iter().map(|m| (m.name.clone(), counters(m))).collect();
-    let exchanging: Vec<&Arc<MinerContext>> =
-        miners.iter().filter(|m| matches!(role_of(&m.name, &prefix), Role::Exchanging | Role::SeedExchange)).collect();
+    let exchanging: Vec<&Arc<MinerContext>> = miners
+        .iter()
+        .filter(|m| matches!(net.role(&m.name).unwrap_or(Role::Exchanging), Role::Exchanging | Role::SeedExchange))
+        .collect();
     let mut validator_lines = vec![0usize; validators.len()];
     let mut first_window_at = None;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -223,7 +224,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
                 let (loss, tokens, idle) = match &w.idle_reason {
                     None => (format!("{:.3}", w.loss), format!("{:.0}", w.tokens_per_sec), String::new()),
                     Some(reason) => {
-                        if !role_of(&m.name, &prefix).is_adversary() {
+                        if !net.role(&m.name).unwrap_or(Role::Exchanging).is_adversary() {
                             idle_windows += 1;
                         }
                         ("-".into(), "-".into(), format!("  trained nothing: {reason}"))
@@ -277,7 +278,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
         .iter()
         .map(|m| MinerRun {
             name: m.name.clone(),
-            role: role_of(&m.name, &prefix),
+            role: net.role(&m.name).unwrap_or(Role::Exchanging),
             exchange: if m.settings.baseline { "none".into() } else { m.exchange().to_string() },
             windows: m.stats.windows(),
         })
@@ -384,7 +385,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
                 c.group_final, c.target
             ));
         }
-        comparisons.insert(report::role_name(role).into(), serde_json::to_value(&c)?);
+        comparisons.insert(role.to_string(), serde_json::to_value(&c)?);
     }
 
     // Bandwidth: what each miner downloaded per window, and what the exchange implies.
@@ -414,14 +415,14 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
         writeln!(
             out,
             "{} ({}): downloaded {:.1} KB per miner and window (peers' state + delta slices of {:.1} KB: {:.1} KB expected)",
-            report::role_name(role),
+            role,
             exchange_of(&runs, role),
             measured / 1e3,
             slice_bytes as f64 / 1e3,
             computed as f64 / 1e3
         )?;
         bandwidth.insert(
-            report::role_name(role).into(),
+            role.to_string(),
             serde_json::json!({ "measured_bytes_per_window": measured, "computed_bytes_per_window": computed }),
         );
     }

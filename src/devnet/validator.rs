@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tessera_actors::devnet::{Devnet, Role, role_of};
+use tessera_actors::devnet::{Devnet, Role};
 use tessera_actors::stats::ScoredWindow;
 use tessera_actors::{MinerContext, UidOutcome};
 
@@ -59,7 +59,6 @@ pub async fn chain_weights(
     use tessera_core::chain::Chain;
     let set = net.chain.weights(net.options.netuid, validator.uid).await?;
     let total: f64 = set.iter().map(|(_, w)| f64::from(*w)).sum();
-    let prefix = &net.options.name_prefix;
     Ok(nodes
         .iter()
         .filter(|m| !m.is_validator())
@@ -68,7 +67,7 @@ pub async fn chain_weights(
             WeightRow {
                 uid: m.uid,
                 name: m.name.clone(),
-                role: role_of(&m.name, prefix),
+                role: net.role(&m.name).unwrap_or(Role::Exchanging),
                 weight,
                 share: if total > 0.0 { f64::from(weight) / total } else { 0.0 },
             }
@@ -84,7 +83,7 @@ pub fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
             "{:<5} {:<13} {:<12} {:>8} {:>6.1}%",
             r.uid,
             r.name,
-            format!("{:?}", r.role).to_lowercase(),
+            r.role.to_string(),
             r.weight,
             r.share * 100.0
         )?;
@@ -123,6 +122,7 @@ pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_actors::devnet::Adversary;
 
     fn row(uid: u16, role: Role, weight: u16, share: f64) -> WeightRow {
         WeightRow { uid, name: format!("n{uid}"), role, weight, share }
@@ -134,11 +134,11 @@ mod tests {
         let good = [
             row(0, Role::Exchanging, 65535, 0.5),
             row(1, Role::Exchanging, 60000, 0.46),
-            row(2, Role::Noise, 500, 0.04),
+            row(2, Role::Adversary(Adversary::Noise), 500, 0.04),
         ];
         judge(&good, true, &mut reasons);
         assert!(reasons.is_empty(), "{reasons:?}");
-        let bad = [row(0, Role::Exchanging, 65535, 0.5), row(1, Role::Lazy, 65535, 0.5)];
+        let bad = [row(0, Role::Exchanging, 65535, 0.5), row(1, Role::Adversary(Adversary::Lazy), 65535, 0.5)];
         judge(&bad, true, &mut reasons);
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         let mut none = Vec::new();

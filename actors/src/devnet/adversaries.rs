@@ -1,7 +1,7 @@
 //! The devnet's adversaries: nodes that publish something other than their honest result,
 //! as the Python network saw them, for the validator's tests and `--adversaries`. Each is
 //! a [`Misbehaviour`] the devnet gives its node; the production window loop knows none of
-//! them. A new adversary is one more type here (and its role in [`super::Role`]).
+//! them. A new adversary is one more variant of [`Adversary`] and its type, here only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use tessera_core::slice::{Exchange, SliceKind};
 use tessera_core::window::Window;
 use tracing::warn;
 
-use crate::context::{ActorKind, MinerContext, lookup};
+use crate::context::{ActorKind, MinerContext, RuntimeSettings, lookup};
 use crate::messages::SliceDownloaderMsg;
 use crate::window::Misbehaviour;
 
@@ -143,5 +143,50 @@ impl Copier {
         }
         warn!(miner = %node.name, window, "copier: the victim's delta never appeared");
         None
+    }
+}
+
+/// The adversaries a devnet can run, one node each with `--adversaries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Adversary {
+    /// Republishes the first exchanging miner's delta.
+    Copier,
+    /// Publishes a zero update (its state unchanged).
+    Lazy,
+    /// Publishes noise.
+    Noise,
+    /// Trains honestly, on random pages instead of its own.
+    RandomPages,
+}
+
+impl Adversary {
+    pub const ALL: [Adversary; 4] = [Adversary::Copier, Adversary::Lazy, Adversary::Noise, Adversary::RandomPages];
+
+    /// Its name in node names (`copier1`), tables and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adversary::Copier => "copier",
+            Adversary::Lazy => "lazy",
+            Adversary::Noise => "noise",
+            Adversary::RandomPages => "randompages",
+        }
+    }
+
+    /// Sets a node up as this adversary: its settings, and what it publishes instead of
+    /// its honest result (`victim`: the honest node a copier copies).
+    pub fn equip<E>(
+        self,
+        settings: &mut RuntimeSettings,
+        victim: impl FnOnce() -> Result<Hotkey, E>,
+    ) -> Result<Option<Arc<dyn Misbehaviour>>, E> {
+        Ok(match self {
+            Adversary::Copier => Some(Arc::new(Copier { victim: victim()? })),
+            Adversary::Lazy => Some(Arc::new(Lazy)),
+            Adversary::Noise => Some(Arc::new(Noise)),
+            Adversary::RandomPages => {
+                settings.random = true;
+                None
+            }
+        })
     }
 }

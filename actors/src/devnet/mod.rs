@@ -28,9 +28,9 @@ use crate::context::{MinerContext, MinerParts, ModelSpec, NodeRole, RuntimeSetti
 use crate::host::{Host, MinerShutdown};
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
-use crate::window::Misbehaviour;
-
 pub mod adversaries;
+
+pub use self::adversaries::Adversary;
 
 #[derive(Debug, Error)]
 pub enum DevnetError {
@@ -79,7 +79,7 @@ pub struct DevnetOptions {
     pub name_prefix: String,
     /// Run a validator that scores the miners and sets weights on the dev chain.
     pub validator: bool,
-    /// Add one adversary of each kind ([`Role::ADVERSARIES`]).
+    /// Add one adversary of each kind ([`Adversary::ALL`]).
     pub adversaries: bool,
 }
 
@@ -154,8 +154,9 @@ pub fn tiny_hparams(window_length: u64) -> Result<Hparams, DevnetError> {
     Ok(hp)
 }
 
-/// What a devnet miner is there for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a devnet node is there for. Its `Display` is the only spelling of a role in the
+/// devnet's tables and report; [`Role::stem`] names its nodes (`miner1`, `copier1`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Exchanges under the network's hparams (`exchange`).
     Exchanging,
@@ -165,21 +166,13 @@ pub enum Role {
     Baseline,
     /// Scores the miners and sets weights on the dev chain.
     Validator,
-    /// Adversaries, as the Python network saw them: republishes `miner1`'s delta,
-    Copier,
-    /// publishes a zero update (its state unchanged),
-    Lazy,
-    /// publishes noise,
-    Noise,
-    /// trains on random pages instead of its own.
-    RandomPages,
+    /// Plays one of the adversaries of [`adversaries`].
+    Adversary(Adversary),
 }
 
 impl Role {
-    pub const ADVERSARIES: [Role; 4] = [Role::Copier, Role::Lazy, Role::Noise, Role::RandomPages];
-
     pub fn is_adversary(self) -> bool {
-        Self::ADVERSARIES.contains(&self)
+        matches!(self, Role::Adversary(_))
     }
 
     /// The stem of the devnet's names for this role (`miner1`, `copier1`, ...).
@@ -189,41 +182,38 @@ impl Role {
             Role::SeedExchange => "seedx",
             Role::Baseline => "baseline",
             Role::Validator => "validator",
-            Role::Copier => "copier",
-            Role::Lazy => "lazy",
-            Role::Noise => "noise",
-            Role::RandomPages => "randompages",
+            Role::Adversary(adversary) => adversary.name(),
         }
     }
 }
 
-/// The devnet's nodes, named by role: `miner1..`, `seedx1..`, `baseline1..`, then the
-/// adversaries (`copier1`, `lazy1`, `noise1`, `randompages1`) and `validator1`.
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Exchanging => "exchanging",
+            Role::SeedExchange => "seed-exchange",
+            Role::Baseline => "baseline",
+            Role::Validator => "validator",
+            Role::Adversary(adversary) => adversary.name(),
+        })
+    }
+}
+
+/// The devnet's nodes, named by role: `miner1..`, `seedx1..`, `baseline1..`, then one of
+/// each adversary (`copier1`, `lazy1`, ...) and `validator1`.
 pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {
     let adversaries = usize::from(options.adversaries);
     let groups = [
         (Role::Exchanging, options.miners),
         (Role::SeedExchange, options.seed_exchange_miners),
         (Role::Baseline, options.baseline_miners),
-        (Role::Copier, adversaries),
-        (Role::Lazy, adversaries),
-        (Role::Noise, adversaries),
-        (Role::RandomPages, adversaries),
-        (Role::Validator, usize::from(options.validator)),
-    ];
+    ]
+    .into_iter()
+    .chain(Adversary::ALL.into_iter().map(|a| (Role::Adversary(a), adversaries)))
+    .chain([(Role::Validator, usize::from(options.validator))]);
     groups
-        .into_iter()
         .flat_map(|(role, n)| (1..=n).map(move |i| (format!("{}{}{i}", options.name_prefix, role.stem()), role)))
         .collect()
-}
-
-/// The role of a devnet node from its name (see [`roster`]).
-pub fn role_of(name: &str, prefix: &str) -> Role {
-    let stem = name.strip_prefix(prefix).unwrap_or(name);
-    [Role::Baseline, Role::SeedExchange, Role::Validator, Role::Copier, Role::Lazy, Role::Noise, Role::RandomPages]
-        .into_iter()
-        .find(|role| stem.starts_with(role.stem()))
-        .unwrap_or(Role::Exchanging)
 }
 
 fn dev_hotkey(name: &str) -> Result<LoadedHotkey, DevnetError> {
@@ -305,9 +295,15 @@ pub struct Devnet {
     pub options: DevnetOptions,
     _lockstep: Option<AbortOnDrop>,
     lockstep_held: Arc<AtomicBool>,
+    roles: std::collections::HashMap<String, Role>,
 }
 
 impl Devnet {
+    /// The role a node was started in ([`roster`]).
+    pub fn role(&self, name: &str) -> Option<Role> {
+        self.roles.get(name).copied()
+    }
+
     /// Whether the lockstep clock has stopped after its windows (never without lockstep).
     pub fn lockstep_held(&self) -> bool {
         self.lockstep_held.load(Ordering::Acquire)
@@ -352,6 +348,7 @@ impl Devnet {
         let chain_dyn: Arc<dyn Chain> = chain.clone();
 
         let mut miners = Vec::new();
+        let roles: std::collections::HashMap<String, Role> = roster(&options).into_iter().collect();
         for (name, role) in roster(&options) {
             let baseline = role == Role::Baseline;
             let mut hparams = options.hparams.clone();
@@ -383,17 +380,14 @@ impl Devnet {
             }
             settings.baseline = baseline;
             settings.remote = settings.remote && !baseline;
-            let mut misbehaviour: Option<Arc<dyn Misbehaviour>> = None;
-            match role {
-                Role::Lazy => misbehaviour = Some(Arc::new(adversaries::Lazy)),
-                Role::Noise => misbehaviour = Some(Arc::new(adversaries::Noise)),
-                Role::RandomPages => settings.random = true,
-                Role::Copier => {
+            let misbehaviour = match role {
+                Role::Adversary(adversary) => {
+                    // The honest node a copier copies: the first exchanging miner.
                     let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
-                    misbehaviour = Some(Arc::new(adversaries::Copier { victim: dev_hotkey(&victim)?.hotkey() }));
+                    adversary.equip(&mut settings, || dev_hotkey(&victim).map(|k| k.hotkey()))?
                 }
-                _ => {}
-            }
+                _ => None,
+            };
             let node_role = match role {
                 Role::Validator => NodeRole::Validator { state_dir: dir.join(&name) },
                 _ => NodeRole::Miner,
@@ -451,6 +445,7 @@ impl Devnet {
             options,
             _lockstep: lockstep,
             lockstep_held,
+            roles,
         })
     }
 
