@@ -280,6 +280,115 @@ fn window_settled(node: &MinerContext, window: Window) -> bool {
     trained && weights_set
 }
 
+/// What every devnet node shares: the chain, the S3 server's keys and transfer options,
+/// and the model's parts.
+struct NodeCommon {
+    chain: Arc<DevChain>,
+    keys: AccessKeys,
+    transfers: TransferOptions,
+    peer_clients: PeerClients,
+    model: ModelParts,
+    schedule: WindowSchedule,
+}
+
+struct ModelParts {
+    layout: ParamLayout,
+    llama: LlamaConfig,
+    optim: OptimSettings,
+    tokenizer: TextTokenizer,
+    source: Arc<SyntheticSource>,
+}
+
+/// One node: its hotkey registered and its bucket created and committed, then its
+/// context with the settings of its role.
+async fn start_node(
+    options: &DevnetOptions,
+    common: &NodeCommon,
+    s3: &EmbeddedS3,
+    name: &str,
+    role: Role,
+) -> Result<Arc<MinerContext>, DevnetError> {
+    let dir = options.state_dir.join(name);
+    let chain: Arc<dyn Chain> = common.chain.clone();
+    let hotkey = dev_hotkey(name)?;
+    let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
+    let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
+    let uid = chain.register(options.netuid, hotkey.keypair(), &hotkey.hotkey()).await.map_err(setup("registering"))?;
+    chain
+        .set_commitment(options.netuid, hotkey.keypair(), &location.to_string())
+        .await
+        .map_err(setup("committing the bucket"))?;
+    // A cache per miner, as on separate hosts: every peer slice travels through S3.
+    let cache = SliceCache::open(dir.join("slice-cache")).map_err(setup("opening the slice cache"))?;
+    let credentials = common.keys.to_credentials().map_err(setup("credentials"))?;
+    let own_bucket = BucketClient::new(&location, "us-east-1", credentials, common.transfers.clone())
+        .map_err(setup("bucket client"))?;
+    let mut hparams = options.hparams.clone();
+    if role == Role::SeedExchange {
+        hparams.exchange = Exchange::Seed;
+    }
+    let (settings, misbehaviour) = node_settings(options, role)?;
+    let baseline = settings.baseline;
+    let model = &common.model;
+    let ctx = MinerContext::new(MinerParts {
+        name: name.to_owned(),
+        netuid: options.netuid,
+        uid,
+        hotkey: Arc::new(hotkey),
+        hparams,
+        schedule: common.schedule,
+        model: ModelSpec {
+            device: Device::Cpu,
+            compute: Default::default(),
+            llama: model.llama.clone(),
+            optim: model.optim.clone(),
+            layout: model.layout.clone(),
+            checkpoints: CheckpointStore::new(dir.join("checkpoints")),
+            source: model.source.clone(),
+            tokenizer: model.tokenizer.clone(),
+            init_seed: options.seed,
+        },
+        settings,
+        misbehaviour,
+        chain,
+        own_bucket,
+        peer_clients: common.peer_clients.clone(),
+        cache,
+        hparams_refresh: None,
+        role: match role {
+            Role::Validator => NodeRole::Validator { state_dir: dir },
+            _ => NodeRole::Miner,
+        },
+    });
+    info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
+    Ok(ctx)
+}
+
+/// A node's runtime settings for its role, and what it publishes if it is an adversary.
+fn node_settings(
+    options: &DevnetOptions,
+    role: Role,
+) -> Result<(RuntimeSettings, Option<Arc<dyn crate::window::Misbehaviour>>), DevnetError> {
+    let mut settings = options.settings.clone();
+    if options.lockstep {
+        settings.fixed_micro_batches = settings.fixed_micro_batches.max(1);
+        // Blocks wait for the slowest miner: a long window is not a stalled stream.
+        settings.stall_timeout = settings.stall_timeout.max(Duration::from_secs(600));
+    }
+    let baseline = role == Role::Baseline;
+    settings.baseline = baseline;
+    settings.remote = settings.remote && !baseline;
+    let misbehaviour = match role {
+        Role::Adversary(adversary) => {
+            // The honest node a copier copies: the first exchanging miner.
+            let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
+            adversary.equip(&mut settings, || dev_hotkey(&victim).map(|k| k.hotkey()))?
+        }
+        _ => None,
+    };
+    Ok((settings, misbehaviour))
+}
+
 /// The lockstep clock's wait for a slow node, and how often it looks.
 const LOCKSTEP_WAIT_LIMIT: Duration = Duration::from_secs(300);
 const LOCKSTEP_POLL: Duration = Duration::from_millis(10);
@@ -345,82 +454,18 @@ impl Devnet {
         let schedule = WindowSchedule::new(options.hparams.window_length).map_err(setup("window schedule"))?;
         let tokenizer = TextTokenizer::load("bytes").map_err(setup("tokenizer"))?;
         let source = Arc::new(SyntheticSource::new(options.seed));
-        let chain_dyn: Arc<dyn Chain> = chain.clone();
-
-        let mut miners = Vec::new();
+        let common = NodeCommon {
+            chain: chain.clone(),
+            keys: keys.clone(),
+            transfers: opts,
+            peer_clients,
+            model: ModelParts { layout, llama, optim, tokenizer, source },
+            schedule,
+        };
         let roles: std::collections::HashMap<String, Role> = roster(&options).into_iter().collect();
+        let mut miners = Vec::new();
         for (name, role) in roster(&options) {
-            let baseline = role == Role::Baseline;
-            let mut hparams = options.hparams.clone();
-            if role == Role::SeedExchange {
-                hparams.exchange = Exchange::Seed;
-            }
-            let hotkey = dev_hotkey(&name)?;
-            let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
-            let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
-            let uid = chain_dyn
-                .register(options.netuid, hotkey.keypair(), &hotkey.hotkey())
-                .await
-                .map_err(setup("registering"))?;
-            chain_dyn
-                .set_commitment(options.netuid, hotkey.keypair(), &location.to_string())
-                .await
-                .map_err(setup("committing the bucket"))?;
-            // A cache per miner, as on separate hosts: every peer slice travels through S3.
-            let cache =
-                SliceCache::open(dir.join(&name).join("slice-cache")).map_err(setup("opening the slice cache"))?;
-            let credentials = keys.to_credentials().map_err(setup("credentials"))?;
-            let own_bucket =
-                BucketClient::new(&location, "us-east-1", credentials, opts.clone()).map_err(setup("bucket client"))?;
-            let mut settings = options.settings.clone();
-            if options.lockstep {
-                settings.fixed_micro_batches = settings.fixed_micro_batches.max(1);
-                // Blocks wait for the slowest miner: a long window is not a stalled stream.
-                settings.stall_timeout = settings.stall_timeout.max(Duration::from_secs(600));
-            }
-            settings.baseline = baseline;
-            settings.remote = settings.remote && !baseline;
-            let misbehaviour = match role {
-                Role::Adversary(adversary) => {
-                    // The honest node a copier copies: the first exchanging miner.
-                    let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
-                    adversary.equip(&mut settings, || dev_hotkey(&victim).map(|k| k.hotkey()))?
-                }
-                _ => None,
-            };
-            let node_role = match role {
-                Role::Validator => NodeRole::Validator { state_dir: dir.join(&name) },
-                _ => NodeRole::Miner,
-            };
-            let ctx = MinerContext::new(MinerParts {
-                name: name.clone(),
-                netuid: options.netuid,
-                uid,
-                hotkey: Arc::new(hotkey),
-                hparams,
-                schedule,
-                model: ModelSpec {
-                    device: Device::Cpu,
-                    compute: Default::default(),
-                    llama: llama.clone(),
-                    optim: optim.clone(),
-                    layout: layout.clone(),
-                    checkpoints: CheckpointStore::new(dir.join(&name).join("checkpoints")),
-                    source: source.clone(),
-                    tokenizer: tokenizer.clone(),
-                    init_seed: options.seed,
-                },
-                settings,
-                misbehaviour,
-                chain: chain_dyn.clone(),
-                own_bucket,
-                peer_clients: peer_clients.clone(),
-                cache,
-                hparams_refresh: None,
-                role: node_role,
-            });
-            info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
-            miners.push(ctx);
+            miners.push(start_node(&options, &common, &s3, &name, role).await?);
         }
         let lockstep_held = Arc::new(AtomicBool::new(false));
         let lockstep = options.lockstep.then(|| {
