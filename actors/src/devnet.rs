@@ -188,6 +188,23 @@ impl Role {
     }
 }
 
+/// A role's spelling in the devnet's tables and report (`exchanging`, `seed-exchange`,
+/// ...); [`Role::stem`] is the prefix of node names. Pads to a given width.
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Role::Exchanging => "exchanging",
+            Role::SeedExchange => "seed-exchange",
+            Role::Baseline => "baseline",
+            Role::Validator => "validator",
+            Role::Copier => "copier",
+            Role::Lazy => "lazy",
+            Role::Noise => "noise",
+            Role::RandomPages => "randompages",
+        })
+    }
+}
+
 /// The devnet's nodes, named by role: `miner1..`, `seedx1..`, `baseline1..`, then the
 /// adversaries (`copier1`, `lazy1`, `noise1`, `randompages1`) and `validator1`.
 pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {

@@ -378,7 +378,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
                 c.group_final, c.target
             ));
         }
-        comparisons.insert(report::role_name(role).into(), serde_json::to_value(&c)?);
+        comparisons.insert(role.to_string(), serde_json::to_value(&c)?);
     }
 
     // Bandwidth: what each miner downloaded per window, and what the exchange implies.
@@ -408,14 +408,14 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
         writeln!(
             out,
             "{} ({}): downloaded {:.1} KB per miner and window (peers' state + delta slices of {:.1} KB: {:.1} KB expected)",
-            report::role_name(role),
+            role,
             exchange_of(&runs, role),
             measured / 1e3,
             slice_bytes as f64 / 1e3,
             computed as f64 / 1e3
         )?;
         bandwidth.insert(
-            report::role_name(role).into(),
+            role.to_string(),
             serde_json::json!({ "measured_bytes_per_window": measured, "computed_bytes_per_window": computed }),
         );
     }
@@ -482,7 +482,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
             "weights": weight_rows.iter().map(|(validator, rows)| serde_json::json!({
                 "validator": validator,
                 "uids": rows.iter().map(|r| serde_json::json!({
-                    "uid": r.uid, "node": r.name, "role": format!("{:?}", r.role).to_lowercase(),
+                    "uid": r.uid, "node": r.name, "role": r.role.to_string(),
                     "weight": r.weight, "share": r.share,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),

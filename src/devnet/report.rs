@@ -21,15 +21,6 @@ pub struct MinerRun {
     pub windows: Vec<WindowSummary>,
 }
 
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Exchanging => "exchanging",
-        Role::SeedExchange => "seed-exchange",
-        Role::Baseline => "baseline",
-        other => other.stem(),
-    }
-}
-
 /// The mean held-out loss of the miners of `role` per window index (windows since the
 /// run's first window), over the members evaluated at that window.
 pub fn group_curve(runs: &[MinerRun], role: Role, first_window: u64) -> BTreeMap<u64, f32> {
@@ -147,7 +138,7 @@ fn windows_csv(runs: &[MinerRun], first_window: u64) -> String {
                 out,
                 "{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{}",
                 run.name,
-                role_name(run.role),
+                run.role,
                 run.exchange,
                 w.window,
                 w.window.saturating_sub(first_window),
@@ -221,7 +212,7 @@ fn plot(path: &Path, runs: &[MinerRun], first_window: u64) -> Result<()> {
         chart
             .draw_series(LineSeries::new(points.iter().copied(), style))
             .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(format!("{} ({}, {})", run.name, role_name(run.role), run.exchange))
+            .label(format!("{} ({}, {})", run.name, run.role, run.exchange))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart

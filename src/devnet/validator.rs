@@ -84,7 +84,7 @@ pub fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
             "{:<5} {:<13} {:<12} {:>8} {:>6.1}%",
             r.uid,
             r.name,
-            format!("{:?}", r.role).to_lowercase(),
+            r.role,
             r.weight,
             r.share * 100.0
         )?;
