@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Id, Parser, Subcommand};
+use tessera_core::slice::Exchange;
+
+use crate::devnet::ExchangeFlag;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -190,10 +193,10 @@ pub struct DevnetArgs {
     #[arg(long)]
     pub check: bool,
 
-    /// How the exchanging miners combine their training: "update" (each window's update,
-    /// averaged in place of the own one; protocol v2) or "seed" (the seed's values).
-    #[arg(long, value_name = "update|seed", default_value = "update")]
-    pub exchange: String,
+    /// How the exchanging miners combine their training (the devnet network's `exchange`
+    /// hparam).
+    #[arg(long, value_enum, default_value_t = ExchangeFlag(Exchange::Update))]
+    pub exchange: ExchangeFlag,
 
     /// Add this many miners that follow the seed's exchange beside the others, so the two
     /// exchanges are compared in one run.

@@ -3,6 +3,7 @@
 //! compare with a baseline on held-out loss; `--check` turns that into an exit status, and
 //! `--report DIR` writes the figures and a plot.
 
+mod options;
 mod report;
 mod validator;
 
@@ -18,6 +19,7 @@ use tessera_core::slice::{Exchange, download_bytes_per_window, max_encoded_len, 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::DevnetArgs;
+pub use options::ExchangeFlag;
 use report::{MinerRun, compare, comparison_line, group_curve};
 
 /// Window length of the devnet, in blocks (the live subnet's).
@@ -44,14 +46,6 @@ fn counters(m: &MinerContext) -> Seen {
     }
 }
 
-fn parse_exchange(text: &str) -> Result<Exchange> {
-    match text {
-        "update" => Ok(Exchange::Update),
-        "seed" => Ok(Exchange::Seed),
-        other => bail!("--exchange {other:?}: expected \"update\" or \"seed\""),
-    }
-}
-
 pub async fn run(mut args: DevnetArgs) -> Result<()> {
     if args.adversaries && args.fixed_compute == 0 {
         // Whether a miner trained on its own pages shows in the update of a few
@@ -70,7 +64,7 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
         EnvFilter::new("warn")
     };
     crate::init_logging_with(filter, format);
-    let exchange = parse_exchange(&args.exchange)?;
+    let exchange = args.exchange.0;
 
     let (dir, _temp) = match &args.state_dir {
         Some(dir) => (dir.clone(), None),

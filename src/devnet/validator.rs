@@ -79,15 +79,7 @@ pub async fn chain_weights(
 pub fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
     writeln!(out, "\n{:<5} {:<13} {:<12} {:>8} {:>7}", "uid", "node", "role", "weight", "share")?;
     for r in rows {
-        writeln!(
-            out,
-            "{:<5} {:<13} {:<12} {:>8} {:>6.1}%",
-            r.uid,
-            r.name,
-            r.role,
-            r.weight,
-            r.share * 100.0
-        )?;
+        writeln!(out, "{:<5} {:<13} {:<12} {:>8} {:>6.1}%", r.uid, r.name, r.role, r.weight, r.share * 100.0)?;
     }
     Ok(())
 }
