@@ -10,9 +10,6 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Id, Parser, Subcommand};
-use tessera_core::slice::Exchange;
-
-use crate::devnet::ExchangeFlag;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -195,8 +192,8 @@ pub struct DevnetArgs {
 
     /// How the exchanging miners combine their training (the devnet network's `exchange`
     /// hparam).
-    #[arg(long, value_enum, default_value_t = ExchangeFlag(Exchange::Update))]
-    pub exchange: ExchangeFlag,
+    #[arg(long, value_enum, default_value_t)]
+    pub exchange: crate::devnet::ExchangeFlag,
 
     /// Add this many miners that follow the seed's exchange beside the others, so the two
     /// exchanges are compared in one run.
