@@ -190,10 +190,10 @@ pub struct DevnetArgs {
     #[arg(long)]
     pub check: bool,
 
-    /// How the exchanging miners combine their training: "update" (each window's update,
-    /// averaged in place of the own one; protocol v2) or "seed" (the seed's values).
-    #[arg(long, value_name = "update|seed", default_value = "update")]
-    pub exchange: String,
+    /// How the exchanging miners combine their training (the devnet network's `exchange`
+    /// hparam).
+    #[arg(long, value_enum, default_value_t)]
+    pub exchange: crate::devnet::ExchangeFlag,
 
     /// Add this many miners that follow the seed's exchange beside the others, so the two
     /// exchanges are compared in one run.

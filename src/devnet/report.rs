@@ -10,15 +10,40 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde::Serialize;
+use serde_json::json;
 use tessera_actors::WindowSummary;
 use tessera_actors::devnet::Role;
+
+use super::bandwidth::{self, GroupBandwidth};
+use super::memory::MemoryTrace;
+use super::summary::GroupComparison;
+use super::table::SliceCounts;
+use super::validator::WeightRow;
+use crate::cli::DevnetArgs;
 
 /// One miner's run, as the devnet recorded it.
 pub struct MinerRun {
     pub name: String,
     pub role: Role,
+    /// Its exchange, `none` for a baseline.
     pub exchange: String,
     pub windows: Vec<WindowSummary>,
+    /// Its slice counters at the end.
+    pub slices: SliceCounts,
+    /// Its actors' restarts over the run.
+    pub restarts: u64,
+    /// Resumed from a checkpoint in `--state-dir`.
+    pub resumed: bool,
+}
+
+/// The first window any miner trained: the report's window indices count from it.
+pub fn first_window(runs: &[MinerRun]) -> u64 {
+    runs.iter().filter_map(|r| r.windows.first().map(|w| w.window)).min().unwrap_or(0)
+}
+
+/// The exchange of the miners of `role`, as they report it (empty when there are none).
+pub fn exchange_of(runs: &[MinerRun], role: Role) -> String {
+    runs.iter().find(|r| r.role == role).map(|r| r.exchange.clone()).unwrap_or_default()
 }
 
 /// The mean held-out loss of the miners of `role` per window index (windows since the
@@ -88,32 +113,64 @@ pub fn comparison_line(group: &str, c: &Comparison) -> String {
     }
 }
 
-/// Resident memory of this process in bytes (Linux `/proc/self/status`), if known.
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// What `summary.json` records beside the flags.
+pub struct Outcome<'a> {
+    /// Parameters of the model.
+    pub params: usize,
+    pub comparisons: &'a [GroupComparison],
+    pub bandwidth: &'a [GroupBandwidth],
+    pub memory: &'a MemoryTrace,
+    /// The weights each validator set on the dev chain, by validator name.
+    pub weights: &'a [(String, Vec<WeightRow>)],
+    /// Windows the validators scored.
+    pub validator_windows: usize,
+    pub check_ok: bool,
+    pub elapsed: std::time::Duration,
 }
 
-/// Least-squares slope of `y` over `x` (bytes per window for a memory trace); `None` with
-/// fewer than two distinct `x`.
-pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
-    let n = points.len() as f64;
-    if points.len() < 2 {
-        return None;
+/// `summary.json`: the run's flags and what came of it.
+pub fn summary_json(args: &DevnetArgs, outcome: &Outcome) -> Result<serde_json::Value> {
+    let mut comparisons = serde_json::Map::new();
+    for g in outcome.comparisons {
+        comparisons.insert(g.role.to_string(), serde_json::to_value(&g.comparison)?);
     }
-    let (mx, my) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-    let (mut sxy, mut sxx) = (0.0, 0.0);
-    for (x, y) in points {
-        sxy += (x - mx) * (y - my);
-        sxx += (x - mx) * (x - mx);
-    }
-    (sxx > 0.0).then(|| sxy / sxx)
+    Ok(json!({
+        "seed": args.seed,
+        "fixed_compute_micro_batches": args.fixed_compute,
+        "exchange": args.exchange.0.to_string(),
+        "miners": args.miners,
+        "seed_exchange_miners": args.seed_exchange_miners,
+        "baseline": args.baseline_miner,
+        "windows": args.windows,
+        "parameters": outcome.params,
+        "comparisons": comparisons,
+        "bandwidth": bandwidth::to_json(outcome.bandwidth),
+        "resident_bytes": outcome.memory.last(),
+        "resident_slope_bytes_per_window": outcome.memory.slope_after_warmup(),
+        "memory_trace": outcome.memory.points(),
+        "weights": outcome.weights.iter().map(|(validator, rows)| weights_json(validator, rows)).collect::<Vec<_>>(),
+        "validator_windows": outcome.validator_windows,
+        "check_ok": outcome.check_ok,
+        "elapsed_secs": outcome.elapsed.as_secs_f64(),
+    }))
+}
+
+/// One validator's weights on the dev chain, a UID each.
+fn weights_json(validator: &str, rows: &[WeightRow]) -> serde_json::Value {
+    let uids: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "uid": r.uid, "node": r.name, "role": r.role.to_string(), "weight": r.weight, "share": r.share,
+            })
+        })
+        .collect();
+    json!({ "validator": validator, "uids": uids })
 }
 
 /// Writes `windows.csv`, `summary.json` and `heldout.svg` into `dir`.
-pub fn write(dir: &Path, runs: &[MinerRun], first_window: u64, summary: &serde_json::Value) -> Result<()> {
+pub fn write(dir: &Path, runs: &[MinerRun], summary: &serde_json::Value) -> Result<()> {
+    let first_window = first_window(runs);
     std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
     let csv = dir.join("windows.csv");
     std::fs::write(&csv, windows_csv(runs, first_window)).with_context(|| format!("writing {}", csv.display()))?;
@@ -257,15 +314,5 @@ mod tests {
         assert_eq!(c.windows_worse, 3);
         assert!(comparison_line("g", &c).contains("ratio none"));
         assert!(compare(&group, &BTreeMap::new()).is_none(), "no baseline, no comparison");
-    }
-
-    #[test]
-    fn slope_of_a_memory_trace() {
-        let flat: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 100.0)).collect();
-        assert_eq!(slope(&flat), Some(0.0));
-        let growing: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 100.0 + 37.0 * f64::from(i))).collect();
-        assert!((slope(&growing).unwrap() - 37.0).abs() < 1e-9);
-        assert_eq!(slope(&[(1.0, 2.0)]), None);
-        assert_eq!(slope(&[(1.0, 2.0), (1.0, 3.0)]), None);
     }
 }

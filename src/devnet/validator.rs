@@ -75,17 +75,34 @@ pub async fn chain_weights(
         .collect())
 }
 
-pub fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
+/// A row per UID: its node, role, weight and share of the validator's weights.
+fn print_weights(out: &mut impl Write, rows: &[WeightRow]) -> Result<()> {
     writeln!(out, "\n{:<5} {:<13} {:<12} {:>8} {:>7}", "uid", "node", "role", "weight", "share")?;
     for r in rows {
+        writeln!(out, "{:<5} {:<13} {:<12} {:>8} {:>6.1}%", r.uid, r.name, r.role, r.weight, r.share * 100.0)?;
+    }
+    Ok(())
+}
+
+/// The weights `validator` set on the dev chain and the verdict on them (its reasons added
+/// to `reasons`); with adversaries and no reason, their share.
+pub fn print_weights_and_verdict(
+    out: &mut impl Write,
+    validator: &str,
+    rows: &[WeightRow],
+    adversaries: bool,
+    reasons: &mut Vec<String>,
+) -> Result<()> {
+    write!(out, "\nweights set on the dev chain by {validator}:")?;
+    print_weights(out, rows)?;
+    let before = reasons.len();
+    judge(rows, adversaries, reasons);
+    if reasons.len() == before && adversaries {
+        let share: f64 = rows.iter().filter(|r| r.role.is_adversary()).map(|r| r.share).sum();
         writeln!(
             out,
-            "{:<5} {:<13} {:<12} {:>8} {:>6.1}%",
-            r.uid,
-            r.name,
-            r.role.to_string(),
-            r.weight,
-            r.share * 100.0
+            "every honest miner ends above every adversary; the adversaries hold {:.1}% of the weight",
+            share * 100.0
         )?;
     }
     Ok(())

@@ -187,9 +187,11 @@ impl Role {
     }
 }
 
+/// A role's spelling in the devnet's tables and report (`exchanging`, `seed-exchange`,
+/// ...); [`Role::stem`] is the prefix of node names. Pads to a given width.
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Role::Exchanging => "exchanging",
             Role::SeedExchange => "seed-exchange",
             Role::Baseline => "baseline",
