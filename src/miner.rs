@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tessera_actors::context::{MinerParts, ModelSpec, NodeRole, RuntimeSettings, WindowHook};
+use tessera_actors::context::{MinerParts, ModelSpec, NodeIdentity, NodeRole, RuntimeSettings, Storage, WindowHook};
 use tessera_actors::observe;
 use tessera_actors::{Host, MinerContext};
 use tessera_core::chain::{Chain, CommitmentChange, SubtensorChain, ensure_commitment, find_uid};
@@ -158,10 +158,17 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
     let shape = hp.model_shape();
     let checkpoints = config.checkpoint_path.clone().unwrap_or_else(|| instance.state_dir.join("checkpoints"));
     Ok(MinerContext::new(MinerParts {
-        name: instance.name.clone(),
-        netuid: config.netuid,
-        uid,
-        hotkey: Arc::new(hotkey),
+        id: NodeIdentity {
+            name: instance.name.clone(),
+            netuid: config.netuid,
+            uid,
+            hotkey: Arc::new(hotkey),
+            role: if validator {
+                NodeRole::Validator { state_dir: instance.state_dir.join("validator") }
+            } else {
+                NodeRole::Miner
+            },
+        },
         hparams: hp.clone(),
         schedule: WindowSchedule::new(hp.window_length)?,
         model: ModelSpec {
@@ -183,15 +190,8 @@ pub fn build(prepared: Prepared, shared: &Shared, data: &DataInputs, validator: 
         },
         misbehaviour: None,
         chain: shared.chain.clone(),
-        own_bucket,
-        peer_clients: shared.peer_clients.clone(),
-        cache: shared.cache.clone(),
+        storage: Storage { own_bucket, peer_clients: shared.peer_clients.clone(), cache: shared.cache.clone() },
         hparams_refresh: Some(config.hparams_settings()),
-        role: if validator {
-            NodeRole::Validator { state_dir: instance.state_dir.join("validator") }
-        } else {
-            NodeRole::Miner
-        },
     }))
 }
 
@@ -236,15 +236,15 @@ pub async fn run(miners: Vec<Arc<MinerContext>>, config: &MinerConfig) -> Result
 /// A W&B run named `M{uid}` in `--project`, fed with the seed's metrics after each
 /// window. Logging queues and returns: it never blocks or fails training.
 fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
-    let run = if ctx.is_validator() { format!("V{}", ctx.uid) } else { format!("M{}", ctx.uid) };
+    let run = if ctx.is_validator() { format!("V{}", ctx.id.uid) } else { format!("M{}", ctx.id.uid) };
     let mut settings = WandbSettings::new(config.project.clone(), run);
     settings.config = serde_json::json!({
-        "uid": ctx.uid,
-        "netuid": ctx.netuid,
+        "uid": ctx.id.uid,
+        "netuid": ctx.id.netuid,
         "hotkey": ctx.own_hotkey().to_string(),
         "device": config.device.to_string(),
         "actual_batch_size": config.actual_batch_size,
-        "hparams": ctx.hparams,
+        "hparams": ctx.network.hparams,
         "version": env!("CARGO_PKG_VERSION"),
     });
     let logger = WandbLogger::start(settings);
@@ -252,7 +252,7 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
     let hook: WindowHook = Arc::new(move |ctx, w| {
         if ctx.is_validator() {
             // The seed validator's rows: per-UID scores, moving averages and weights.
-            if let Some(v) = ctx.validator_stats.last_window() {
+            if let Some(v) = ctx.validator_stats().and_then(|s| s.last_window()) {
                 let mut row = serde_json::Map::new();
                 row.insert("window".into(), serde_json::json!(v.window));
                 row.insert("miners_scored".into(), serde_json::json!(v.scored));
@@ -267,7 +267,7 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
                 }
                 feed.log(v.window, row);
             }
-            ctx.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
+            ctx.telemetry.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let mut row = serde_json::json!({
@@ -287,9 +287,9 @@ fn attach_wandb(ctx: &Arc<MinerContext>, config: &MinerConfig) -> WandbLogger {
         if let serde_json::Value::Object(row) = row {
             feed.log(w.step, row);
         }
-        ctx.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
+        ctx.telemetry.stats.telemetry_dropped.store(feed.dropped(), std::sync::atomic::Ordering::Relaxed);
     });
-    *ctx.window_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    *ctx.telemetry.window_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     logger
 }
 

@@ -30,9 +30,9 @@ pub fn check_config(config: &MinerConfig, instances: &[MinerInstance]) -> Result
 /// with commit-reveal whose runtime offers no commit call this build knows, plain
 /// `set_weights` would be refused forever.
 pub async fn check_weights_policy(ctx: &Arc<MinerContext>) -> Result<()> {
-    let policy = ctx.chain.weights_policy(ctx.netuid).await?;
+    let policy = ctx.network.chain.weights_policy(ctx.id.netuid).await?;
     info!(
-        validator = %ctx.name,
+        validator = %ctx.id.name,
         rate_limit_blocks = policy.rate_limit_blocks,
         commit_reveal = policy.commit_reveal,
         reveal_period_epochs = policy.reveal_period_epochs,
@@ -53,7 +53,7 @@ pub async fn check_weights_policy(ctx: &Arc<MinerContext>) -> Result<()> {
                 "subnet {} has commit-reveal enabled (CommitRevealWeightsEnabled) but the chain's runtime offers \
                  no commit call this validator knows (commit_weights, commit_crv3_weights, \
                  commit_timelocked_weights): its weights could never be set, so it does not start",
-                ctx.netuid
+                ctx.id.netuid
             ),
         }
     }

@@ -38,9 +38,9 @@ impl Actor for ChainListener {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::ChainListener);
+        ctx.telemetry.stats.record_start(ActorKind::ChainListener);
         let opts = BlockStreamOptions { stall_timeout: ctx.settings.stall_timeout, ..BlockStreamOptions::default() };
-        let mut stream = resilient_blocks(ctx.chain.clone(), opts);
+        let mut stream = resilient_blocks(ctx.network.chain.clone(), opts);
         let me = myself.clone();
         let blocks = tokio::spawn(async move {
             while let Some(event) = stream.next().await {
@@ -64,18 +64,18 @@ impl Actor for ChainListener {
         match msg {
             ChainListenerMsg::Event(BlockEvent::Block(block)) => {
                 ctx.faults.maybe_panic(ActorKind::ChainListener);
-                lock(&ctx.block_times).record(block.number, unix_ms());
-                if let Some(clock) = lookup::<WindowClockMsg>(&ctx.name, ActorKind::WindowClock) {
+                lock(&ctx.network.block_times).record(block.number, unix_ms());
+                if let Some(clock) = lookup::<WindowClockMsg>(&ctx.id.name, ActorKind::WindowClock) {
                     let _ = clock.cast(WindowClockMsg::Block(block));
                 }
             }
             ChainListenerMsg::Event(BlockEvent::Lost { reason }) => {
-                MinerStats::add(&ctx.stats.block_stream_losses, 1);
-                warn!(miner = %ctx.name, %reason, "block stream lost; reconnecting");
+                MinerStats::add(&ctx.telemetry.stats.block_stream_losses, 1);
+                warn!(miner = %ctx.id.name, %reason, "block stream lost; reconnecting");
             }
             ChainListenerMsg::Event(BlockEvent::Reconnected { attempts }) => {
-                MinerStats::add(&ctx.stats.reconnects, 1);
-                info!(miner = %ctx.name, attempts, "block stream reconnected");
+                MinerStats::add(&ctx.telemetry.stats.reconnects, 1);
+                info!(miner = %ctx.id.name, attempts, "block stream reconnected");
             }
             ChainListenerMsg::Refresh => {
                 if state.refreshing.as_ref().is_some_and(|t| !t.0.is_finished()) {
@@ -86,7 +86,8 @@ impl Actor for ChainListener {
                 let task = tokio::spawn(async move {
                     let result = read_peer_view(&ctx).await;
                     let _ = me.cast(ChainListenerMsg::Refreshed(result));
-                    if let Some(settings) = ctx.hparams_refresh.as_ref().filter(|s| s.source != HparamsSource::BuiltIn)
+                    if let Some(settings) =
+                        ctx.network.hparams_refresh.as_ref().filter(|s| s.source != HparamsSource::BuiltIn)
                     {
                         let loaded = load_hparams(&settings.source, &settings.cache_path)
                             .await
@@ -98,15 +99,15 @@ impl Actor for ChainListener {
                 state.refreshing = Some(AbortOnDrop(task));
             }
             ChainListenerMsg::Refreshed(Ok(view)) => {
-                debug!(miner = %ctx.name, neurons = view.metagraph.size(), peers = view.peers.len(), "peer view refreshed");
-                ctx.peers.send_replace(Arc::new(view));
+                debug!(miner = %ctx.id.name, neurons = view.metagraph.size(), peers = view.peers.len(), "peer view refreshed");
+                ctx.network.peers.send_replace(Arc::new(view));
             }
             ChainListenerMsg::HparamsLoaded(Ok(hparams)) => state.follow_hparams(*hparams),
             ChainListenerMsg::HparamsLoaded(Err(e)) => {
-                warn!(miner = %ctx.name, error = %e, "hparams refresh failed; keeping the current ones");
+                warn!(miner = %ctx.id.name, error = %e, "hparams refresh failed; keeping the current ones");
             }
             ChainListenerMsg::Refreshed(Err(e)) => {
-                warn!(miner = %ctx.name, error = %e, "metagraph refresh failed; keeping the previous view");
+                warn!(miner = %ctx.id.name, error = %e, "metagraph refresh failed; keeping the previous view");
             }
         }
         Ok(())
@@ -118,21 +119,21 @@ impl ChainListenerState {
     /// clock) or that takes effect at the next start (optimizer) is reported once.
     fn follow_hparams(&mut self, new: Hparams) {
         let ctx = &self.ctx;
-        let old_history = ctx.max_history.swap(new.max_history, Ordering::Relaxed);
+        let old_history = ctx.network.max_history.swap(new.max_history, Ordering::Relaxed);
         if old_history != new.max_history {
-            info!(miner = %ctx.name, from = old_history, to = new.max_history, "hparams: max_history changed");
+            info!(miner = %ctx.id.name, from = old_history, to = new.max_history, "hparams: max_history changed");
         }
         let mut rest = new.clone();
-        rest.max_history = ctx.hparams.max_history;
-        if rest == ctx.hparams || self.reported_change.as_ref() == Some(&new) {
+        rest.max_history = ctx.network.hparams.max_history;
+        if rest == ctx.network.hparams || self.reported_change.as_ref() == Some(&new) {
             return;
         }
-        let protocol = ctx.hparams.protocol_differences(&new);
+        let protocol = ctx.network.hparams.protocol_differences(&new);
         if protocol.is_empty() {
-            warn!(miner = %ctx.name, "the network's hparams changed (optimizer or data settings); they apply at the next start");
+            warn!(miner = %ctx.id.name, "the network's hparams changed (optimizer or data settings); they apply at the next start");
         } else {
             error!(
-                miner = %ctx.name,
+                miner = %ctx.id.name,
                 changed = protocol.join(", "),
                 "the network's hparams changed the protocol; restart the miner to follow them (until then peers reject its slices)"
             );
@@ -144,15 +145,15 @@ impl ChainListenerState {
 /// The metagraph and every registered hotkey's committed bucket. Commitments that are not
 /// a valid bucket location are skipped with a log line: a peer cannot break the miner.
 async fn read_peer_view(ctx: &MinerContext) -> Result<PeerView, String> {
-    let metagraph = ctx.chain.metagraph(ctx.netuid).await.map_err(|e| e.to_string())?;
-    let commitments = ctx.chain.commitments(ctx.netuid).await.map_err(|e| e.to_string())?;
+    let metagraph = ctx.network.chain.metagraph(ctx.id.netuid).await.map_err(|e| e.to_string())?;
+    let commitments = ctx.network.chain.commitments(ctx.id.netuid).await.map_err(|e| e.to_string())?;
     let registered = metagraph.hotkeys();
     let mut peers = Vec::new();
     for (hotkey, text) in commitments {
         let Some(uid) = metagraph.uid_of(&hotkey) else { continue };
         match text.parse::<BucketLocation>() {
             Ok(bucket) => peers.push(Peer { uid, hotkey, bucket }),
-            Err(e) => debug!(miner = %ctx.name, uid, error = %e, "ignoring a commitment that is not a bucket"),
+            Err(e) => debug!(miner = %ctx.id.name, uid, error = %e, "ignoring a commitment that is not a bucket"),
         }
     }
     Ok(PeerView { metagraph, peers, registered, refreshed_ms: unix_ms() })

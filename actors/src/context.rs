@@ -208,37 +208,42 @@ pub struct ModelSpec {
 /// Called with each window's summary (telemetry such as W&B); must return at once.
 pub type WindowHook = Arc<dyn Fn(&MinerContext, &WindowSummary) + Send + Sync>;
 
-/// Everything one miner's actors share. Built once per miner; actors hold an `Arc`.
-pub struct MinerContext {
+/// Who a node is.
+pub struct NodeIdentity {
     /// Label in logs, metrics and actor names (unique in the process).
     pub name: String,
     pub netuid: u16,
     pub uid: u16,
     pub hotkey: Arc<LoadedHotkey>,
+    pub role: NodeRole,
+}
+
+/// The network as this node sees it: the chain and its clock, the peers, the hparams.
+pub struct NetworkView {
+    pub chain: Arc<dyn Chain>,
     pub hparams: Hparams,
     pub schedule: WindowSchedule,
-    pub model: ModelSpec,
-    pub settings: RuntimeSettings,
-    /// What the node publishes instead of its honest result: the devnet's adversaries.
-    pub misbehaviour: Option<Arc<dyn Misbehaviour>>,
-    pub chain: Arc<dyn Chain>,
-    pub own_bucket: BucketClient,
-    pub peer_clients: PeerClients,
-    pub cache: SliceCache,
+    /// Where to re-read the hparams every refresh (`None`: built in, never changes).
+    pub hparams_refresh: Option<HparamsSettings>,
     /// `hparams.max_history` as last refreshed (the one hparam a running miner follows).
     pub max_history: AtomicU64,
-    pub hparams_refresh: Option<HparamsSettings>,
     pub clock: watch::Sender<ClockState>,
     pub peers: watch::Sender<Arc<PeerView>>,
     pub block_times: Mutex<BlockTimes>,
-    pub stats: MinerStats,
-    pub faults: Faults,
+}
+
+/// Where slices go and come from.
+pub struct Storage {
+    pub own_bucket: BucketClient,
+    pub peer_clients: PeerClients,
+    pub cache: SliceCache,
+}
+
+/// The model and what outlives a Trainer's restart with it.
+pub struct ModelSlot {
+    pub spec: ModelSpec,
     /// The engine outlives a Trainer actor's crash: the next Trainer takes it back.
     pub engine: Mutex<Option<EngineHandle>>,
-    /// Set at shutdown: actors stop taking new work.
-    pub stopping: AtomicBool,
-    pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
-    pub window_hook: Mutex<Option<WindowHook>>,
     /// The seed's adaptive sample rate; here so that a restarted Trainer keeps it.
     pub sample_rate: Arc<Mutex<SampleRate>>,
     /// The own updates of the last windows (update exchange), replaced by the peers' mean
@@ -246,69 +251,94 @@ pub struct MinerContext {
     pub own_updates: Mutex<VecDeque<(Window, Arc<Vec<f32>>)>>,
     /// The held-out micro-batches, loaded at the first evaluation.
     pub held_out: tokio::sync::OnceCell<Arc<Vec<Batch>>>,
-    pub role: NodeRole,
-    /// Validator: every UID's moving score (loaded from the state directory at the first
-    /// window, saved atomically after each), shared with the WeightSetter.
-    pub scores: Mutex<Option<ScoreBook>>,
-    pub validator_stats: ValidatorStats,
+    pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
 }
 
-/// The parts a miner is made of; [`MinerContext::new`] adds the shared runtime state.
+/// Counters and the per-window telemetry hook.
+#[derive(Default)]
+pub struct Telemetry {
+    pub stats: MinerStats,
+    pub window_hook: Mutex<Option<WindowHook>>,
+}
+
+/// What only a validator holds: every UID's moving score (loaded from the state directory
+/// at the first window, saved atomically after each, shared with the WeightSetter) and
+/// its counters.
+#[derive(Default)]
+pub struct ValidatorState {
+    pub scores: Mutex<Option<ScoreBook>>,
+    pub stats: ValidatorStats,
+}
+
+/// Everything one node's actors share, by concern. Built once per node; actors hold an `Arc`.
+pub struct MinerContext {
+    pub id: NodeIdentity,
+    pub network: NetworkView,
+    pub storage: Storage,
+    pub model: ModelSlot,
+    pub telemetry: Telemetry,
+    /// `Some` on a validator only.
+    pub validator: Option<ValidatorState>,
+    pub settings: RuntimeSettings,
+    /// What the node publishes instead of its honest result: the devnet's adversaries.
+    pub misbehaviour: Option<Arc<dyn Misbehaviour>>,
+    pub faults: Faults,
+    /// Set at shutdown: actors stop taking new work.
+    pub stopping: AtomicBool,
+}
+
+/// What a node is built from; [`MinerContext::new`] adds the shared runtime state.
 pub struct MinerParts {
-    pub name: String,
-    pub netuid: u16,
-    pub uid: u16,
-    pub hotkey: Arc<LoadedHotkey>,
+    pub id: NodeIdentity,
+    pub chain: Arc<dyn Chain>,
     pub hparams: Hparams,
     pub schedule: WindowSchedule,
+    /// Where to re-read the hparams every refresh (`None`: built in, never changes).
+    pub hparams_refresh: Option<HparamsSettings>,
+    pub storage: Storage,
     pub model: ModelSpec,
     pub settings: RuntimeSettings,
     /// What the node publishes instead of its honest result: the devnet's adversaries
     /// (`None` on every production node).
     pub misbehaviour: Option<Arc<dyn Misbehaviour>>,
-    pub chain: Arc<dyn Chain>,
-    pub own_bucket: BucketClient,
-    pub peer_clients: PeerClients,
-    pub cache: SliceCache,
-    /// Where to re-read the hparams every refresh (`None`: built in, never changes).
-    pub hparams_refresh: Option<HparamsSettings>,
-    pub role: NodeRole,
 }
 
 impl MinerContext {
     pub fn new(parts: MinerParts) -> Arc<Self> {
+        let validator = matches!(parts.id.role, NodeRole::Validator { .. }).then(ValidatorState::default);
         Arc::new(Self {
-            name: parts.name,
-            netuid: parts.netuid,
-            uid: parts.uid,
-            hotkey: parts.hotkey,
-            max_history: AtomicU64::new(parts.hparams.max_history),
-            hparams: parts.hparams,
-            schedule: parts.schedule,
-            model: parts.model,
+            network: NetworkView {
+                chain: parts.chain,
+                max_history: AtomicU64::new(parts.hparams.max_history),
+                hparams: parts.hparams,
+                schedule: parts.schedule,
+                hparams_refresh: parts.hparams_refresh,
+                clock: watch::Sender::new(ClockState::default()),
+                peers: watch::Sender::new(Arc::new(PeerView::default())),
+                block_times: Mutex::new(BlockTimes::default()),
+            },
+            id: parts.id,
+            storage: parts.storage,
+            model: ModelSlot {
+                spec: parts.model,
+                engine: Mutex::new(None),
+                sample_rate: Arc::new(Mutex::new(SampleRate::default())),
+                own_updates: Mutex::new(VecDeque::new()),
+                held_out: tokio::sync::OnceCell::new(),
+                index_cache: Mutex::new(VecDeque::new()),
+            },
+            telemetry: Telemetry::default(),
+            validator,
             settings: parts.settings,
             misbehaviour: parts.misbehaviour,
-            chain: parts.chain,
-            own_bucket: parts.own_bucket,
-            peer_clients: parts.peer_clients,
-            cache: parts.cache,
-            hparams_refresh: parts.hparams_refresh,
-            clock: watch::Sender::new(ClockState::default()),
-            peers: watch::Sender::new(Arc::new(PeerView::default())),
-            block_times: Mutex::new(BlockTimes::default()),
-            stats: MinerStats::default(),
             faults: Faults::default(),
-            engine: Mutex::new(None),
             stopping: AtomicBool::new(false),
-            index_cache: Mutex::new(VecDeque::new()),
-            window_hook: Mutex::new(None),
-            sample_rate: Arc::new(Mutex::new(SampleRate::default())),
-            own_updates: Mutex::new(VecDeque::new()),
-            held_out: tokio::sync::OnceCell::new(),
-            role: parts.role,
-            scores: Mutex::new(None),
-            validator_stats: ValidatorStats::default(),
         })
+    }
+
+    /// A validator's counters (`None` on a miner).
+    pub fn validator_stats(&self) -> Option<&ValidatorStats> {
+        self.validator.as_ref().map(|v| &v.stats)
     }
 
     /// The window loop's waits, from `peer_deadline`.
@@ -318,22 +348,22 @@ impl MinerContext {
 
     /// Values in one slice of this model at this compression (every window the same).
     pub fn slice_value_count(&self) -> usize {
-        let compression = self.hparams.compression;
-        self.model.layout.params().iter().map(|p| slice_len(p.numel() as u64, compression) as usize).sum()
+        let compression = self.network.hparams.compression;
+        self.model.spec.layout.params().iter().map(|p| slice_len(p.numel() as u64, compression) as usize).sum()
     }
 
     /// The slice positions of `window`, computed off the async threads and kept for the
     /// few windows that use them (state of `w+1` at the end of `w`, again at the start of `w+1`).
     pub async fn indices(&self, window: Window) -> Result<Arc<SliceIndices>, RuntimeError> {
-        if let Some(found) = lock(&self.index_cache).iter().find(|(w, _)| *w == window) {
+        if let Some(found) = lock(&self.model.index_cache).iter().find(|(w, _)| *w == window) {
             return Ok(found.1.clone());
         }
-        let layout = self.model.layout.clone();
-        let compression = self.hparams.compression;
+        let layout = self.model.spec.layout.clone();
+        let compression = self.network.hparams.compression;
         let computed =
             tokio::task::spawn_blocking(move || SliceIndices::compute(&layout, window, compression)).await??;
         let computed = Arc::new(computed);
-        let mut cache = lock(&self.index_cache);
+        let mut cache = lock(&self.model.index_cache);
         cache.push_back((window, computed.clone()));
         while cache.len() > 4 {
             cache.pop_front();
@@ -356,8 +386,8 @@ impl MinerContext {
             window,
             hotkey,
             registered,
-            fingerprint: self.model.layout.fingerprint(),
-            compression: self.hparams.compression,
+            fingerprint: self.model.spec.layout.fingerprint(),
+            compression: self.network.hparams.compression,
             value_count: self.slice_value_count(),
             version: self.exchange().protocol_version(),
         }
@@ -365,12 +395,12 @@ impl MinerContext {
 
     /// How this miner exchanges training with its peers (the network's hparams).
     pub fn exchange(&self) -> Exchange {
-        self.hparams.exchange
+        self.network.hparams.exchange
     }
 
     /// Keeps the own update of `window` (update exchange) for the next few windows.
     pub fn remember_own_update(&self, window: Window, update: Arc<Vec<f32>>) {
-        let mut kept = lock(&self.own_updates);
+        let mut kept = lock(&self.model.own_updates);
         kept.retain(|(w, _)| *w != window);
         kept.push_back((window, update));
         while kept.len() > 3 {
@@ -380,11 +410,11 @@ impl MinerContext {
 
     /// The own update of `window`, if this miner trained it and still has it.
     pub fn own_update(&self, window: Window) -> Option<Arc<Vec<f32>>> {
-        lock(&self.own_updates).iter().find(|(w, _)| *w == window).map(|(_, u)| u.clone())
+        lock(&self.model.own_updates).iter().find(|(w, _)| *w == window).map(|(_, u)| u.clone())
     }
 
     pub fn is_validator(&self) -> bool {
-        matches!(self.role, NodeRole::Validator { .. })
+        matches!(self.id.role, NodeRole::Validator { .. })
     }
 
     /// The actor that runs the windows: the Trainer, or a validator's Evaluator (the same
@@ -394,24 +424,24 @@ impl MinerContext {
     }
 
     pub fn own_location(&self) -> &BucketLocation {
-        self.own_bucket.location()
+        self.storage.own_bucket.location()
     }
 
     pub fn own_hotkey(&self) -> Hotkey {
-        self.hotkey.hotkey()
+        self.id.hotkey.hotkey()
     }
 
     /// The training engine is built (the Trainer started it, or a restarted one took it back).
     pub fn engine_ready(&self) -> bool {
-        lock(&self.engine).as_ref().is_some_and(EngineHandle::is_alive)
+        lock(&self.model.engine).as_ref().is_some_and(EngineHandle::is_alive)
     }
 
     pub fn clock_now(&self) -> ClockState {
-        *self.clock.borrow()
+        *self.network.clock.borrow()
     }
 
     pub fn peer_view(&self) -> Arc<PeerView> {
-        self.peers.borrow().clone()
+        self.network.peers.borrow().clone()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -426,10 +456,10 @@ impl MinerContext {
             SliceKind::State => window.saturating_sub(1),
             SliceKind::Delta => window,
         };
-        let times = lock(&self.block_times);
+        let times = lock(&self.network.block_times);
         let block_ms = self.settings.block_time.as_millis() as u64;
-        let (start, _) = times.window_bounds(&self.schedule, written_after, block_ms)?;
-        let (_, end) = times.window_bounds(&self.schedule, written_after + 1, block_ms)?;
+        let (start, _) = times.window_bounds(&self.network.schedule, written_after, block_ms)?;
+        let (_, end) = times.window_bounds(&self.network.schedule, written_after + 1, block_ms)?;
         let skew = self.settings.clock_skew.as_millis() as i64;
         Some((start - skew, end + skew))
     }

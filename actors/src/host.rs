@@ -84,8 +84,8 @@ impl Host {
 async fn shutdown_miner(ctx: &Arc<MinerContext>, deadline: Instant) -> MinerShutdown {
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let mut report =
-        MinerShutdown { miner: ctx.name.clone(), checkpoint_window: None, uploads_drained: false, error: None };
-    match lookup::<TrainerMsg>(&ctx.name, ctx.window_actor()) {
+        MinerShutdown { miner: ctx.id.name.clone(), checkpoint_window: None, uploads_drained: false, error: None };
+    match lookup::<TrainerMsg>(&ctx.id.name, ctx.window_actor()) {
         Some(trainer) => match trainer.call(TrainerMsg::Shutdown, Some(remaining())).await {
             Ok(CallResult::Success(r)) => {
                 report.checkpoint_window = r.checkpoint_window;
@@ -95,12 +95,12 @@ async fn shutdown_miner(ctx: &Arc<MinerContext>, deadline: Instant) -> MinerShut
         },
         None => report.error = Some("no trainer running".to_owned()),
     }
-    if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
+    if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.id.name, ActorKind::SliceUploader) {
         report.uploads_drained =
             matches!(uploader.call(SliceUploaderMsg::Drain, Some(remaining())).await, Ok(CallResult::Success(_)));
     }
     info!(
-        miner = %ctx.name,
+        miner = %ctx.id.name,
         checkpoint_window = report.checkpoint_window,
         uploads_drained = report.uploads_drained,
         error = report.error.as_deref().unwrap_or("none"),

@@ -107,15 +107,15 @@ impl Observer {
         let running = self.status.borrow().running.clone();
         self.miners
             .iter()
-            .filter(|m| running.contains(&m.name))
+            .filter(|m| running.contains(&m.id.name))
             .filter_map(|m| {
                 let clock = m.clock_now();
-                let last = m.stats.last_window().map(|w| w.window);
+                let last = m.telemetry.stats.last_window().map(|w| w.window);
                 match last {
-                    _ if !clock.started => Some(format!("{}: waiting for the first block", m.name)),
-                    None => Some(format!("{}: syncing, no window trained yet", m.name)),
+                    _ if !clock.started => Some(format!("{}: waiting for the first block", m.id.name)),
+                    None => Some(format!("{}: syncing, no window trained yet", m.id.name)),
                     Some(w) if clock.window.saturating_sub(w) > READY_MAX_LAG => {
-                        Some(format!("{}: last trained window {w}, the clock is at {}", m.name, clock.window))
+                        Some(format!("{}: last trained window {w}, the clock is at {}", m.id.name, clock.window))
                     }
                     Some(_) => None,
                 }
@@ -170,7 +170,7 @@ fn describe() {
 }
 
 fn record_validator(m: &MinerContext, miner: &str) {
-    let v = &m.validator_stats;
+    let Some(v) = m.validator.as_ref().map(|v| &v.stats) else { return };
     if let Some(last) = v.last_window() {
         gauge!("tessera_validator_evaluated_window", "miner" => miner.to_owned()).set(last.window as f64);
         gauge!("tessera_validator_scored", "miner" => miner.to_owned()).set(f64::from(last.scored));
@@ -209,14 +209,14 @@ fn record_validator(m: &MinerContext, miner: &str) {
 }
 
 fn record(m: &MinerContext) {
-    let miner = m.name.clone();
-    let s = &m.stats;
+    let miner = m.id.name.clone();
+    let s = &m.telemetry.stats;
     let clock = m.clock_now();
     gauge!("tessera_window", "miner" => miner.clone()).set(clock.window as f64);
     gauge!(
         "tessera_miner_info",
         "miner" => miner.clone(),
-        "uid" => m.uid.to_string(),
+        "uid" => m.id.uid.to_string(),
         "hotkey" => m.own_hotkey().to_string(),
         "bucket" => m.own_location().to_string(),
         "role" => if m.is_validator() { "validator" } else { "miner" },

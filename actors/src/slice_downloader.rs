@@ -38,7 +38,7 @@ impl Actor for SliceDownloader {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::SliceDownloader);
+        ctx.telemetry.stats.record_start(ActorKind::SliceDownloader);
         let health = PeerHealth::new(ctx.settings.peer_failures_before_skip, ctx.settings.peer_skip);
         Ok(SliceDownloaderState { ctx, health: Arc::new(Mutex::new(health)) })
     }
@@ -114,14 +114,15 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         .filter(|b| {
             let skipped = lock(health).is_skipped(&b.to_string(), Instant::now());
             if skipped {
-                debug!(miner = %ctx.name, bucket = %b, "skipping a failing peer for now");
+                debug!(miner = %ctx.id.name, bucket = %b, "skipping a failing peer for now");
             }
             !skipped
         })
         .collect();
     let own = ctx.own_location().clone();
     let listings = futures::stream::iter(buckets.into_iter().map(|bucket| {
-        let client = if bucket == own { ctx.own_bucket.clone() } else { ctx.peer_clients.client(&bucket) };
+        let client =
+            if bucket == own { ctx.storage.own_bucket.clone() } else { ctx.storage.peer_clients.client(&bucket) };
         let prefix = prefix.clone();
         let deadline = ctx.settings.peer_deadline;
         async move {
@@ -183,23 +184,23 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             match refusal {
                 Ok(key) => candidates.push(Candidate { bucket: bucket.clone(), client: client.clone(), key, info }),
                 Err(reason) => {
-                    debug!(miner = %ctx.name, bucket = %name, key = %info.key, reason, "refusing a listed object");
-                    ctx.stats.reject(reason);
+                    debug!(miner = %ctx.id.name, bucket = %name, key = %info.key, reason, "refusing a listed object");
+                    ctx.telemetry.stats.reject(reason);
                     outcome.refused += 1;
                 }
             }
         }
     }
 
-    let max_peers = ctx.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
+    let max_peers = ctx.network.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
     if let Some(k) = max_peers {
         let before = candidates.len();
         candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
-        debug!(miner = %ctx.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
+        debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
     }
     let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
     let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
-        crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.name), true)
+        crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.id.name), true)
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -208,8 +209,10 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         let entry = CacheEntry { location: &c.bucket, key: &c.info.key, etag: None, size: c.info.size };
         let client = c.client.clone();
         let key = c.info.key.clone();
-        let fetch =
-            ctx.cache.get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
+        let fetch = ctx
+            .storage
+            .cache
+            .get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
         let result = tokio::time::timeout(ctx.settings.peer_deadline, fetch).await;
         bar.inc(c.info.size);
         (c, result)
@@ -225,10 +228,10 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             Ok(Ok(cached)) => {
                 lock(health).succeeded(&name);
                 if cached.hit {
-                    MinerStats::add(&ctx.stats.cache_hits, 1);
+                    MinerStats::add(&ctx.telemetry.stats.cache_hits, 1);
                 } else {
-                    MinerStats::add(&ctx.stats.slices_downloaded, 1);
-                    MinerStats::add(&ctx.stats.bytes_downloaded, c.info.size);
+                    MinerStats::add(&ctx.telemetry.stats.slices_downloaded, 1);
+                    MinerStats::add(&ctx.telemetry.stats.bytes_downloaded, c.info.size);
                 }
                 outcome.slices.push(FetchedSlice {
                     key: c.key,
@@ -279,12 +282,12 @@ fn bounded_subset<T>(
 }
 
 fn peer_failed(ctx: &MinerContext, health: &Mutex<PeerHealth>, bucket: &str, error: &str) {
-    MinerStats::add(&ctx.stats.download_failures, 1);
+    MinerStats::add(&ctx.telemetry.stats.download_failures, 1);
     if lock(health).failed(bucket, Instant::now()) {
-        MinerStats::add(&ctx.stats.peers_skipped, 1);
-        warn!(miner = %ctx.name, bucket, error, skip_secs = ctx.settings.peer_skip.as_secs(), "peer keeps failing; skipping it for a while");
+        MinerStats::add(&ctx.telemetry.stats.peers_skipped, 1);
+        warn!(miner = %ctx.id.name, bucket, error, skip_secs = ctx.settings.peer_skip.as_secs(), "peer keeps failing; skipping it for a while");
     } else {
-        warn!(miner = %ctx.name, bucket, error, "peer download failed");
+        warn!(miner = %ctx.id.name, bucket, error, "peer download failed");
     }
 }
 

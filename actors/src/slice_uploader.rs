@@ -60,7 +60,7 @@ impl Actor for SliceUploader {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::SliceUploader);
+        ctx.telemetry.stats.record_start(ActorKind::SliceUploader);
         Ok(SliceUploaderState {
             ctx,
             queue: VecDeque::new(),
@@ -94,19 +94,19 @@ impl Actor for SliceUploader {
                 match result {
                     Ok(()) => {
                         state.queue.pop_front();
-                        MinerStats::add(&state.ctx.stats.slices_uploaded, 1);
-                        MinerStats::add(&state.ctx.stats.uploads_settled, 1);
-                        debug!(miner = %state.ctx.name, %key, "uploaded");
+                        MinerStats::add(&state.ctx.telemetry.stats.slices_uploaded, 1);
+                        MinerStats::add(&state.ctx.telemetry.stats.uploads_settled, 1);
+                        debug!(miner = %state.ctx.id.name, %key, "uploaded");
                         state.start_next(&myself);
                     }
                     Err(error) => {
-                        MinerStats::add(&state.ctx.stats.upload_failures, 1);
+                        MinerStats::add(&state.ctx.telemetry.stats.upload_failures, 1);
                         let attempts = state.queue.front_mut().map(|j| {
                             j.attempts += 1;
                             j.attempts
                         });
                         let delay = retry_delay(attempts.unwrap_or(1));
-                        warn!(miner = %state.ctx.name, %key, %error, retry_in_ms = delay.as_millis() as u64, "upload failed");
+                        warn!(miner = %state.ctx.id.name, %key, %error, retry_in_ms = delay.as_millis() as u64, "upload failed");
                         state.retry_pending = true;
                         myself.send_after(delay, || SliceUploaderMsg::Kick);
                     }
@@ -145,9 +145,9 @@ impl SliceUploaderState {
         });
         let dropped = before - self.queue.len();
         if dropped > 0 {
-            MinerStats::add(&self.ctx.stats.uploads_abandoned, dropped as u64);
-            MinerStats::add(&self.ctx.stats.uploads_settled, dropped as u64);
-            warn!(miner = %self.ctx.name, dropped, window = now, "dropped uploads too old to matter");
+            MinerStats::add(&self.ctx.telemetry.stats.uploads_abandoned, dropped as u64);
+            MinerStats::add(&self.ctx.telemetry.stats.uploads_settled, dropped as u64);
+            warn!(miner = %self.ctx.id.name, dropped, window = now, "dropped uploads too old to matter");
         }
     }
 
@@ -185,17 +185,17 @@ async fn upload(
     let meta = SliceMeta {
         kind,
         window,
-        fingerprint: ctx.model.layout.fingerprint(),
-        compression: ctx.hparams.compression,
+        fingerprint: ctx.model.spec.layout.fingerprint(),
+        compression: ctx.network.hparams.compression,
         dtype: ctx.settings.upload_dtype,
         version: ctx.exchange().protocol_version(),
     };
-    let signer = ctx.hotkey.clone();
+    let signer = ctx.id.hotkey.clone();
     let bytes = tokio::task::spawn_blocking(move || encode(meta, &values, signer.as_ref())).await??;
     let bytes = Bytes::from(bytes);
-    ctx.own_bucket.put(key, bytes.clone()).await?;
+    ctx.storage.own_bucket.put(key, bytes.clone()).await?;
     // The own slice counts in the mean without being downloaded back.
-    let (cache, location, owned_key) = (ctx.cache.clone(), ctx.own_location().clone(), key.to_owned());
+    let (cache, location, owned_key) = (ctx.storage.cache.clone(), ctx.own_location().clone(), key.to_owned());
     let kept = tokio::task::spawn_blocking(move || {
         let entry = CacheEntry { location: &location, key: &owned_key, etag: None, size: bytes.len() as u64 };
         cache.insert(&entry, &bytes).map(|_| ())
@@ -203,24 +203,24 @@ async fn upload(
     .await;
     match kept {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(miner = %ctx.name, %key, error = %e, "could not keep the own slice in the cache"),
-        Err(e) => warn!(miner = %ctx.name, %key, error = %e, "could not keep the own slice in the cache"),
+        Ok(Err(e)) => warn!(miner = %ctx.id.name, %key, error = %e, "could not keep the own slice in the cache"),
+        Err(e) => warn!(miner = %ctx.id.name, %key, error = %e, "could not keep the own slice in the cache"),
     }
     Ok(())
 }
 
 /// Deletes own objects and cached slices older than `before` (the seed's history cleanup).
 async fn prune(ctx: &MinerContext, before: Window) {
-    match ctx.own_bucket.delete_slices_before(before).await {
+    match ctx.storage.own_bucket.delete_slices_before(before).await {
         Ok(0) => {}
-        Ok(n) => info!(miner = %ctx.name, deleted = n, before, "deleted old slices from the own bucket"),
-        Err(e) => warn!(miner = %ctx.name, error = %e, before, "could not delete old slices from the own bucket"),
+        Ok(n) => info!(miner = %ctx.id.name, deleted = n, before, "deleted old slices from the own bucket"),
+        Err(e) => warn!(miner = %ctx.id.name, error = %e, before, "could not delete old slices from the own bucket"),
     }
-    let cache = ctx.cache.clone();
+    let cache = ctx.storage.cache.clone();
     match tokio::task::spawn_blocking(move || cache.gc(before)).await {
-        Ok(Ok(report)) => debug!(miner = %ctx.name, ?report, before, "slice cache collected"),
-        Ok(Err(e)) => warn!(miner = %ctx.name, error = %e, "slice cache collection failed"),
-        Err(e) => warn!(miner = %ctx.name, error = %e, "slice cache collection task failed"),
+        Ok(Ok(report)) => debug!(miner = %ctx.id.name, ?report, before, "slice cache collected"),
+        Ok(Err(e)) => warn!(miner = %ctx.id.name, error = %e, "slice cache collection failed"),
+        Err(e) => warn!(miner = %ctx.id.name, error = %e, "slice cache collection task failed"),
     }
 }
 

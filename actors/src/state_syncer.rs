@@ -30,7 +30,7 @@ impl Actor for StateSyncer {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::StateSyncer);
+        ctx.telemetry.stats.record_start(ActorKind::StateSyncer);
         Ok(StateSyncerState { ctx })
     }
 
@@ -52,8 +52,8 @@ impl Actor for StateSyncer {
 }
 
 async fn average(ctx: Arc<MinerContext>, kind: SliceKind, window: Window, reply: RpcReplyPort<AverageOutcome>) {
-    let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.name, ActorKind::SliceDownloader) else {
-        warn!(miner = %ctx.name, "no slice downloader running; no average this time");
+    let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.id.name, ActorKind::SliceDownloader) else {
+        warn!(miner = %ctx.id.name, "no slice downloader running; no average this time");
         let _ = reply.send(AverageOutcome::default());
         return;
     };
@@ -62,13 +62,13 @@ async fn average(ctx: Arc<MinerContext>, kind: SliceKind, window: Window, reply:
     let fetched = match fetched {
         Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
         Ok(_) | Err(_) => {
-            warn!(miner = %ctx.name, %kind, window, "the slice downloader did not answer; no average this time");
+            warn!(miner = %ctx.id.name, %kind, window, "the slice downloader did not answer; no average this time");
             FetchOutcome::default()
         }
     };
     let worker = ctx.clone();
     let outcome = tokio::task::spawn_blocking(move || fold(&worker, kind, window, &fetched)).await.unwrap_or_default();
-    debug!(miner = %ctx.name, %kind, window, accepted = outcome.accepted, rejected = outcome.rejected, "average");
+    debug!(miner = %ctx.id.name, %kind, window, accepted = outcome.accepted, rejected = outcome.rejected, "average");
     let _ = reply.send(outcome);
 }
 
@@ -86,7 +86,7 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
         let bytes = match std::fs::read(&slice.path) {
             Ok(bytes) => bytes,
             Err(e) => {
-                warn!(miner = %ctx.name, path = %slice.path.display(), error = %e, "cannot read a cached slice");
+                warn!(miner = %ctx.id.name, path = %slice.path.display(), error = %e, "cannot read a cached slice");
                 outcome.rejected += 1;
                 continue;
             }
@@ -98,13 +98,13 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
         match added {
             Ok(()) => outcome.accepted += 1,
             Err((reason, message)) => {
-                warn!(miner = %ctx.name, bucket = %slice.bucket, key = %slice.key, reason, error = %message, "rejected a slice");
-                ctx.stats.reject(reason);
+                warn!(miner = %ctx.id.name, bucket = %slice.bucket, key = %slice.key, reason, error = %message, "rejected a slice");
+                ctx.telemetry.stats.reject(reason);
                 outcome.rejected += 1;
             }
         }
     }
-    MinerStats::add(&ctx.stats.slices_averaged, u64::from(outcome.accepted));
+    MinerStats::add(&ctx.telemetry.stats.slices_averaged, u64::from(outcome.accepted));
     outcome.mean = acc.finish().map(Arc::new);
     outcome
 }

@@ -66,9 +66,9 @@ fn child_spec(ctx: &Arc<MinerContext>, kind: ActorKind) -> ChildSpec {
         }
     });
     let (first, max) = (ctx.settings.restart_backoff, ctx.settings.restart_backoff_max);
-    let miner = ctx.name.clone();
+    let miner = ctx.id.name.clone();
     ChildSpec {
-        id: actor_name(&ctx.name, kind),
+        id: actor_name(&ctx.id.name, kind),
         restart: Restart::Transient,
         spawn_fn,
         backoff_fn: Some(ChildBackoffFn::new(move |child, restarts, _, _| {
@@ -83,7 +83,7 @@ fn child_spec(ctx: &Arc<MinerContext>, kind: ActorKind) -> ChildSpec {
 /// The node's supervisor arguments: its six actors (a miner's or a validator's), one-for-one, with its restart limits.
 pub fn miner_supervisor_args(ctx: &Arc<MinerContext>) -> SupervisorArguments {
     SupervisorArguments {
-        child_specs: ActorKind::for_role(&ctx.role).iter().map(|&kind| child_spec(ctx, kind)).collect(),
+        child_specs: ActorKind::for_role(&ctx.id.role).iter().map(|&kind| child_spec(ctx, kind)).collect(),
         options: SupervisorOptions {
             strategy: SupervisorStrategy::OneForOne,
             max_restarts: ctx.settings.max_restarts as usize,
@@ -120,9 +120,9 @@ impl Actor for HostSupervisor {
     async fn pre_start(&self, myself: ActorRef<()>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
         let mut running = Vec::new();
         for ctx in &args.miners {
-            let name = supervisor_name(&ctx.name);
+            let name = supervisor_name(&ctx.id.name);
             Actor::spawn_linked(Some(name), Supervisor, miner_supervisor_args(ctx), myself.get_cell()).await?;
-            running.push(ctx.name.clone());
+            running.push(ctx.id.name.clone());
         }
         args.status.send_replace(HostStatus { running, failed: Vec::new() });
         Ok(HostState { status: args.status })

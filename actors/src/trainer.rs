@@ -65,23 +65,24 @@ impl Actor for Trainer {
     ) -> Result<Self::State, ActorProcessingErr> {
         let started_at = Instant::now();
         let kind = ctx.window_actor();
-        ctx.stats.record_start(kind);
-        let restarted = ctx.stats.restarts().get(&kind).copied().unwrap_or(0) > 0;
-        let kept = lock(&ctx.engine).take().filter(EngineHandle::is_alive);
+        ctx.telemetry.stats.record_start(kind);
+        let restarted = ctx.telemetry.stats.restarts().get(&kind).copied().unwrap_or(0) > 0;
+        let kept = lock(&ctx.model.engine).take().filter(EngineHandle::is_alive);
         let (engine, resync_from) = match kept {
             Some(engine) => {
-                info!(miner = %ctx.name, "trainer started; the model survived in the engine");
+                info!(miner = %ctx.id.name, "trainer started; the model survived in the engine");
                 (engine, None)
             }
             None => {
                 if restarted {
-                    MinerStats::add(&ctx.stats.engine_rebuilds, 1);
-                    warn!(miner = %ctx.name, "the model was lost; rebuilding it from the last checkpoint");
+                    MinerStats::add(&ctx.telemetry.stats.engine_rebuilds, 1);
+                    warn!(miner = %ctx.id.name, "the model was lost; rebuilding it from the last checkpoint");
                 }
                 let engine = EngineHandle::start(engine_spec(&ctx)).await?;
-                let history_start = ctx.clock_now().window.saturating_sub(ctx.max_history.load(Ordering::Relaxed));
+                let history_start =
+                    ctx.clock_now().window.saturating_sub(ctx.network.max_history.load(Ordering::Relaxed));
                 if engine.start.resumed.is_some() {
-                    ctx.stats.resumed_from_checkpoint.store(true, Ordering::Relaxed);
+                    ctx.telemetry.stats.resumed_from_checkpoint.store(true, Ordering::Relaxed);
                 }
                 let resync_from = match &engine.start.resumed {
                     Some(meta) => Some((meta.window + 1).max(history_start)),
@@ -89,7 +90,7 @@ impl Actor for Trainer {
                     None => None,
                 };
                 info!(
-                    miner = %ctx.name,
+                    miner = %ctx.id.name,
                     backend = %engine.start.backend,
                     resumed_window = engine.start.resumed.as_ref().map(|m| m.window),
                     "training engine ready"
@@ -97,13 +98,13 @@ impl Actor for Trainer {
                 (engine, resync_from)
             }
         };
-        *lock(&ctx.engine) = Some(engine.clone());
+        *lock(&ctx.model.engine) = Some(engine.clone());
         myself.send_interval(WATCHDOG_PERIOD, || TrainerMsg::Tick);
         let clock = ctx.clock_now();
         if clock.started {
             myself.cast(TrainerMsg::WindowStarted { window: clock.window, block: clock.block })?;
         }
-        let rate = ctx.sample_rate.clone();
+        let rate = ctx.model.sample_rate.clone();
         Ok(TrainerState {
             ctx,
             engine,
@@ -136,7 +137,7 @@ impl Actor for Trainer {
                         state.last_done = Some(outcome.window);
                     }
                     Err(e) => {
-                        warn!(miner = %state.ctx.name, window = finished, error = %e, "window failed");
+                        warn!(miner = %state.ctx.id.name, window = finished, error = %e, "window failed");
                     }
                 }
                 if !state.engine.is_alive() {
@@ -154,7 +155,7 @@ impl Actor for Trainer {
             TrainerMsg::Tick => {
                 state.ctx.faults.maybe_panic(state.ctx.window_actor());
                 if !state.engine.is_alive() {
-                    error!(miner = %state.ctx.name, "the training engine died");
+                    error!(miner = %state.ctx.id.name, "the training engine died");
                     return Err(EngineError::Died.into());
                 }
             }
@@ -174,13 +175,13 @@ impl Actor for Trainer {
 
 fn engine_spec(ctx: &MinerContext) -> EngineSpec {
     EngineSpec {
-        miner: ctx.name.clone(),
-        device: ctx.model.device,
-        compute: ctx.model.compute,
-        config: ctx.model.llama.clone(),
-        settings: ctx.model.optim.clone(),
-        checkpoints: ctx.model.checkpoints.clone(),
-        init_seed: ctx.model.init_seed,
+        miner: ctx.id.name.clone(),
+        device: ctx.model.spec.device,
+        compute: ctx.model.spec.compute,
+        config: ctx.model.spec.llama.clone(),
+        settings: ctx.model.spec.optim.clone(),
+        checkpoints: ctx.model.spec.checkpoints.clone(),
+        init_seed: ctx.model.spec.init_seed,
     }
 }
 
@@ -201,7 +202,7 @@ impl TrainerState {
             ready_since: (self.restarted && self.task.is_none() && self.last_done.is_none()).then_some(self.started_at),
         };
         let me = myself.clone();
-        let span = tracing::info_span!("window", miner = %self.ctx.name, window);
+        let span = tracing::info_span!("window", miner = %self.ctx.id.name, window);
         let handle = tokio::spawn(
             async move {
                 let result = job.run().await;
@@ -219,8 +220,8 @@ impl TrainerState {
             let result = engine.run(move |ops| ops.checkpoint(window)).await;
             let report = match result {
                 Ok(Ok(meta)) => {
-                    MinerStats::add(&ctx.stats.checkpoints_written, 1);
-                    info!(miner = %ctx.name, window = meta.window, step = meta.step, "checkpoint written at shutdown");
+                    MinerStats::add(&ctx.telemetry.stats.checkpoints_written, 1);
+                    info!(miner = %ctx.id.name, window = meta.window, step = meta.step, "checkpoint written at shutdown");
                     ShutdownReport { checkpoint_window: Some(meta.window), error: None }
                 }
                 Ok(Err(e)) => ShutdownReport { checkpoint_window: None, error: Some(e.to_string()) },

@@ -57,12 +57,12 @@ pub struct PendingCommit {
 
 fn submitter(ctx: &MinerContext) -> WeightsSubmitter<'_> {
     WeightsSubmitter {
-        chain: ctx.chain.as_ref(),
-        netuid: ctx.netuid,
-        uid: ctx.uid,
-        signer: ctx.hotkey.keypair(),
+        chain: ctx.network.chain.as_ref(),
+        netuid: ctx.id.netuid,
+        uid: ctx.id.uid,
+        signer: ctx.id.hotkey.keypair(),
         hotkey: ctx.own_hotkey(),
-        pending_path: match &ctx.role {
+        pending_path: match &ctx.id.role {
             NodeRole::Validator { state_dir } => Some(state_dir.join("weights-commit.json")),
             NodeRole::Miner => None,
         },
@@ -80,11 +80,14 @@ impl Actor for WeightSetter {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::WeightSetter);
+        ctx.telemetry.stats.record_start(ActorKind::WeightSetter);
         let period = ctx.settings.block_time.clamp(Duration::from_millis(200), Duration::from_secs(12));
         myself.send_interval(period, || WeightSetterMsg::Tick);
         // Scores reloaded from disk are worth setting again after a restart.
-        let dirty = lock(&ctx.scores).is_some();
+        let Some(validator) = ctx.validator.as_ref() else {
+            return Err("the WeightSetter runs on validators only".into());
+        };
+        let dirty = lock(&validator.scores).is_some();
         Ok(WeightSetterState {
             ctx,
             busy: false,
@@ -103,7 +106,7 @@ impl Actor for WeightSetter {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WeightSetterMsg::ScoresUpdated { window } => {
-                debug!(miner = %state.ctx.name, window, "new scores");
+                debug!(miner = %state.ctx.id.name, window, "new scores");
                 state.dirty = true;
                 state.maybe_submit(&myself);
             }
@@ -139,9 +142,12 @@ impl WeightSetterState {
         if !self.dirty {
             return;
         }
-        let params = ScoringParams::from_hparams(&ctx.hparams);
-        let (from_window, weights) =
-            lock(&ctx.scores).as_ref().map(|b| (b.window, b.weights(&params))).unwrap_or_default();
+        let params = ScoringParams::from_hparams(&ctx.network.hparams);
+        let (from_window, weights) = ctx
+            .validator
+            .as_ref()
+            .and_then(|v| lock(&v.scores).as_ref().map(|b| (b.window, b.weights(&params))))
+            .unwrap_or_default();
         let (uids, values) = to_u16_weights(&weights);
         if uids.is_empty() {
             return; // nobody has earned anything yet: nothing worth a transaction
@@ -158,7 +164,8 @@ impl WeightSetterState {
 
     fn finished(&mut self, outcome: SubmitOutcome) {
         let ctx = &self.ctx;
-        let stats = &ctx.validator_stats;
+        let Some(validator) = ctx.validator.as_ref() else { return };
+        let stats = &validator.stats;
         match &outcome {
             SubmitOutcome::Set { block, weights } | SubmitOutcome::Revealed { block, weights } => {
                 self.failures = 0;
@@ -170,20 +177,20 @@ impl WeightSetterState {
                 if let (SubmitOutcome::Set { .. }, Some(window)) = (&outcome, self.submitted_from) {
                     stats.record_weights_from_window(window);
                 }
-                info!(miner = %ctx.name, block, "weights set and confirmed on chain");
+                info!(miner = %ctx.id.name, block, "weights set and confirmed on chain");
             }
             SubmitOutcome::Committed { block } => {
                 self.failures = 0;
                 MinerStats::add(&stats.weights_committed, 1);
-                info!(miner = %ctx.name, block, "weights committed (commit-reveal)");
+                info!(miner = %ctx.id.name, block, "weights committed (commit-reveal)");
             }
             SubmitOutcome::RateLimited { until } => {
                 MinerStats::add(&stats.weights_rate_limited, 1);
                 self.dirty = true;
-                debug!(miner = %ctx.name, until, "weights wait for the subnet's rate limit");
+                debug!(miner = %ctx.id.name, until, "weights wait for the subnet's rate limit");
             }
             SubmitOutcome::Waiting { until } => {
-                debug!(miner = %ctx.name, until, "a weight commit waits for its reveal")
+                debug!(miner = %ctx.id.name, until, "a weight commit waits for its reveal")
             }
             SubmitOutcome::Idle => {}
             SubmitOutcome::Failed(reason) => {
@@ -196,7 +203,7 @@ impl WeightSetterState {
                     self.failures,
                 );
                 self.next_attempt = Instant::now() + delay;
-                warn!(miner = %ctx.name, reason, retry_in_ms = delay.as_millis() as u64, "setting weights failed; retrying");
+                warn!(miner = %ctx.id.name, reason, retry_in_ms = delay.as_millis() as u64, "setting weights failed; retrying");
             }
         }
     }

@@ -25,7 +25,7 @@ impl Actor for WindowClock {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<MinerContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ctx.stats.record_start(ActorKind::WindowClock);
+        ctx.telemetry.stats.record_start(ActorKind::WindowClock);
         Ok(WindowClockState { ctx })
     }
 
@@ -39,17 +39,17 @@ impl Actor for WindowClock {
         match msg {
             WindowClockMsg::Block(block) => {
                 ctx.faults.maybe_panic(ActorKind::WindowClock);
-                let window = ctx.schedule.window_of_block(block.number);
+                let window = ctx.network.schedule.window_of_block(block.number);
                 let before = ctx.clock_now();
                 // A block from before the clock (a reconnect replaying a block) changes nothing.
                 if before.started && block.number <= before.block {
                     return Ok(());
                 }
-                ctx.clock.send_replace(ClockState { block: block.number, window, started: true });
-                debug!(miner = %ctx.name, block = block.number, window, "block");
+                ctx.network.clock.send_replace(ClockState { block: block.number, window, started: true });
+                debug!(miner = %ctx.id.name, block = block.number, window, "block");
                 if !before.started || window != before.window {
-                    info!(miner = %ctx.name, window, block = block.number, "window started");
-                    if let Some(trainer) = lookup::<TrainerMsg>(&ctx.name, ctx.window_actor()) {
+                    info!(miner = %ctx.id.name, window, block = block.number, "window started");
+                    if let Some(trainer) = lookup::<TrainerMsg>(&ctx.id.name, ctx.window_actor()) {
                         let _ = trainer.cast(TrainerMsg::WindowStarted { window, block: block.number });
                     }
                 }

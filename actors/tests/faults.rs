@@ -17,11 +17,11 @@ use tessera_core::slice::{Expected, ObjectKey, SliceKind, SliceMeta, decode, enc
 use tessera_core::wallet::LoadedHotkey;
 
 fn windows(ctx: &MinerContext) -> u64 {
-    MinerStats::get(&ctx.stats.windows_completed)
+    MinerStats::get(&ctx.telemetry.stats.windows_completed)
 }
 
 fn last_step(ctx: &MinerContext) -> u64 {
-    ctx.stats.windows().last().map(|w| w.step).unwrap_or(0)
+    ctx.telemetry.stats.windows().last().map(|w| w.step).unwrap_or(0)
 }
 
 async fn start(dir: &Path, prefix: &str, configure: impl FnOnce(&mut DevnetOptions)) -> Devnet {
@@ -50,7 +50,7 @@ async fn panics_in_every_actor_kind_and_the_engine_are_survived_without_losing_t
         wait_until(&format!("the injected panic in {kind} to fire"), || !target.faults.is_armed(Fault::PanicIn(kind)))
             .await;
         wait_until(&format!("{kind} to be restarted"), || {
-            target.stats.restarts().get(&kind).copied().unwrap_or(0) >= 1
+            target.telemetry.stats.restarts().get(&kind).copied().unwrap_or(0) >= 1
         })
         .await;
         wait_until(&format!("a window completed after the {kind} restart"), || windows(&target) >= before + 2).await;
@@ -60,7 +60,7 @@ async fn panics_in_every_actor_kind_and_the_engine_are_survived_without_losing_t
             last_step(&target)
         );
     }
-    let ready_ms = MinerStats::get(&target.stats.last_restart_ready_ms);
+    let ready_ms = MinerStats::get(&target.telemetry.stats.last_restart_ready_ms);
     assert!(ready_ms > 0, "a restarted Trainer reports when it trains again");
     eprintln!("restarted Trainer (engine kept) training again after {ready_ms} ms");
 
@@ -68,14 +68,14 @@ async fn panics_in_every_actor_kind_and_the_engine_are_survived_without_losing_t
     let before = windows(&target);
     let step_before = last_step(&target);
     target.faults.arm(Fault::EnginePanic);
-    wait_until("the engine to be rebuilt", || MinerStats::get(&target.stats.engine_rebuilds) >= 1).await;
+    wait_until("the engine to be rebuilt", || MinerStats::get(&target.telemetry.stats.engine_rebuilds) >= 1).await;
     wait_until("two windows after the engine rebuild", || windows(&target) >= before + 2).await;
     assert!(
         last_step(&target) + 2 >= step_before,
         "after an engine rebuild the model resumed from its checkpoint (step {} vs {step_before} before)",
         last_step(&target)
     );
-    let ready_ms = MinerStats::get(&target.stats.last_restart_ready_ms);
+    let ready_ms = MinerStats::get(&target.telemetry.stats.last_restart_ready_ms);
     eprintln!("restarted Trainer (model from checkpoint) training again after {ready_ms} ms");
     // The other miner never stopped.
     assert!(windows(&miners[1]) >= 6);
@@ -89,23 +89,24 @@ async fn an_s3_outage_of_several_windows_does_not_stop_training_and_uploads_resu
     let mut net = start(dir.path(), "s3-", |o| o.miners = 2).await;
     let miners: Vec<Arc<MinerContext>> = net.miners().to_vec();
     wait_until("slices uploaded by every miner", || {
-        miners.iter().all(|m| MinerStats::get(&m.stats.slices_uploaded) >= 2)
+        miners.iter().all(|m| MinerStats::get(&m.telemetry.stats.slices_uploaded) >= 2)
     })
     .await;
 
     net.stop_s3().await;
     let windows_before: Vec<u64> = miners.iter().map(|m| windows(m)).collect();
-    let failures_before: Vec<u64> = miners.iter().map(|m| MinerStats::get(&m.stats.upload_failures)).collect();
+    let failures_before: Vec<u64> =
+        miners.iter().map(|m| MinerStats::get(&m.telemetry.stats.upload_failures)).collect();
     wait_until("three windows trained with S3 down", || {
         miners.iter().zip(&windows_before).all(|(m, &w)| windows(m) >= w + 3)
     })
     .await;
-    assert!(miners.iter().zip(&failures_before).all(|(m, &f)| MinerStats::get(&m.stats.upload_failures) > f));
+    assert!(miners.iter().zip(&failures_before).all(|(m, &f)| MinerStats::get(&m.telemetry.stats.upload_failures) > f));
 
     net.restart_s3().await.unwrap();
-    let uploaded: Vec<u64> = miners.iter().map(|m| MinerStats::get(&m.stats.slices_uploaded)).collect();
+    let uploaded: Vec<u64> = miners.iter().map(|m| MinerStats::get(&m.telemetry.stats.slices_uploaded)).collect();
     wait_until("uploads to resume", || {
-        miners.iter().zip(&uploaded).all(|(m, &u)| MinerStats::get(&m.stats.slices_uploaded) >= u + 2)
+        miners.iter().zip(&uploaded).all(|(m, &u)| MinerStats::get(&m.telemetry.stats.slices_uploaded) >= u + 2)
     })
     .await;
     let s3_root = net.s3_root().to_owned();
@@ -132,7 +133,7 @@ fn assert_no_partial_objects(root: &Path, hparams: &tessera_core::hparams::Hpara
                 window: key.window,
                 hotkey: Some(key.hotkey),
                 registered: None,
-                fingerprint: ctx.model.layout.fingerprint(),
+                fingerprint: ctx.model.spec.layout.fingerprint(),
                 compression: hparams.compression,
                 value_count: ctx.slice_value_count(),
                 version: ctx.exchange().protocol_version(),
@@ -153,9 +154,10 @@ async fn a_dropped_block_stream_reconnects_and_windows_continue() {
     let before: Vec<u64> = miners.iter().map(|m| windows(m)).collect();
     net.chain.drop_connections();
     wait_until("the loss to be noticed and the stream reconnected", || {
-        miners
-            .iter()
-            .all(|m| MinerStats::get(&m.stats.block_stream_losses) >= 1 && MinerStats::get(&m.stats.reconnects) >= 1)
+        miners.iter().all(|m| {
+            MinerStats::get(&m.telemetry.stats.block_stream_losses) >= 1
+                && MinerStats::get(&m.telemetry.stats.reconnects) >= 1
+        })
     })
     .await;
     wait_until("two more windows", || miners.iter().zip(&before).all(|(m, &w)| windows(m) >= w + 2)).await;
@@ -226,14 +228,14 @@ async fn hostile_slices_are_rejected_with_reasons_and_honest_peers_still_average
         "outside_window_time",
     ];
     wait_until("every hostile flavour rejected with its reason", || {
-        let rejected = honest.stats.rejected();
+        let rejected = honest.telemetry.stats.rejected();
         expected_reasons.iter().all(|r| rejected.contains_key(r))
     })
     .await;
     // Honest peers are still averaged: state and delta means with both honest miners.
     let seen = windows(&honest);
     wait_until("two more windows", || windows(&honest) >= seen + 2).await;
-    let recent = honest.stats.windows();
+    let recent = honest.telemetry.stats.windows();
     let last = recent.last().unwrap();
     assert!(last.state_slices >= 2 && last.delta_slices >= 2, "honest slices were averaged: {last:?}");
     assert!(last.loss.is_finite(), "the model stayed finite: {last:?}");
@@ -253,8 +255,8 @@ fn hostile_slice(ctx: &MinerContext, flavour: &str, key: &LoadedHotkey, kind: Sl
     let meta = SliceMeta {
         kind,
         window,
-        fingerprint: ctx.model.layout.fingerprint(),
-        compression: ctx.hparams.compression,
+        fingerprint: ctx.model.spec.layout.fingerprint(),
+        compression: ctx.network.hparams.compression,
         dtype: tessera_core::slice::Dtype::F32,
         version: ctx.exchange().protocol_version(),
     };
@@ -277,7 +279,7 @@ fn hostile_slice(ctx: &MinerContext, flavour: &str, key: &LoadedHotkey, kind: Sl
         "fingerprint" => {
             let other = tessera_core::model::ParamLayout::llama(&tessera_core::model::ModelShape {
                 hidden_size: 32,
-                ..ctx.hparams.model_shape()
+                ..ctx.network.hparams.model_shape()
             })
             .unwrap()
             .fingerprint();
@@ -312,12 +314,12 @@ async fn a_miner_over_its_restart_limit_stops_alone_and_the_host_stops_with_the_
     let (first, second) = (miners[0].clone(), miners[1].clone());
     let status = net.host.as_ref().unwrap().status_receiver();
     let start_wait = Instant::now();
-    while !status.borrow().failed.iter().any(|(m, _)| m == &first.name) {
+    while !status.borrow().failed.iter().any(|(m, _)| m == &first.id.name) {
         assert!(start_wait.elapsed() < DEADLINE, "miner1 never stopped: {:?}", *status.borrow());
         first.faults.arm(Fault::PanicIn(ActorKind::WindowClock));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(status.borrow().running, vec![second.name.clone()]);
+    assert_eq!(status.borrow().running, vec![second.id.name.clone()]);
     let stopped_at = windows(&first);
     let before = windows(&second);
     wait_until("miner2 trains on", || windows(&second) >= before + 3).await;

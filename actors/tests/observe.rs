@@ -37,7 +37,7 @@ async fn metrics_health_and_readiness_follow_the_miners() {
     assert_eq!(code, 503, "not ready before a window is trained: {body}");
 
     let start = Instant::now();
-    while !miners.iter().all(|m| MinerStats::get(&m.stats.windows_completed) >= 2) {
+    while !miners.iter().all(|m| MinerStats::get(&m.telemetry.stats.windows_completed) >= 2) {
         assert!(start.elapsed() < Duration::from_secs(60), "no windows trained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -62,7 +62,7 @@ async fn metrics_health_and_readiness_follow_the_miners() {
     // The validator's scores and weights, once it has set weights.
     let validator = miners.iter().find(|m| m.is_validator()).expect("a validator").clone();
     let start = Instant::now();
-    while MinerStats::get(&validator.validator_stats.weights_set) == 0 {
+    while MinerStats::get(&validator.validator_stats().expect("a validator").weights_set) == 0 {
         assert!(start.elapsed() < Duration::from_secs(90), "the validator set no weights");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

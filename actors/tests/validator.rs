@@ -29,11 +29,19 @@ async fn start(dir: &Path, prefix: &str) -> Devnet {
 }
 
 fn scored_windows(v: &MinerContext) -> usize {
-    v.validator_stats.windows().len()
+    v.validator_stats().expect("a validator").windows().len()
 }
 
 fn times_scored(v: &MinerContext, uid: u16) -> u64 {
-    v.scores.lock().unwrap().as_ref().and_then(|b| b.uids.get(&uid).map(|s| s.windows_scored)).unwrap_or(0)
+    v.validator
+        .as_ref()
+        .expect("a validator")
+        .scores
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|b| b.uids.get(&uid).map(|s| s.windows_scored))
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -47,54 +55,62 @@ async fn the_validator_scores_sets_weights_and_keeps_its_scores_through_panics_a
 
     // Both honest miners earn weight once their moving scores and indicators are up.
     wait_until("weights on chain for both miners", || {
-        validator.validator_stats.last_weights().is_some_and(|(_, w)| w.len() == 2 && w.iter().all(|(_, v)| *v > 0))
+        validator
+            .validator_stats()
+            .expect("a validator")
+            .last_weights()
+            .is_some_and(|(_, w)| w.len() == 2 && w.iter().all(|(_, v)| *v > 0))
     })
     .await;
-    let on_chain = net.chain.weights(net.options.netuid, validator.uid).await.unwrap();
-    assert!(on_chain.iter().any(|(uid, w)| *uid == miner.uid && *w > 0), "{on_chain:?}");
-    let (block, confirmed) = validator.validator_stats.last_weights().expect("confirmed weights");
+    let on_chain = net.chain.weights(net.options.netuid, validator.id.uid).await.unwrap();
+    assert!(on_chain.iter().any(|(uid, w)| *uid == miner.id.uid && *w > 0), "{on_chain:?}");
+    let (block, confirmed) =
+        validator.validator_stats().expect("a validator").last_weights().expect("confirmed weights");
     assert!(block > 0 && !confirmed.is_empty());
-    assert!(confirmed.iter().all(|(uid, _)| *uid != validator.uid), "a validator does not weight itself");
+    assert!(confirmed.iter().all(|(uid, _)| *uid != validator.id.uid), "a validator does not weight itself");
     let saved = ScoreBook::load(&scores_file).unwrap().expect("scores saved");
-    assert!(saved.window.is_some() && saved.uids.contains_key(&miner.uid), "{saved:?}");
+    assert!(saved.window.is_some() && saved.uids.contains_key(&miner.id.uid), "{saved:?}");
     // Never more often than the rate limit: the counter of held-back attempts shows the
     // setter waited rather than being refused by the chain.
-    assert_eq!(MinerStats::get(&validator.validator_stats.weights_refused), 0);
+    assert_eq!(MinerStats::get(&validator.validator_stats().expect("a validator").weights_refused), 0);
 
     for kind in [ActorKind::Evaluator, ActorKind::WeightSetter] {
         let (scored, set, times) = (
             scored_windows(&validator),
-            MinerStats::get(&validator.validator_stats.weights_set),
-            times_scored(&validator, miner.uid),
+            MinerStats::get(&validator.validator_stats().expect("a validator").weights_set),
+            times_scored(&validator, miner.id.uid),
         );
         validator.faults.arm(Fault::PanicIn(kind));
         wait_until(&format!("the panic in {kind}"), || !validator.faults.is_armed(Fault::PanicIn(kind))).await;
-        wait_until(&format!("{kind} restarted"), || validator.stats.restarts().get(&kind).copied().unwrap_or(0) >= 1)
-            .await;
-        assert!(times_scored(&validator, miner.uid) >= times, "{kind}: the scores were not reset by the restart");
+        wait_until(&format!("{kind} restarted"), || {
+            validator.telemetry.stats.restarts().get(&kind).copied().unwrap_or(0) >= 1
+        })
+        .await;
+        assert!(times_scored(&validator, miner.id.uid) >= times, "{kind}: the scores were not reset by the restart");
         // A window whose job started late may skip every miner (no time left): wait for
         // the miner to be scored again, not for a number of windows.
         wait_until(&format!("scoring and weights after the {kind} restart"), || {
             scored_windows(&validator) > scored
-                && times_scored(&validator, miner.uid) > times
-                && MinerStats::get(&validator.validator_stats.weights_set) > set
+                && times_scored(&validator, miner.id.uid) > times
+                && MinerStats::get(&validator.validator_stats().expect("a validator").weights_set) > set
         })
         .await;
     }
 
     // The whole process again on the same state: the scores come back from the file.
     let before = ScoreBook::load(&scores_file).unwrap().expect("scores saved");
-    let times_before = before.uids[&miner.uid].windows_scored;
+    let times_before = before.uids[&miner.id.uid].windows_scored;
     net.shutdown().await;
     let net = start(dir.path(), "v-").await;
     let validator = net.miners().iter().find(|m| m.is_validator()).expect("a validator").clone();
     wait_until("a scored window after the restart", || scored_windows(&validator) >= 1).await;
-    let after = validator.scores.lock().unwrap().clone().expect("scores in memory");
+    let after =
+        validator.validator.as_ref().expect("a validator").scores.lock().unwrap().clone().expect("scores in memory");
     assert!(
-        after.uids[&miner.uid].windows_scored >= times_before,
+        after.uids[&miner.id.uid].windows_scored >= times_before,
         "reloaded, not restarted from zero: {} scored windows before, {} after",
         times_before,
-        after.uids[&miner.uid].windows_scored
+        after.uids[&miner.id.uid].windows_scored
     );
     net.shutdown().await;
 }

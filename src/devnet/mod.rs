@@ -68,7 +68,12 @@ pub async fn run(mut args: DevnetArgs) -> Result<()> {
             bandwidth: &conclusion.bandwidth,
             memory: &watched.memory,
             weights: &weights,
-            validator_windows: nodes.validators.iter().map(|v| v.validator_stats.windows().len()).sum(),
+            validator_windows: nodes
+                .validators
+                .iter()
+                .filter_map(|v| v.validator_stats())
+                .map(|s| s.windows().len())
+                .sum(),
             check_ok: conclusion.reasons.is_empty(),
             elapsed,
         };
@@ -97,13 +102,13 @@ impl Nodes {
     fn of(net: &Devnet) -> Self {
         let all: Vec<Arc<MinerContext>> = net.miners().to_vec();
         let (validators, miners) = all.iter().cloned().partition(|m| m.is_validator());
-        let names = all.iter().map(|m| (m.uid, m.name.clone())).collect();
-        let roles = all.iter().map(|m| (m.name.clone(), net.role(&m.name).unwrap_or(Role::Exchanging))).collect();
+        let names = all.iter().map(|m| (m.id.uid, m.id.name.clone())).collect();
+        let roles = all.iter().map(|m| (m.id.name.clone(), net.role(&m.id.name).unwrap_or(Role::Exchanging))).collect();
         Self { all, miners, validators, names, roles }
     }
 
     pub fn role(&self, node: &MinerContext) -> Role {
-        self.roles.get(&node.name).copied().unwrap_or(Role::Exchanging)
+        self.roles.get(&node.id.name).copied().unwrap_or(Role::Exchanging)
     }
 }
 
@@ -128,13 +133,13 @@ fn miner_runs(nodes: &Nodes) -> Vec<MinerRun> {
         .miners
         .iter()
         .map(|m| MinerRun {
-            name: m.name.clone(),
+            name: m.id.name.clone(),
             role: nodes.role(m),
             exchange: if m.settings.baseline { "none".into() } else { m.exchange().to_string() },
-            windows: m.stats.windows(),
+            windows: m.telemetry.stats.windows(),
             slices: SliceCounts::of(m),
-            restarts: m.stats.restarts().values().sum(),
-            resumed: m.stats.resumed(),
+            restarts: m.telemetry.stats.restarts().values().sum(),
+            resumed: m.telemetry.stats.resumed(),
         })
         .collect()
 }
@@ -143,7 +148,7 @@ fn miner_runs(nodes: &Nodes) -> Vec<MinerRun> {
 async fn weights_on_chain(net: &Devnet, nodes: &Nodes) -> Result<Vec<(String, Vec<WeightRow>)>> {
     let mut weights = Vec::new();
     for v in &nodes.validators {
-        weights.push((v.name.clone(), validator::chain_weights(net, v, &nodes.all).await?));
+        weights.push((v.id.name.clone(), validator::chain_weights(net, v, &nodes.all).await?));
     }
     Ok(weights)
 }

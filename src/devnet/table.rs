@@ -28,7 +28,7 @@ pub struct SliceCounts {
 
 impl SliceCounts {
     pub fn of(m: &MinerContext) -> Self {
-        let s = &m.stats;
+        let s = &m.telemetry.stats;
         Self {
             up: MinerStats::get(&s.slices_uploaded),
             down: MinerStats::get(&s.slices_downloaded),
@@ -83,7 +83,8 @@ pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant) 
             _ = tokio::time::sleep(POLL) => {}
         }
         table.print_new_windows(&mut std::io::stdout().lock())?;
-        let completed: Vec<u64> = exchanging.iter().map(|m| MinerStats::get(&m.stats.windows_completed)).collect();
+        let completed: Vec<u64> =
+            exchanging.iter().map(|m| MinerStats::get(&m.telemetry.stats.windows_completed)).collect();
         memory.record(completed.iter().copied().min().unwrap_or(0));
         let settled = !net.options.lockstep || net.lockstep_held();
         if windows > 0 && completed.iter().all(|&c| c >= windows) && settled {
@@ -120,19 +121,19 @@ impl<'a> LiveTable<'a> {
     /// A line for each window completed since the last call: the miners', then the validators'.
     fn print_new_windows(&mut self, out: &mut impl Write) -> Result<()> {
         for (m, (lines, counts)) in self.nodes.miners.iter().zip(self.miners.iter_mut()) {
-            for w in m.stats.windows_after(*lines) {
+            for w in m.telemetry.stats.windows_after(*lines) {
                 self.first_window_at.get_or_insert_with(|| self.started.elapsed());
                 let now = SliceCounts::of(m);
                 if w.idle_reason.is_some() && !self.nodes.role(m).is_adversary() {
                     self.idle_windows += 1;
                 }
-                writeln!(out, "{}", miner_line(&m.name, m.settings.baseline, &w, now.since(*counts)))?;
+                writeln!(out, "{}", miner_line(&m.id.name, m.settings.baseline, &w, now.since(*counts)))?;
                 (*lines, *counts) = (*lines + 1, now);
             }
         }
         for (v, printed) in self.nodes.validators.iter().zip(self.validators.iter_mut()) {
-            for w in v.validator_stats.windows_after(*printed) {
-                validator::print_window(out, &v.name, &w, &self.nodes.names)?;
+            for w in v.validator_stats().map(|s| s.windows_after(*printed)).unwrap_or_default() {
+                validator::print_window(out, &v.id.name, &w, &self.nodes.names)?;
                 *printed += 1;
             }
         }

@@ -57,17 +57,17 @@ pub async fn chain_weights(
     nodes: &[Arc<MinerContext>],
 ) -> Result<Vec<WeightRow>> {
     use tessera_core::chain::Chain;
-    let set = net.chain.weights(net.options.netuid, validator.uid).await?;
+    let set = net.chain.weights(net.options.netuid, validator.id.uid).await?;
     let total: f64 = set.iter().map(|(_, w)| f64::from(*w)).sum();
     Ok(nodes
         .iter()
         .filter(|m| !m.is_validator())
         .map(|m| {
-            let weight = set.iter().find(|(u, _)| *u == m.uid).map(|(_, w)| *w).unwrap_or(0);
+            let weight = set.iter().find(|(u, _)| *u == m.id.uid).map(|(_, w)| *w).unwrap_or(0);
             WeightRow {
-                uid: m.uid,
-                name: m.name.clone(),
-                role: net.role(&m.name).unwrap_or(Role::Exchanging),
+                uid: m.id.uid,
+                name: m.id.name.clone(),
+                role: net.role(&m.id.name).unwrap_or(Role::Exchanging),
                 weight,
                 share: if total > 0.0 { f64::from(weight) / total } else { 0.0 },
             }

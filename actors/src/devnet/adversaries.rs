@@ -80,9 +80,9 @@ impl Misbehaviour for Noise {
         exchange: Exchange,
         honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>> {
-        let half_width = (3f64.sqrt() * node.hparams.learning_rate) as f32;
+        let half_width = (3f64.sqrt() * node.network.hparams.learning_rate) as f32;
         // Drawn from this node's key and the window: the same noise every run.
-        let mut rng = StdRng::from_seed(node.hotkey.private_seed(NOISE_PURPOSE, &window.to_le_bytes()));
+        let mut rng = StdRng::from_seed(node.id.hotkey.private_seed(NOISE_PURPOSE, &window.to_le_bytes()));
         let noise = (0..node.slice_value_count()).map(|_| rng.random_range(-half_width..=half_width));
         let published = match (exchange, honest) {
             (Exchange::Seed, Some(values)) => values.iter().zip(noise).map(|(v, n)| v + n).collect(),
@@ -120,7 +120,7 @@ impl Misbehaviour for Copier {
 impl Copier {
     /// The victim's delta of `window`, read from its bucket once it is there.
     async fn copy_of(&self, node: &MinerContext, window: Window) -> Option<Vec<f32>> {
-        let downloader = lookup::<SliceDownloaderMsg>(&node.name, ActorKind::SliceDownloader)?;
+        let downloader = lookup::<SliceDownloaderMsg>(&node.id.name, ActorKind::SliceDownloader)?;
         let peer_deadline = node.settings.peer_deadline;
         let deadline = Instant::now() + peer_deadline * COPY_WAIT_PEER_DEADLINES;
         while Instant::now() < deadline && !node.is_stopping() {
@@ -141,7 +141,7 @@ impl Copier {
             }
             tokio::time::sleep(COPY_POLL).await;
         }
-        warn!(miner = %node.name, window, "copier: the victim's delta never appeared");
+        warn!(miner = %node.id.name, window, "copier: the victim's delta never appeared");
         None
     }
 }

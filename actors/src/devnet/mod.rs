@@ -24,7 +24,7 @@ use tessera_model::train::OptimSettings;
 use thiserror::Error;
 use tracing::info;
 
-use crate::context::{MinerContext, MinerParts, ModelSpec, NodeRole, RuntimeSettings};
+use crate::context::{MinerContext, MinerParts, ModelSpec, NodeIdentity, NodeRole, RuntimeSettings, Storage};
 use crate::host::{Host, MinerShutdown};
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
@@ -254,7 +254,7 @@ async fn drive_lockstep(
             }
             tokio::time::sleep(LOCKSTEP_POLL).await;
         }
-        let completed = |m: &Arc<MinerContext>| MinerStats::get(&m.stats.windows_completed);
+        let completed = |m: &Arc<MinerContext>| MinerStats::get(&m.telemetry.stats.windows_completed);
         if windows.is_some_and(|n| miners.iter().all(|m| m.is_stopping() || completed(m) >= n)) {
             held.store(true, Ordering::Release);
             return;
@@ -267,18 +267,18 @@ async fn drive_lockstep(
 /// recorded, its uploads out of the queue, and (a validator) the weights of its last
 /// scores confirmed on chain — so the weights set never depend on how fast it ran.
 fn window_settled(node: &MinerContext, window: Window) -> bool {
-    let s = &node.stats;
+    let s = &node.telemetry.stats;
     if node.is_stopping() {
         return true;
     }
     let trained = s.last_window().is_some_and(|w| w.window >= window)
         && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested);
-    let weights_set = match node.validator_stats.last_window() {
+    let weights_set = node.validator.as_ref().is_none_or(|v| match v.stats.last_window() {
         Some(scored) if scored.uids.iter().any(|u| u.weight > 0.0) => {
-            node.validator_stats.weights_from_window().is_some_and(|w| w >= scored.window)
+            v.stats.weights_from_window().is_some_and(|w| w >= scored.window)
         }
         _ => true,
-    };
+    });
     trained && weights_set
 }
 
@@ -333,10 +333,16 @@ async fn start_node(
     let baseline = settings.baseline;
     let model = &common.model;
     let ctx = MinerContext::new(MinerParts {
-        name: name.to_owned(),
-        netuid: options.netuid,
-        uid,
-        hotkey: Arc::new(hotkey),
+        id: NodeIdentity {
+            name: name.to_owned(),
+            netuid: options.netuid,
+            uid,
+            hotkey: Arc::new(hotkey),
+            role: match role {
+                Role::Validator => NodeRole::Validator { state_dir: dir.clone() },
+                _ => NodeRole::Miner,
+            },
+        },
         hparams,
         schedule: common.schedule,
         model: ModelSpec {
@@ -353,14 +359,8 @@ async fn start_node(
         settings,
         misbehaviour,
         chain,
-        own_bucket,
-        peer_clients: common.peer_clients.clone(),
-        cache,
+        storage: Storage { own_bucket, peer_clients: common.peer_clients.clone(), cache },
         hparams_refresh: None,
-        role: match role {
-            Role::Validator => NodeRole::Validator { state_dir: dir },
-            _ => NodeRole::Miner,
-        },
     });
     info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
     Ok(ctx)

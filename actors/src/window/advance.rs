@@ -66,7 +66,7 @@ async fn mean_update_in(
             mean.iter().zip(own.iter()).map(|(m, o)| outer_lr * m - o).collect()
         }
         OwnStep::Update(_) => {
-            warn!(miner = %ctx.name, window = e, "the mean update does not match the own update's length; skipped");
+            warn!(miner = %ctx.id.name, window = e, "the mean update does not match the own update's length; skipped");
             return Ok((0, None));
         }
     };

@@ -42,7 +42,8 @@ impl Finished {
             delta_slices: slices.delta_slices,
             idle_reason,
             eval_loss: None,
-            bytes_downloaded: MinerStats::get(&run.ctx.stats.bytes_downloaded).saturating_sub(trained.bytes_before),
+            bytes_downloaded: MinerStats::get(&run.ctx.telemetry.stats.bytes_downloaded)
+                .saturating_sub(trained.bytes_before),
         };
         Self { summary }
     }
@@ -67,26 +68,26 @@ pub(super) async fn run(run: &WindowRun, finished: Finished) -> Result<(), Runti
     if eval_every > 0 && window.is_multiple_of(eval_every) {
         match evaluate(run).await {
             Ok(loss) => summary.eval_loss = Some(loss),
-            Err(e) => warn!(miner = %ctx.name, window, error = %e, "held-out evaluation failed"),
+            Err(e) => warn!(miner = %ctx.id.name, window, error = %e, "held-out evaluation failed"),
         }
     }
     log(run, &summary);
-    let hook = lock(&ctx.window_hook).clone();
+    let hook = lock(&ctx.telemetry.window_hook).clone();
     if let Some(hook) = hook {
         hook(ctx, &summary);
     }
-    ctx.stats.record_window(summary);
-    let completed = MinerStats::get(&ctx.stats.windows_completed);
+    ctx.telemetry.stats.record_window(summary);
+    let completed = MinerStats::get(&ctx.telemetry.stats.windows_completed);
     if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
         let meta = run.engine.run(move |ops| ops.checkpoint(window)).await??;
-        MinerStats::add(&ctx.stats.checkpoints_written, 1);
-        debug!(miner = %ctx.name, window, step = meta.step, "checkpoint written");
+        MinerStats::add(&ctx.telemetry.stats.checkpoints_written, 1);
+        debug!(miner = %ctx.id.name, window, step = meta.step, "checkpoint written");
     }
     Ok(())
 }
 
 fn log(run: &WindowRun, s: &WindowSummary) {
-    let name = &run.ctx.name;
+    let name = &run.ctx.id.name;
     let (window, eval_loss, state_slices, delta_slices) = (s.window, s.eval_loss, s.state_slices, s.delta_slices);
     match &s.idle_reason {
         None => info!(
@@ -112,26 +113,27 @@ fn log(run: &WindowRun, s: &WindowSummary) {
 pub(crate) async fn evaluate(run: &WindowRun) -> Result<f32, RuntimeError> {
     let ctx = &run.ctx;
     let batches = ctx
+        .model
         .held_out
         .get_or_try_init(|| async {
-            let pages = ctx.model.source.held_out_pages(ctx.settings.eval_pages.max(1)).await?;
+            let pages = ctx.model.spec.source.held_out_pages(ctx.settings.eval_pages.max(1)).await?;
             let spec = WindowSpec {
                 selection: PageSelection::Random,
                 window: 0,
                 n_pages: pages.len(),
-                seq_len: ctx.hparams.sequence_length,
+                seq_len: ctx.network.hparams.sequence_length,
                 batch_size: ctx.settings.batch_size.max(1),
                 max_concurrent_fetches: PAGE_FETCH_CONCURRENCY,
             };
             let mut data =
-                WindowData::load_pages(ctx.model.source.as_ref(), &ctx.model.tokenizer, &spec, pages).await?;
+                WindowData::load_pages(ctx.model.spec.source.as_ref(), &ctx.model.spec.tokenizer, &spec, pages).await?;
             data.batches.truncate(ctx.settings.eval_batches.max(1));
             Ok::<_, RuntimeError>(Arc::new(data.batches))
         })
         .await?
         .clone();
     let loss = run.engine.run(move |ops| ops.eval(&token_batches(&batches))).await??;
-    MinerStats::add(&ctx.stats.evaluations, 1);
+    MinerStats::add(&ctx.telemetry.stats.evaluations, 1);
     Ok(loss)
 }
 
@@ -141,7 +143,7 @@ fn utilization(run: &WindowRun, train_secs: f64) -> f64 {
     let block_ms = ctx.settings.block_time.as_millis() as u64;
     let window_secs = match run.bounds() {
         Some((start, end)) if end > start => (end - start) as f64 / 1000.0,
-        _ => (ctx.schedule.window_length() * block_ms) as f64 / 1000.0,
+        _ => (ctx.network.schedule.window_length() * block_ms) as f64 / 1000.0,
     };
     (train_secs / window_secs.max(1e-3)).clamp(0.0, 1.0)
 }

@@ -56,7 +56,7 @@ impl WindowPlan {
     pub fn for_node(ctx: &MinerContext) -> Self {
         let exchange = ctx.exchange();
         if ctx.is_validator() {
-            let offset = tessera_core::validator::ScoringParams::from_hparams(&ctx.hparams).eval_offset;
+            let offset = tessera_core::validator::ScoringParams::from_hparams(&ctx.network.hparams).eval_offset;
             WindowPlan::Validator { exchange, offset }
         } else if ctx.settings.baseline {
             WindowPlan::Baseline
@@ -137,12 +137,12 @@ impl WindowRun {
         if total == 0 {
             return Ok(());
         }
-        info!(miner = %ctx.name, from, to = self.window - 1, "syncing state from history");
-        let bar = crate::progress::bar(total, format!("{}: state sync", ctx.name), false);
+        info!(miner = %ctx.id.name, from, to = self.window - 1, "syncing state from history");
+        let bar = crate::progress::bar(total, format!("{}: state sync", ctx.id.name), false);
         for (i, w) in (from..self.window).enumerate() {
             let applied = self.average_and_apply(SliceKind::State, w).await?;
             bar.inc(1);
-            info!(miner = %ctx.name, window = w, progress = format!("{}/{}", i + 1, total), slices = applied, "state sync");
+            info!(miner = %ctx.id.name, window = w, progress = format!("{}/{}", i + 1, total), slices = applied, "state sync");
         }
         bar.finish_and_clear();
         Ok(())
@@ -162,15 +162,15 @@ impl WindowRun {
     /// many there were; nothing when the StateSyncer is away.
     pub(crate) async fn fetch_mean(&self, kind: SliceKind, window: Window) -> (Option<Arc<Vec<f32>>>, u32) {
         let ctx = &self.ctx;
-        let Some(syncer) = lookup::<StateSyncerMsg>(&ctx.name, ActorKind::StateSyncer) else {
-            warn!(miner = %ctx.name, %kind, window, "no state syncer running; skipping this average");
+        let Some(syncer) = lookup::<StateSyncerMsg>(&ctx.id.name, ActorKind::StateSyncer) else {
+            warn!(miner = %ctx.id.name, %kind, window, "no state syncer running; skipping this average");
             return (None, 0);
         };
         let deadline = ctx.deadlines().average();
         match syncer.call(|reply| StateSyncerMsg::Average { kind, window, reply }, Some(deadline)).await {
             Ok(ractor::rpc::CallResult::Success(outcome)) => (outcome.mean, outcome.accepted),
             Ok(_) | Err(_) => {
-                warn!(miner = %ctx.name, %kind, window, "the state syncer did not answer; skipping this average");
+                warn!(miner = %ctx.id.name, %kind, window, "the state syncer did not answer; skipping this average");
                 (None, 0)
             }
         }
@@ -183,17 +183,17 @@ impl WindowRun {
     }
 
     pub(crate) fn outer_lr(&self) -> f32 {
-        self.ctx.hparams.exchange_outer_lr.unwrap_or(1.0) as f32
+        self.ctx.network.hparams.exchange_outer_lr.unwrap_or(1.0) as f32
     }
 
     fn upload(&self, kind: SliceKind, window: Window, values: Arc<Vec<f32>>) {
-        match lookup::<SliceUploaderMsg>(&self.ctx.name, ActorKind::SliceUploader) {
+        match lookup::<SliceUploaderMsg>(&self.ctx.id.name, ActorKind::SliceUploader) {
             Some(uploader) => {
                 if uploader.cast(SliceUploaderMsg::Upload { kind, window, values }).is_ok() {
-                    MinerStats::add(&self.ctx.stats.uploads_requested, 1);
+                    MinerStats::add(&self.ctx.telemetry.stats.uploads_requested, 1);
                 }
             }
-            None => warn!(miner = %self.ctx.name, %kind, window, "no slice uploader running; slice not published"),
+            None => warn!(miner = %self.ctx.id.name, %kind, window, "no slice uploader running; slice not published"),
         }
     }
 
@@ -201,6 +201,6 @@ impl WindowRun {
     fn bounds(&self) -> Option<(i64, i64)> {
         let ctx = &self.ctx;
         let block_ms = ctx.settings.block_time.as_millis() as u64;
-        lock(&ctx.block_times).window_bounds(&ctx.schedule, self.window, block_ms)
+        lock(&ctx.network.block_times).window_bounds(&ctx.network.schedule, self.window, block_ms)
     }
 }

@@ -67,8 +67,8 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange, trained: &Trained) 
     }
     let state = run.gather(window + 1).await?;
     run.upload(SliceKind::State, window + 1, state);
-    if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.name, ActorKind::SliceUploader) {
-        let max_history = ctx.max_history.load(Ordering::Relaxed);
+    if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.id.name, ActorKind::SliceUploader) {
+        let max_history = ctx.network.max_history.load(Ordering::Relaxed);
         let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
     }
     Ok(delta_slices)

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::WindowRun;
 use super::train::token_batches;
-use crate::context::{ActorKind, MinerContext, NodeRole, lock, lookup};
+use crate::context::{ActorKind, MinerContext, NodeRole, ValidatorState, lock, lookup};
 use crate::deadlines::{Deadlines, PAGE_FETCH_CONCURRENCY};
 use crate::error::RuntimeError;
 use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg, WeightSetterMsg};
@@ -49,7 +49,7 @@ const RANDOM_BATCHES_MIN: usize = 4;
 
 /// The scores file in the validator's state directory.
 pub fn scores_path(ctx: &MinerContext) -> Option<PathBuf> {
-    match &ctx.role {
+    match &ctx.id.role {
         NodeRole::Validator { state_dir } => Some(state_dir.join("scores.json")),
         NodeRole::Miner => None,
     }
@@ -74,31 +74,40 @@ struct Reference {
 /// Scores window `e`, records and logs the report, and tells the WeightSetter.
 pub(super) async fn run(run: &WindowRun, e: Window) {
     let ctx = &run.ctx;
-    let params = ScoringParams::from_hparams(&ctx.hparams);
-    match score(run, e, &params).await {
+    let Some(validator) = ctx.validator.as_ref() else {
+        warn!(miner = %ctx.id.name, "not a validator: nothing scored");
+        return;
+    };
+    let params = ScoringParams::from_hparams(&ctx.network.hparams);
+    match score(run, validator, e, &params).await {
         Ok(report) => {
-            MinerStats::add(&ctx.validator_stats.miners_scored, u64::from(report.scored));
-            MinerStats::add(&ctx.validator_stats.miners_skipped, u64::from(report.skipped));
+            MinerStats::add(&validator.stats.miners_scored, u64::from(report.scored));
+            MinerStats::add(&validator.stats.miners_skipped, u64::from(report.skipped));
             log_report(ctx, &report);
-            ctx.validator_stats.record_window(report);
-            if let Some(setter) = lookup::<WeightSetterMsg>(&ctx.name, ActorKind::WeightSetter) {
+            validator.stats.record_window(report);
+            if let Some(setter) = lookup::<WeightSetterMsg>(&ctx.id.name, ActorKind::WeightSetter) {
                 let _ = setter.cast(WeightSetterMsg::ScoresUpdated { window: e });
             }
         }
-        Err(err) => warn!(miner = %ctx.name, window = e, error = %err, "scoring failed this window"),
+        Err(err) => warn!(miner = %ctx.id.name, window = e, error = %err, "scoring failed this window"),
     }
 }
 
 /// Scores every registered miner's delta of window `e` and folds the outcomes into
 /// the score book, which is saved before this returns.
-async fn score(run: &WindowRun, e: Window, params: &ScoringParams) -> Result<ScoredWindow, RuntimeError> {
+async fn score(
+    run: &WindowRun,
+    validator: &ValidatorState,
+    e: Window,
+    params: &ScoringParams,
+) -> Result<ScoredWindow, RuntimeError> {
     let ctx = &run.ctx;
     let neurons = ctx.peer_view().metagraph.neurons.clone();
     let miners: Vec<(u16, Hotkey)> =
-        neurons.iter().enumerate().map(|(u, h)| (u as u16, *h)).filter(|(u, _)| *u != ctx.uid).collect();
-    let mut book = book(ctx)?;
+        neurons.iter().enumerate().map(|(u, h)| (u as u16, *h)).filter(|(u, _)| *u != ctx.id.uid).collect();
+    let mut book = book(ctx, validator)?;
     for uid in book.sync_metagraph(&neurons) {
-        info!(miner = %ctx.name, uid, "a new hotkey holds this UID: its score starts from zero");
+        info!(miner = %ctx.id.name, uid, "a new hotkey holds this UID: its score starts from zero");
     }
     let (deltas, candidates) = valid_deltas(run, e, &miners).await;
     let copiers = find_copies(&candidates, params.copy_similarity);
@@ -120,7 +129,7 @@ async fn score(run: &WindowRun, e: Window, params: &ScoringParams) -> Result<Sco
                 eval_secs += started.elapsed().as_secs_f64();
             }
             Err(err) => {
-                warn!(miner = %ctx.name, uid, window = e, error = %err, "could not evaluate this delta; scored as missing");
+                warn!(miner = %ctx.id.name, uid, window = e, error = %err, "could not evaluate this delta; scored as missing");
                 outcomes.insert(uid, WindowOutcome::Missing);
             }
         }
@@ -130,7 +139,7 @@ async fn score(run: &WindowRun, e: Window, params: &ScoringParams) -> Result<Sco
         let saved = book.clone();
         tokio::task::spawn_blocking(move || saved.save(&path)).await??;
     }
-    *lock(&ctx.scores) = Some(book);
+    *lock(&validator.scores) = Some(book);
     Ok(report)
 }
 
@@ -195,8 +204,8 @@ fn record(
 
 /// The score book: in memory, else from the state directory (a restarted process
 /// loses nothing), else new.
-fn book(ctx: &MinerContext) -> Result<ScoreBook, RuntimeError> {
-    if let Some(book) = lock(&ctx.scores).clone() {
+fn book(ctx: &MinerContext, validator: &ValidatorState) -> Result<ScoreBook, RuntimeError> {
+    if let Some(book) = lock(&validator.scores).clone() {
         return Ok(book);
     }
     let loaded = match scores_path(ctx) {
@@ -204,9 +213,9 @@ fn book(ctx: &MinerContext) -> Result<ScoreBook, RuntimeError> {
         None => None,
     };
     if let Some(book) = &loaded {
-        info!(miner = %ctx.name, window = book.window, uids = book.uids.len(), "validator scores reloaded");
+        info!(miner = %ctx.id.name, window = book.window, uids = book.uids.len(), "validator scores reloaded");
     }
-    Ok(loaded.filter(|b| b.netuid == ctx.netuid).unwrap_or_else(|| ScoreBook::new(ctx.netuid)))
+    Ok(loaded.filter(|b| b.netuid == ctx.id.netuid).unwrap_or_else(|| ScoreBook::new(ctx.id.netuid)))
 }
 
 /// The random micro-batches (pages no miner was assigned) with their loss, and the model
@@ -216,7 +225,7 @@ fn book(ctx: &MinerContext) -> Result<ScoreBook, RuntimeError> {
 async fn reference(run: &WindowRun, e: Window, params: &ScoringParams) -> Result<Reference, RuntimeError> {
     let ctx = &run.ctx;
     let random_batches = params.eval_batches.max(RANDOM_BATCHES_MIN);
-    let random_pages = PageSelection::Keyed(ctx.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]));
+    let random_pages = PageSelection::Keyed(ctx.id.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]));
     let random = Arc::new(load_batches(ctx, random_pages, e, random_batches).await?);
     let indices = ctx.indices(e).await?;
     let theta = run.gather(e).await?;
@@ -233,8 +242,8 @@ async fn valid_deltas(
     miners: &[(u16, Hotkey)],
 ) -> (BTreeMap<u16, Delta>, Vec<CopyCandidate>) {
     let ctx = run.ctx.clone();
-    let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.name, ActorKind::SliceDownloader) else {
-        warn!(miner = %ctx.name, "no slice downloader running; nothing scored this window");
+    let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.id.name, ActorKind::SliceDownloader) else {
+        warn!(miner = %ctx.id.name, "no slice downloader running; nothing scored this window");
         return (BTreeMap::new(), Vec::new());
     };
     let deadline = ctx.deadlines().fetch();
@@ -267,7 +276,7 @@ fn check_deltas(
     fetched: FetchOutcome,
     uid_of: &HashMap<Hotkey, u16>,
 ) -> Vec<(Delta, CopyCandidate)> {
-    let [s0, s1, s2, s3, s4, s5, s6, s7, ..] = ctx.hotkey.private_seed(SKETCH_PURPOSE, &e.to_le_bytes());
+    let [s0, s1, s2, s3, s4, s5, s6, s7, ..] = ctx.id.hotkey.private_seed(SKETCH_PURPOSE, &e.to_le_bytes());
     let positions =
         sketch_positions(ctx.slice_value_count(), SKETCH_LEN, u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]));
     let view = ctx.peer_view();
@@ -278,7 +287,7 @@ fn check_deltas(
         let bytes = match std::fs::read(&slice.path) {
             Ok(b) => b,
             Err(err) => {
-                warn!(miner = %ctx.name, path = %slice.path.display(), error = %err, "cannot read a cached delta");
+                warn!(miner = %ctx.id.name, path = %slice.path.display(), error = %err, "cannot read a cached delta");
                 continue;
             }
         };
@@ -293,8 +302,8 @@ fn check_deltas(
                 out.push((Delta { uid, hotkey: slice.key.hotkey, slice }, candidate));
             }
             Err(err) => {
-                debug!(miner = %ctx.name, uid, reason = err.reason(), error = %err, "rejected a delta: scored as missing");
-                ctx.stats.reject(err.reason());
+                debug!(miner = %ctx.id.name, uid, reason = err.reason(), error = %err, "rejected a delta: scored as missing");
+                ctx.telemetry.stats.reject(err.reason());
             }
         }
     }
@@ -338,7 +347,7 @@ async fn evaluate_one(
             Ok((f64::from(own_before), f64::from(own_after), f64::from(random_after)))
         })
         .await??;
-    debug!(miner = %ctx.name, window = e, hotkey = %hotkey, own_before, own_after, random_after, "evaluated");
+    debug!(miner = %ctx.id.name, window = e, hotkey = %hotkey, own_before, own_after, random_after, "evaluated");
     Ok(Evaluation { own_before, own_after, random_before: reference.random_before, random_after })
 }
 
@@ -359,11 +368,11 @@ async fn load_batches(
         selection,
         window: e,
         n_pages: pages.max(1),
-        seq_len: ctx.hparams.sequence_length,
+        seq_len: ctx.network.hparams.sequence_length,
         batch_size: ctx.settings.batch_size.max(1),
         max_concurrent_fetches: PAGE_FETCH_CONCURRENCY,
     };
-    let mut data = WindowData::load(ctx.model.source.as_ref(), &ctx.model.tokenizer, &spec).await?;
+    let mut data = WindowData::load(ctx.model.spec.source.as_ref(), &ctx.model.spec.tokenizer, &spec).await?;
     data.batches.truncate(n.max(1));
     Ok(data.batches)
 }
@@ -389,7 +398,7 @@ fn log_report(ctx: &MinerContext, report: &ScoredWindow) {
         })
         .collect();
     info!(
-        miner = %ctx.name,
+        miner = %ctx.id.name,
         window = report.window,
         scored = report.scored,
         skipped = report.skipped,

@@ -21,7 +21,9 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange) -> Result<Advanced,
             Some(own) => return advance::one_window(run, window - 1, exchange, OwnStep::Update(own)).await,
             // Not trained here (joined or restarted since): the model holds no own update
             // of that window to replace, and the state averages bring it in step.
-            None => debug!(miner = %ctx.name, window = window - 1, "no own update of this window; nothing to replace"),
+            None => {
+                debug!(miner = %ctx.id.name, window = window - 1, "no own update of this window; nothing to replace")
+            }
         }
     }
     let state_slices = run.average_and_apply(SliceKind::State, window).await?;

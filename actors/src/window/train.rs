@@ -35,7 +35,7 @@ impl Started {
     pub fn now(run: &WindowRun) -> Self {
         let late_secs =
             run.bounds().map_or(0.0, |(start, _)| ((crate::context::unix_ms() - start).max(0) as f64) / 1000.0);
-        Self { at: Instant::now(), late_secs, bytes_before: MinerStats::get(&run.ctx.stats.bytes_downloaded) }
+        Self { at: Instant::now(), late_secs, bytes_before: MinerStats::get(&run.ctx.telemetry.stats.bytes_downloaded) }
     }
 }
 
@@ -69,11 +69,11 @@ pub(super) async fn run(
     let prep_secs = started.at.elapsed().as_secs_f64();
     if let Some(since) = run.ready_since {
         let ms = since.elapsed().as_millis() as u64;
-        ctx.stats.last_restart_ready_ms.store(ms.max(1), Ordering::Relaxed);
-        info!(miner = %ctx.name, window, ready_ms = ms, "training again after a restart");
+        ctx.telemetry.stats.last_restart_ready_ms.store(ms.max(1), Ordering::Relaxed);
+        info!(miner = %ctx.id.name, window, ready_ms = ms, "training again after a restart");
     }
     let rate = *lock(&run.rate);
-    let clock = ctx.clock.subscribe();
+    let clock = ctx.network.clock.subscribe();
     let (stop_ctx, cancel) = (ctx.clone(), run.cancel.clone());
     let fixed = ctx.settings.fixed_micro_batches;
     let limit = match &ctx.misbehaviour {
@@ -122,17 +122,17 @@ async fn load_data(run: &WindowRun) -> Result<WindowData, RuntimeError> {
         // `--random`: pages from this miner's own key, which no validator can predict
         // (as the seed's random pages) and a restart draws again.
         selection: if ctx.settings.random {
-            PageSelection::Keyed(ctx.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]))
+            PageSelection::Keyed(ctx.id.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]))
         } else {
-            PageSelection::Uid(ctx.uid)
+            PageSelection::Uid(ctx.id.uid)
         },
         window: run.window,
         n_pages: ctx.settings.pages_per_window.max(1),
-        seq_len: ctx.hparams.sequence_length,
+        seq_len: ctx.network.hparams.sequence_length,
         batch_size: ctx.settings.batch_size.max(1),
         max_concurrent_fetches: PAGE_FETCH_CONCURRENCY,
     };
-    Ok(WindowData::load(ctx.model.source.as_ref(), &ctx.model.tokenizer, &spec).await?)
+    Ok(WindowData::load(ctx.model.spec.source.as_ref(), &ctx.model.spec.tokenizer, &spec).await?)
 }
 
 /// The engine's view of the data's micro-batches (borrowed, no copy).
