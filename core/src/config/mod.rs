@@ -13,7 +13,7 @@
 //! 5. command-line flags actually given.
 //!
 //! Each setting is described once: a field of [`MinerConfig`] (or of a section such as
-//! [`RuntimeSettings`]) whose type checks its value, with its default and its notes for
+//! [`RuntimeConfig`]) whose type checks its value, with its default and its notes for
 //! operators in `config/default.toml` ([`defaults`]). Each layer is a figment provider
 //! named after its origin; figment merges them and remembers which layer set each value,
 //! so an error names the key, the value, what is expected and which layer set it
