@@ -1,19 +1,20 @@
-//! The layers: each read into a TOML table, merged into one tree that remembers which
-//! layer set each key, and deserialized into the typed settings. Every error is located
-//! here, once: the dotted key, the value as given (secrets hidden), what the setting
-//! expects, and the layer that set it.
+//! The layers as figment providers, and figment's errors as [`ConfigError`]s: the dotted
+//! key, the value (secrets hidden), what the setting expects, and the layer that set it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::de::DeserializeOwned;
-use toml::{Table, Value};
+use figment::error::Kind;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::{DeserializeOwned, Visitor};
 use tracing::{info, warn};
 
 use super::{
-    CONFIG_DIR_ENV, ConfigError, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE, ENV_PREFIX, ENV_SEPARATOR, REDACTED,
-    is_secret_key, types,
+    CONFIG_DIR_ENV, ConfigError, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE, DataConfig, ENV_PREFIX, ENV_SEPARATOR,
+    MetricsConfig, REDACTED, RuntimeConfig, S3Config, SubtensorConfig, WalletConfig, is_secret_key,
+    miner::{MinerOverrides, WalletOverrides},
 };
 
 /// The inputs of [`super::MinerConfig::load`]; explicit so tests need not touch the process.
@@ -53,24 +54,19 @@ impl ConfigSources {
         }
     }
 
-    /// Every layer merged, the built-in defaults lowest.
-    pub(super) fn merged(&self) -> Result<Layers, ConfigError> {
-        let mut layers = Layers { home: self.home.clone(), ..Layers::default() };
-        let defaults = toml::from_str(super::defaults())
-            .map_err(|e| ConfigError::FileParse { path: "(built-in defaults)".into(), cause: e.to_string() })?;
-        layers.merge(defaults, &Origin::Default);
+    /// Every layer, the built-in defaults lowest.
+    pub(super) fn layers(&self) -> Result<Layers, ConfigError> {
+        let mut layers = Layers { figment: Figment::new(), miners: None, origins: Vec::new() };
+        layers.add(Origin::Default, toml_layer(super::defaults(), "(built-in defaults)")?);
         if let Some(path) = self.config_file.as_ref().filter(|p| !p.is_file()) {
             return Err(ConfigError::FileNotFound { path: path.clone() });
         }
         let dir_file = self.config_dir.as_ref().map(|d| d.join(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file());
         for path in dir_file.iter().chain(&self.config_file) {
             info!(path = %path.display(), "configuration layer: file");
-            let cause = |e: &dyn fmt::Display| ConfigError::FileParse {
-                path: path.display().to_string(),
-                cause: e.to_string(),
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| cause(&e))?;
-            layers.merge(toml::from_str(&text).map_err(|e| cause(&e))?, &Origin::File(path.display().to_string()));
+            let (shown, text) = (path.display().to_string(), std::fs::read_to_string(path));
+            let text = text.map_err(|e| ConfigError::FileParse { path: shown.clone(), cause: e.to_string() })?;
+            layers.add(Origin::File(shown.clone()), toml_layer(&text, &shown)?);
         }
         let mut vars: Vec<(String, String)> = match &self.env {
             Some(env) => env.clone().into_iter().collect(),
@@ -84,14 +80,26 @@ impl ConfigSources {
             let key = var.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(&prefix)).map(|_| &var[prefix.len()..]);
             if let Some(key) = key.filter(|_| !value.is_empty()) {
                 let key = key.to_ascii_lowercase().replace(ENV_SEPARATOR, ".");
-                layers.set(&key, value, Origin::Env(var.clone()));
+                layers.add(Origin::Env(var.clone()), text_layer(&key, value));
             }
         }
         for (key, value) in &self.cli_overrides {
-            layers.set(key, value.clone(), Origin::Cli(format!("--{key}")));
+            layers.add(Origin::Cli(format!("--{key}")), text_layer(key, value.clone()));
         }
         Ok(layers)
     }
+}
+
+/// A file's text as a layer.
+fn toml_layer(text: &str, path: &str) -> Result<Dict, ConfigError> {
+    let cause = |e: &dyn fmt::Display| ConfigError::FileParse { path: path.to_owned(), cause: e.to_string() };
+    let table: toml::Table = toml::from_str(text).map_err(|e| cause(&e))?;
+    Value::serialize(table).map_err(|e| cause(&e))?.into_dict().ok_or_else(|| cause(&"not a table"))
+}
+
+/// One variable or flag: a dotted key set to text.
+fn text_layer(key: &str, text: String) -> Dict {
+    figment::util::nest(key, Value::from(text)).into_dict().unwrap_or_default()
 }
 
 /// The layer a value came from.
@@ -116,192 +124,186 @@ impl fmt::Display for Origin {
     }
 }
 
-/// The merged layers: one tree, and the layer of every key set (dotted, `miners[0].device`).
-#[derive(Debug, Default)]
+/// One layer as a figment provider, named after its [`Origin`].
+pub(super) struct Layer {
+    pub origin: Origin,
+    pub data: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        match &self.origin {
+            Origin::File(path) => Metadata::from(self.origin.to_string(), Source::File(path.into())),
+            other => Metadata::named(other.to_string()),
+        }
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.data.clone()))
+    }
+}
+
+/// The layers merged by figment, and the `[[miners]]` of the highest layer that has them:
+/// read apart, per entry, and replaced as a whole by a higher layer.
 pub(super) struct Layers {
-    pub tree: Table,
-    origins: BTreeMap<String, Origin>,
-    home: Option<PathBuf>,
+    pub figment: Figment,
+    pub miners: Option<Layer>,
+    origins: Vec<Origin>,
 }
 
 impl Layers {
-    /// Where `key` was set: its own layer, else that of the first key set inside it.
-    pub fn origin(&self, key: &str) -> Origin {
-        let mut from_key = self.origins.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key));
-        from_key.find(|(k, _)| within(k, key)).map_or(Origin::Default, |(_, origin)| origin.clone())
-    }
-
-    fn merge(&mut self, layer: Table, origin: &Origin) {
-        merge(&mut self.tree, layer, "", &mut |key, value| {
-            self.origins.retain(|k, _| !within(k, key));
-            record(&mut self.origins, key, value, origin);
-        });
-    }
-
-    /// Sets a dotted key to text (the environment and the command line have no types).
-    fn set(&mut self, key: &str, text: String, origin: Origin) {
-        let nested =
-            key.rsplit('.').fold(Value::String(text), |v, part| Value::Table(Table::from_iter([(part.into(), v)])));
-        if let Value::Table(layer) = nested {
-            self.merge(layer, &origin);
+    fn add(&mut self, origin: Origin, mut data: Dict) {
+        if let Some(miners) = data.remove("miners") {
+            self.miners = Some(Layer { origin: origin.clone(), data: Dict::from([("miners".into(), miners)]) });
         }
+        self.origins.push(origin.clone());
+        self.figment = std::mem::take(&mut self.figment).merge(Layer { origin, data });
     }
 
-    /// `tree` (a part of these layers at `at`, dotted, or all of them at "") as `T`.
-    /// Text from the environment and the command line is read as the integer or boolean
-    /// the setting expects when it spells one; files are taken as typed.
-    pub fn read<T: DeserializeOwned>(&self, tree: &Table, at: &str) -> Result<T, ConfigError> {
-        let deserialize = |typed: &Table| {
-            types::with_home(self.home.as_deref(), || serde_path_to_error::deserialize(Value::Table(typed.clone())))
-        };
-        let mut typed = tree.clone();
-        loop {
-            let err = match deserialize(&typed) {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            let path = err.path().to_string();
-            let message = err.inner().message().trim().to_owned();
-            let key = join(at, &path);
-            // A miner's key was set in its entry, else at the top level.
-            let origin = match self.origin(&key) {
-                Origin::Default if !at.is_empty() => self.origin(&path),
-                own => own,
-            };
-            if matches!(origin, Origin::Env(_) | Origin::Cli(_))
-                && let Some(value) = get_mut(&mut typed, &path)
-                && let Some(retyped) = retype(value, &message)
-            {
-                *value = retyped;
-                continue;
-            }
-            // What a value of the wrong kind should have been is learnt from the error that a
-            // value of the right kind which no setting takes gives: serde lists the names.
-            let names_for = |probe: Value| {
-                let mut probed = typed.clone();
-                if let Some(value) = get_mut(&mut probed, &path) {
-                    *value = probe;
+    /// Where the value at dotted `key` was set.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origin_of(self.figment.find_metadata(key))
+    }
+
+    fn origin_of(&self, metadata: Option<&Metadata>) -> Origin {
+        let named = |m: &Metadata| self.origins.iter().find(|o| o.to_string() == m.name).cloned();
+        metadata.and_then(named).unwrap_or(Origin::Default)
+    }
+
+    /// Files are typed. figment's lossy reading takes a number or boolean from the text of
+    /// a variable or flag (`"5"`, `"yes"`), and so would from a file (`netuid = "3"`,
+    /// `remote = 1`): the values a file set are checked against `typed`, the loaded tree.
+    pub fn check_file_types(&self, typed: &toml::Table, at: &str) -> Result<(), ConfigError> {
+        for (name, typed) in typed {
+            let key = join(at, name);
+            let expected = match typed {
+                toml::Value::Table(table) => {
+                    self.check_file_types(table, &key)?;
+                    continue;
                 }
-                deserialize(&probed).err().map_or_else(Vec::new, |e| expected_names(e.inner().message()))
+                toml::Value::Integer(_) => "an integer",
+                toml::Value::Boolean(_) => "a boolean",
+                _ => continue,
             };
-            return Err(if message.starts_with("unknown field") {
-                let mut known = expected_names(&message);
-                if !path.contains('.') && at.is_empty() {
-                    known.push("miners".into()); // read apart from the top level's
+            let from_file = self.figment.find_metadata(&key).is_some_and(|m| matches!(m.source, Some(Source::File(_))));
+            let value = self.figment.find_value(&key).ok();
+            let same = matches!(
+                (&value, typed),
+                (Some(Value::Num(..)), toml::Value::Integer(_)) | (Some(Value::Bool(..)), toml::Value::Boolean(_))
+            );
+            if from_file && !same {
+                let (value, origin) = (shown(&key, value.as_ref()), self.origin(&key));
+                return Err(ConfigError::InvalidValue { key, value, expected: expected.into(), origin });
+            }
+        }
+        Ok(())
+    }
+
+    /// figment's error as ours; `at` (`miners[0]`) prefixes the key, `figment` holds the value.
+    pub fn error(&self, figment: &Figment, e: figment::Error, at: &str) -> ConfigError {
+        let path = e.path.join(".");
+        let key = join(at, &path);
+        let origin = self.origin_of(figment.find_metadata(&path).or(e.metadata.as_ref()));
+        let expected = match e.kind {
+            Kind::UnknownField(field, known) => {
+                let mut known = known.to_vec();
+                if path == field && at.is_empty() {
+                    known.push("miners"); // read apart from the top level's keys
                 }
                 let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
-                let field = message.split('`').nth(1).unwrap_or_default();
-                ConfigError::UnknownKey { suggestion: suggest(field, &known).map(|k| join(parent, &k)), origin, key }
-            } else {
-                let expected = if message.contains("expected struct") {
-                    table_of(&key, &names_for(Value::Table(Table::from_iter([("\0".into(), Value::Integer(0))]))))
-                } else if message.contains("variant") {
-                    one_of(&names_for(Value::String("\0".into())))
-                } else if message.starts_with("invalid type:") || message.starts_with("invalid value:") {
-                    message.rsplit_once("expected ").map_or(message.clone(), |(_, e)| e.to_owned())
-                } else {
-                    message
-                };
-                ConfigError::InvalidValue { value: shown(&key, get(tree, &path)), key, expected, origin }
-            });
-        }
-    }
-
-    /// An invalid-value error at `key`, located.
-    pub fn invalid(&self, key: &str, value: Option<&Value>, expected: String) -> ConfigError {
-        ConfigError::InvalidValue { key: key.to_owned(), value: shown(key, value), expected, origin: self.origin(key) }
-    }
-}
-
-/// Merges `layer` into `into`: tables key by key, anything else replaced; `set` sees each
-/// replaced key (dotted) and its new value.
-pub(super) fn merge(into: &mut Table, layer: Table, at: &str, set: &mut dyn FnMut(&str, &Value)) {
-    for (name, value) in layer {
-        let key = join(at, &name);
-        match (into.get_mut(&name), value) {
-            (Some(Value::Table(old)), Value::Table(new)) => merge(old, new, &key, set),
-            (_, value) => {
-                set(&key, &value);
-                into.insert(name, value);
+                let suggestion = suggest(&field, &known).map(|k| join(parent, &k));
+                return ConfigError::UnknownKey { key, origin, suggestion };
             }
-        }
+            Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => match table_keys(&expected) {
+                Some(keys) => table_of(&key, keys),
+                None => expected,
+            },
+            Kind::UnknownVariant(_, names) => one_of(names),
+            Kind::Message(message) => message,
+            other => other.to_string(),
+        };
+        let value = figment.find_value(&path).ok();
+        ConfigError::InvalidValue { value: shown(&key, value.as_ref()), key, expected, origin }
     }
 }
 
-fn record(origins: &mut BTreeMap<String, Origin>, key: &str, value: &Value, origin: &Origin) {
-    origins.insert(key.to_owned(), origin.clone());
-    match value {
-        Value::Table(t) => t.iter().for_each(|(k, v)| record(origins, &join(key, k), v, origin)),
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| record(origins, &format!("{key}[{i}]"), v, origin)),
-        _ => {}
-    }
-}
-
-/// Whether dotted `key` is `table` or inside it.
-fn within(key: &str, table: &str) -> bool {
-    key.strip_prefix(table).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-}
-
+/// Dotted `key` under `at`.
 pub(super) fn join(at: &str, key: &str) -> String {
     match (at, key) {
-        ("", key) | (key, "." | "") => key.to_owned(),
+        ("", key) | (key, "") => key.to_owned(),
         _ => format!("{at}.{key}"),
     }
 }
 
-fn get<'a>(tree: &'a Table, path: &str) -> Option<&'a Value> {
-    let (first, rest) = path.split_once('.').unwrap_or((path, ""));
-    match (tree.get(first)?, rest) {
-        (value, "") => Some(value),
-        (Value::Table(t), rest) => get(t, rest),
-        _ => None,
-    }
-}
-
-fn get_mut<'a>(tree: &'a mut Table, path: &str) -> Option<&'a mut Value> {
-    let (first, rest) = path.split_once('.').unwrap_or((path, ""));
-    match (tree.get_mut(first)?, rest) {
-        (value, "") => Some(value),
-        (Value::Table(t), rest) => get_mut(t, rest),
-        _ => None,
-    }
-}
-
-/// Text as the boolean or integer that `message`, the error it gave, says was expected.
-fn retype(value: &Value, message: &str) -> Option<Value> {
-    let Value::String(text) = value else { return None };
-    if !message.contains("boolean") {
-        return text.trim().parse().ok().map(Value::Integer);
-    }
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(Value::Boolean(true)),
-        "false" | "0" | "no" | "off" => Some(Value::Boolean(false)),
-        _ => None,
-    }
-}
-
-/// The names a serde message says were expected: the `quoted` ones after the first (the
-/// field or variant given).
-fn expected_names(message: &str) -> Vec<String> {
-    message.split('`').skip(3).step_by(2).map(str::to_owned).collect()
-}
-
 /// The known key nearest to `field` (any case, `-` for `_`), when it is near.
-pub(super) fn suggest(field: &str, known: &[impl AsRef<str>]) -> Option<String> {
+fn suggest(field: &str, known: &[&str]) -> Option<String> {
     let field = field.to_ascii_lowercase().replace('-', "_");
-    let nearest = known.iter().map(|k| (strsim::levenshtein(&field, k.as_ref()), k.as_ref())).min();
+    let nearest = known.iter().map(|k| (strsim::levenshtein(&field, k), *k)).min();
     nearest.filter(|(d, _)| *d <= 3).map(|(_, k)| k.to_owned())
 }
 
 /// "a table with keys" `key.name`, … for an expected table.
-pub(super) fn table_of(key: &str, names: &[impl AsRef<str>]) -> String {
-    let mut keys: Vec<String> = names.iter().map(|n| join(key, n.as_ref())).collect();
+pub(super) fn table_of(key: &str, names: &[&str]) -> String {
+    let mut keys: Vec<String> = names.iter().map(|n| join(key, n)).collect();
     keys.sort();
     format!("a table with keys {}", keys.join(", "))
 }
 
+/// The keys of the table serde expected (its `expecting` is "struct Name").
+fn table_keys(expected: &str) -> Option<&'static [&'static str]> {
+    Some(match expected.strip_prefix("struct ")? {
+        "WalletConfig" => keys_of::<WalletConfig>(),
+        "SubtensorConfig" => keys_of::<SubtensorConfig>(),
+        "MetricsConfig" => keys_of::<MetricsConfig>(),
+        "S3Config" => keys_of::<S3Config>(),
+        "RuntimeConfig" => keys_of::<RuntimeConfig>(),
+        "DataConfig" => keys_of::<DataConfig>(),
+        "MinerOverrides" => keys_of::<MinerOverrides>(),
+        "WalletOverrides" => keys_of::<WalletOverrides>(),
+        _ => return None,
+    })
+}
+
+/// The keys a derived `Deserialize` declares, asked of it with a deserializer that only
+/// listens to `deserialize_struct`.
+pub(super) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    #[derive(Debug)]
+    struct Keys(&'static [&'static str]);
+    impl fmt::Display for Keys {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0.join(", "))
+        }
+    }
+    impl std::error::Error for Keys {}
+    impl serde::de::Error for Keys {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Self(&[])
+        }
+    }
+    struct Probe;
+    impl<'de> serde::Deserializer<'de> for Probe {
+        type Error = Keys;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Keys> {
+            Err(Keys(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &str,
+            keys: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Keys> {
+            Err(Keys(keys))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    T::deserialize(Probe).err().map_or(&[], |k| k.0)
+}
+
 /// `"a", "b" or "c"`.
-fn one_of(names: &[String]) -> String {
+fn one_of(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|k| format!("{k:?}")).collect();
     match quoted.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
@@ -309,21 +311,21 @@ fn one_of(names: &[String]) -> String {
     }
 }
 
-/// A value as it appears in an error message: a secret's hidden unless it is empty or not a
+/// A value as an error message shows it: a secret's hidden unless it is empty or not a
 /// scalar, a URL's password always.
 pub(super) fn shown(key: &str, value: Option<&Value>) -> String {
-    match value {
+    match value.and_then(|v| toml::Value::try_from(v).ok()) {
         None => "(nothing)".into(),
-        Some(Value::Table(_)) => "(a table)".into(),
-        Some(Value::Array(_)) => "(an array)".into(),
-        Some(Value::String(s)) if s.is_empty() => "\"\"".into(),
+        Some(toml::Value::Table(_)) => "(a table)".into(),
+        Some(toml::Value::Array(_)) => "(an array)".into(),
+        Some(toml::Value::String(s)) if s.is_empty() => "\"\"".into(),
         _ if is_secret_key(key.rsplit('.').next().unwrap_or(key)) => REDACTED.into(),
-        Some(Value::String(s)) => format!("{:?}", hide_url_password(s)),
+        Some(toml::Value::String(s)) => format!("{:?}", hide_url_password(&s)),
         Some(other) => other.to_string(),
     }
 }
 
-/// `text` with the password of a `scheme://user:password@host` prefix replaced, for messages.
+/// `text` with the password of a `scheme://user:password@host` prefix replaced.
 fn hide_url_password(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else { return text.to_owned() };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());

@@ -1,35 +1,23 @@
-//! Several miners in one process. Each `[[miners]]` entry is read as the top-level tree
-//! with the entry's keys merged over it, so a miner is one [`MinerConfig`] checked like
-//! the top level; then the rules across miners.
+//! Several miners in one process. Each `[[miners]]` entry is read as [`MinerOverrides`],
+//! which knows only the keys an entry may set, and applied over the top level, so a miner
+//! is one [`MinerConfig`] checked like the top level; then the rules across miners.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use figment::Figment;
+use figment::value::Value;
 use serde::Deserialize;
-use toml::{Table, Value};
+use serde_with::serde_as;
+use toml::Table;
 
-use super::layers::{Layers, merge, suggest, table_of};
-use super::types::is_miner_name;
-use super::{ConfigError, MinerConfig, MinerName, Origin};
+use super::layers::{Layer, Layers, keys_of, shown, table_of};
+use super::types::{NonEmptyPath, Positive, is_miner_name};
+use super::{ConfigError, KeyName, MinerConfig, MinerName, Origin, S3Config};
+use crate::model::{AttentionKernel, Device, Precision};
+use crate::storage::BucketName;
 
 /// Holds the state directories of the `[[miners]]` of a process (`<state_dir>/miners/<name>`).
 pub const MINERS_DIR: &str = "miners";
-
-/// The keys a `[[miners]]` entry may set: its `name`, and the top-level keys it overrides
-/// for its miner (`wallet` and `s3` key by key). Everything else is the process's.
-pub const MINER_KEYS: &[&str] = &[
-    "actual_batch_size",
-    "attention",
-    "baseline",
-    "bucket",
-    "checkpoint_path",
-    "device",
-    "name",
-    "precision",
-    "random",
-    "recompute_activations",
-    "s3",
-    "wallet",
-];
 
 /// One miner of this process: its resolved configuration and where its own state lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,43 +31,117 @@ pub struct MinerInstance {
     pub state_dir: PathBuf,
 }
 
-impl Layers {
-    /// The miners of `entries` (the value of `miners`), in entry order, each in
-    /// `<top state_dir>/miners/<name>`; `runtime.cache_dir` is the same for all (the slice
-    /// cache is shared by the miners of a host).
-    pub(super) fn miners(&self, entries: Option<Value>, top: &MinerConfig) -> Result<Vec<MinerInstance>, ConfigError> {
-        let entries = match entries {
-            None => return Ok(Vec::new()),
-            Some(Value::Array(entries)) => entries,
-            Some(other) => {
-                let expected = "an array of tables: one [[miners]] table per entry".into();
-                return Err(self.invalid("miners", Some(&other), expected));
-            }
-        };
-        let read = |(index, entry): (usize, Value)| {
-            let at = format!("miners[{index}]");
-            let Value::Table(mut entry) = entry else {
-                return Err(self.invalid(&at, Some(&entry), table_of(&at, MINER_KEYS)));
+/// A `[[miners]]` entry: its name and the top-level keys it overrides for its miner
+/// (`wallet` and `s3` key by key); everything else is the process's.
+#[serde_as]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MinerOverrides {
+    name: Option<MinerName>,
+    #[serde_as(deserialize_as = "Option<Positive>")]
+    actual_batch_size: Option<u32>,
+    attention: Option<AttentionKernel>,
+    baseline: Option<bool>,
+    bucket: Option<BucketName>,
+    #[serde_as(deserialize_as = "Option<NonEmptyPath>")]
+    checkpoint_path: Option<PathBuf>,
+    device: Option<Device>,
+    precision: Option<Precision>,
+    random: Option<bool>,
+    recompute_activations: Option<bool>,
+    s3: Option<S3Config>,
+    wallet: Option<WalletOverrides>,
+}
+
+/// `[miners.wallet]`.
+#[serde_as]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WalletOverrides {
+    name: Option<KeyName>,
+    hotkey: Option<KeyName>,
+    #[serde_as(deserialize_as = "Option<NonEmptyPath>")]
+    path: Option<PathBuf>,
+}
+
+impl MinerOverrides {
+    /// `top` with this entry's keys set.
+    fn apply(self, top: &MinerConfig) -> MinerConfig {
+        let mut c = MinerConfig { miners: Vec::new(), ..top.clone() };
+        c.actual_batch_size = self.actual_batch_size.unwrap_or(c.actual_batch_size);
+        c.attention = self.attention.unwrap_or(c.attention);
+        c.baseline = self.baseline.unwrap_or(c.baseline);
+        c.bucket = self.bucket.unwrap_or(c.bucket);
+        c.checkpoint_path = self.checkpoint_path.or(c.checkpoint_path);
+        c.device = self.device.unwrap_or(c.device);
+        c.precision = self.precision.unwrap_or(c.precision);
+        c.random = self.random.unwrap_or(c.random);
+        c.recompute_activations = self.recompute_activations.unwrap_or(c.recompute_activations);
+        if let Some(w) = self.wallet {
+            c.wallet.name = w.name.unwrap_or(c.wallet.name);
+            c.wallet.hotkey = w.hotkey.unwrap_or(c.wallet.hotkey);
+            c.wallet.path = w.path.unwrap_or(c.wallet.path);
+        }
+        if let Some(s3) = self.s3 {
+            c.s3 = S3Config {
+                endpoint: s3.endpoint.or(c.s3.endpoint),
+                region: s3.region.or(c.s3.region),
+                access_key_id: s3.access_key_id.or(c.s3.access_key_id),
+                secret_access_key: s3.secret_access_key.or(c.s3.secret_access_key),
+                session_token: s3.session_token.or(c.s3.session_token),
+                profile: s3.profile.or(c.s3.profile),
             };
-            if let Some(key) = entry.keys().find(|k| !MINER_KEYS.contains(&k.as_str())) {
-                let suggestion = suggest(key, MINER_KEYS);
-                let key = format!("{at}.{key}");
-                return Err(ConfigError::UnknownKey { origin: self.origin(&key), key, suggestion });
-            }
-            #[derive(Deserialize)]
-            struct Named {
-                name: Option<MinerName>,
-            }
-            let name = Table::from_iter(entry.remove("name").map(|name| ("name".to_owned(), name)));
-            let named: Named = self.read(&name, &at)?;
-            let mut tree = self.tree.clone();
-            merge(&mut tree, entry, "", &mut |_, _| {});
-            let mut config = MinerConfig::from_tree(self, &tree, &at)?;
-            let name = named.name.map_or_else(|| config.wallet.hotkey.to_string(), |n| n.to_string());
-            config.state_dir = top.state_dir.join(MINERS_DIR).join(&name);
-            Ok(MinerInstance { name, state_dir: config.state_dir.clone(), config })
+        }
+        c
+    }
+}
+
+impl Layers {
+    /// The miners of the `[[miners]]` entries, in entry order, each in
+    /// `<state_dir>/miners/<name>`, all sharing the top level's `runtime.cache_dir`.
+    pub(super) fn miners(&self, top: &MinerConfig, home: Option<&Path>) -> Result<Vec<MinerInstance>, ConfigError> {
+        let Some(Layer { origin, data }) = &self.miners else { return Ok(Vec::new()) };
+        let invalid = |key: &str, value: Option<&Value>, expected: String| ConfigError::InvalidValue {
+            value: shown(key, value),
+            key: key.to_owned(),
+            expected,
+            origin: origin.clone(),
         };
-        entries.into_iter().enumerate().map(read).collect()
+        let entries = match data.get("miners") {
+            Some(Value::Array(_, entries)) => entries,
+            other => return Err(invalid("miners", other, "an array of tables: one [[miners]] table per entry".into())),
+        };
+        let mut miners = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let at = format!("miners[{index}]");
+            let Value::Dict(_, entry) = entry else {
+                return Err(invalid(&at, Some(entry), table_of(&at, keys_of::<MinerOverrides>())));
+            };
+            // Entries come from files only, so they are read strictly.
+            let figment = Figment::from(Layer { origin: origin.clone(), data: entry.clone() });
+            let overrides: MinerOverrides = figment.extract().map_err(|e| self.error(&figment, e, &at))?;
+            let name = overrides.name.clone();
+            let mut config = overrides.apply(top);
+            config.expand_home(home, &|key| self.in_miner(index, key))?;
+            let name = name.map_or_else(|| config.wallet.hotkey.to_string(), |n| n.to_string());
+            config.state_dir = top.state_dir.join(MINERS_DIR).join(&name);
+            miners.push(MinerInstance { name, state_dir: config.state_dir.clone(), config });
+        }
+        Ok(miners)
+    }
+
+    /// The key and layer of `key` in miner `index`: in its entry when the entry sets it,
+    /// else at the top level.
+    pub(super) fn in_miner(&self, index: usize, key: &str) -> (String, Origin) {
+        let entry = |m: &Layer| m.data.get("miners")?.as_array()?.get(index)?.find_ref(key).map(|_| m.origin.clone());
+        match self.miners.as_ref().and_then(entry) {
+            Some(origin) => (format!("miners[{index}].{key}"), origin),
+            None => (key.to_owned(), self.origin(key)),
+        }
+    }
+
+    fn miners_origin(&self) -> Origin {
+        self.miners.as_ref().map_or(Origin::Default, |m| m.origin.clone())
     }
 }
 
@@ -102,21 +164,17 @@ impl MinerConfig {
     /// wallet or a checkpoint file.
     pub(super) fn check_miners(&mut self, layers: &Layers) -> Result<(), ConfigError> {
         for (index, miner) in self.miners.iter_mut().enumerate() {
-            let at = format!("miners[{index}]");
-            let origin = |key: &str| match layers.origin(&format!("{at}.{key}")) {
-                Origin::Default => layers.origin(key),
-                own => own,
-            };
+            let origin = |key: &str| layers.in_miner(index, key).1;
             miner.config.check(origin).map_err(|e| ConfigError::InMiner { index, cause: Box::new(e) })?;
             if miner.config.bucket.is_unset() {
-                return Err(ConfigError::MinerWithoutBucket { index, origin: layers.origin(&at) });
+                return Err(ConfigError::MinerWithoutBucket { index, origin: layers.miners_origin() });
             }
             if !is_miner_name(&miner.name) {
                 return Err(ConfigError::InvalidValue {
-                    key: format!("{at}.name"),
+                    key: format!("miners[{index}].name"),
                     value: format!("{:?} (the default: its wallet.hotkey)", miner.name),
                     expected: format!("{}; set name", MinerName::EXPECTED),
-                    origin: layers.origin(&at),
+                    origin: layers.miners_origin(),
                 });
             }
         }
@@ -134,8 +192,7 @@ impl MinerConfig {
                 } else {
                     continue;
                 };
-                let origin = layers.origin(&format!("miners[{second}]"));
-                return Err(ConfigError::DuplicateMiner { first, second, what, origin });
+                return Err(ConfigError::DuplicateMiner { first, second, what, origin: layers.miners_origin() });
             }
         }
         Ok(())
@@ -143,33 +200,34 @@ impl MinerConfig {
 
     /// This configuration as TOML: the miners as `[[miners]]` entries, each with its name
     /// and the keys where it differs from the top level.
-    pub(super) fn to_toml(&self) -> Result<Value, toml::ser::Error> {
-        let mut top = Value::try_from(self)?;
+    pub(super) fn to_toml(&self) -> Result<toml::Value, toml::ser::Error> {
+        let mut top = toml::Value::try_from(self)?;
         let mut entries = Vec::new();
         for miner in &self.miners {
-            let mut entry = changed(Value::try_from(&miner.config)?, Some(&top)).unwrap_or(Value::Table(Table::new()));
-            if let Value::Table(entry) = &mut entry {
+            let config = toml::Value::try_from(&miner.config)?;
+            let mut entry = changed(config, Some(&top)).unwrap_or(toml::Value::Table(Table::new()));
+            if let toml::Value::Table(entry) = &mut entry {
                 entry.remove("state_dir");
-                entry.insert("name".into(), Value::String(miner.name.clone()));
+                entry.insert("name".into(), toml::Value::String(miner.name.clone()));
             }
             entries.push(entry);
         }
-        if let Value::Table(top) = &mut top
+        if let toml::Value::Table(top) = &mut top
             && !entries.is_empty()
         {
-            top.insert("miners".into(), Value::Array(entries));
+            top.insert("miners".into(), toml::Value::Array(entries));
         }
         Ok(top)
     }
 }
 
 /// What of `value` differs from `base`, tables key by key; `None` when nothing does.
-fn changed(value: Value, base: Option<&Value>) -> Option<Value> {
+fn changed(value: toml::Value, base: Option<&toml::Value>) -> Option<toml::Value> {
     match (value, base) {
-        (Value::Table(table), Some(Value::Table(base))) => {
+        (toml::Value::Table(table), Some(toml::Value::Table(base))) => {
             let table: Table =
                 table.into_iter().filter_map(|(k, v)| Some((k.clone(), changed(v, base.get(&k))?))).collect();
-            (!table.is_empty()).then_some(Value::Table(table))
+            (!table.is_empty()).then_some(toml::Value::Table(table))
         }
         (value, base) => (Some(&value) != base).then_some(value),
     }

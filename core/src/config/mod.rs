@@ -13,17 +13,20 @@
 //! 5. command-line flags actually given.
 //!
 //! Each setting is described once: a field of [`MinerConfig`] (or of a section such as
-//! [`RuntimeSettings`]) whose type checks its value, with its default and its notes for
-//! operators in `config/default.toml` ([`defaults`]). [`layers`] merges the layers into one
-//! TOML tree that remembers where each key was set and deserializes it, so an error names
-//! the key, the value, what is expected and which layer set it (`invalid value "abc" for
-//! netuid (command-line flag --netuid): expected an integer 0..=65535`). A key this build
-//! does not know is an error, with the nearest known key suggested.
+//! [`RuntimeConfig`]) whose type checks its value, with its default and its notes for
+//! operators in `config/default.toml` ([`defaults`]). Each layer is a figment provider
+//! named after its origin; figment merges them and remembers which layer set each value,
+//! so an error names the key, the value, what is expected and which layer set it
+//! (`invalid value "abc" for netuid (command-line flag --netuid): expected an integer
+//! 0..=65535`). A key this build does not know is an error, with the nearest known key
+//! suggested. Variables and flags are text, read as numbers or booleans where a setting
+//! takes one (figment's lossy reading); files are typed (`netuid = "3"` is refused).
+//! A leading `~` in paths is expanded after reading.
 //!
 //! `[s3]` (how to reach and sign for the own bucket), `[runtime]` (tunables of the miner
 //! runtime) and `[data]` (where training text comes from) have no flags, as in the seed.
 //! Several miners can run in one process: each `[[miners]]` table (in a file only) names
-//! one, overriding a few top-level keys for it ([`MINER_KEYS`]); see
+//! one, overriding a few top-level keys for it (`miner::MinerOverrides`); see
 //! [`MinerConfig::instances`]. A layer that sets `[[miners]]` replaces the entries of lower
 //! layers as a whole.
 //!
@@ -35,27 +38,24 @@
 mod layers;
 mod miner;
 mod runtime;
-#[cfg(test)]
-mod tests;
 mod types;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
 use thiserror::Error;
 use tracing::warn;
 
 pub use self::layers::{ConfigSources, Origin};
-pub use self::miner::{MINER_KEYS, MINERS_DIR, MinerInstance};
-pub use self::runtime::RuntimeSettings;
+pub use self::miner::{MINERS_DIR, MinerInstance};
+pub use self::runtime::{RuntimeConfig, RuntimeSettings};
 pub use self::types::{
     DataSourceSpec, KeyName, LogFormat, MinerName, Profile, Region, Secret, TildeError, expand_tilde,
 };
-use self::types::{
-    dataset, hparams, label, listen, netuid, opt_label, opt_path, opt_positive, path, positive, seed, ws_url,
-};
+use self::types::{Dataset, Hparams, Label, Listen, Netuid, NonEmptyPath, Positive, Seed, WsUrl};
 use crate::chain::Network;
 use crate::hparams::HparamsSource;
 use crate::model::{AttentionKernel, ComputeOptions, Device, Precision};
@@ -106,11 +106,12 @@ pub fn default_of(key: &str) -> Option<String> {
 }
 
 /// The miner's effective configuration.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MinerConfig {
     /// Sequences per micro-batch (gradient accumulation step).
-    #[serde(deserialize_with = "positive")]
+    #[serde_as(deserialize_as = "Positive")]
     pub actual_batch_size: u32,
     pub wallet: WalletConfig,
     /// This miner's S3 bucket (committed on chain). With `[[miners]]` entries that all set
@@ -129,9 +130,9 @@ pub struct MinerConfig {
     pub recompute_activations: bool,
     pub use_wandb: bool,
     /// Weights & Biases project.
-    #[serde(deserialize_with = "label")]
+    #[serde_as(deserialize_as = "Label")]
     pub project: String,
-    #[serde(deserialize_with = "netuid")]
+    #[serde_as(deserialize_as = "Netuid")]
     pub netuid: u16,
     /// Read every UID's committed bucket, not only the own one.
     pub remote: bool,
@@ -152,18 +153,18 @@ pub struct MinerConfig {
     /// Accepted for compatibility; tessera updates by image or binary version.
     pub autoupdate: bool,
     pub subtensor: SubtensorConfig,
-    #[serde(default, deserialize_with = "opt_path")]
+    #[serde_as(deserialize_as = "Option<NonEmptyPath>")]
     pub checkpoint_path: Option<PathBuf>,
     /// The seed's pm2 process name; accepted, unused.
-    #[serde(default, deserialize_with = "opt_label")]
+    #[serde_as(deserialize_as = "Option<Label>")]
     pub process_name: Option<String>,
-    #[serde(deserialize_with = "hparams")]
+    #[serde_as(deserialize_as = "Hparams")]
     pub hparams: HparamsSource,
     /// Local state: the hparams cache, later checkpoints and slice caches.
-    #[serde(deserialize_with = "path")]
+    #[serde_as(deserialize_as = "NonEmptyPath")]
     pub state_dir: PathBuf,
     /// Tunables of the miner runtime (`[runtime]`).
-    pub runtime: RuntimeSettings,
+    pub runtime: RuntimeConfig,
     /// Where training text comes from (`[data]`).
     pub data: DataConfig,
     /// The miners of the `[[miners]]` entries (read apart: each entry is the top level with
@@ -172,47 +173,51 @@ pub struct MinerConfig {
     pub miners: Vec<MinerInstance>,
 }
 
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalletConfig {
     pub name: KeyName,
     pub hotkey: KeyName,
-    #[serde(deserialize_with = "path")]
+    #[serde_as(deserialize_as = "NonEmptyPath")]
     pub path: PathBuf,
 }
 
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubtensorConfig {
     pub network: Network,
     /// The configured endpoint, else (after loading, always set) the network's well-known one.
-    #[serde(default, deserialize_with = "ws_url")]
+    #[serde_as(deserialize_as = "Option<WsUrl>")]
     pub chain_endpoint: Option<String>,
 }
 
 /// `[metrics]`: where the Prometheus and health endpoints listen.
+#[serde_as]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port`, or `None` (written `"off"`) for no endpoint.
-    #[serde(with = "listen")]
+    #[serde_as(as = "Listen")]
     pub listen: Option<SocketAddr>,
 }
 
 /// Where training text comes from (`[data]`).
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub source: DataSourceSpec,
     /// Hugging Face dataset of the `huggingface` source; None = the data crate's default
     /// (the seed's).
-    #[serde(default, deserialize_with = "dataset")]
+    #[serde_as(deserialize_as = "Option<Dataset>")]
     pub dataset: Option<String>,
     /// Seed of the `synthetic` source.
-    #[serde(deserialize_with = "seed")]
+    #[serde_as(deserialize_as = "Seed")]
     pub synthetic_seed: u64,
     /// Pages a window trains on; None = the hparams' `validator_window_eval_size`.
-    #[serde(default, deserialize_with = "opt_positive")]
+    #[serde_as(deserialize_as = "Option<Positive>")]
     pub pages_per_window: Option<u32>,
 }
 
@@ -335,23 +340,50 @@ impl MinerConfig {
         Ok(Self::read(sources)?.0.log_format)
     }
 
-    /// The merged layers, deserialized, with the derived settings filled in, and the
+    /// The merged layers read, `~` expanded, the derived settings filled in and the
     /// `[[miners]]` entries read; and the layers, for the origins of cross-key errors.
     fn read(sources: &ConfigSources) -> Result<(Self, layers::Layers), ConfigError> {
-        let mut layers = sources.merged()?;
-        let entries = layers.tree.remove("miners");
-        let mut config = Self::from_tree(&layers, &layers.tree, "")?;
-        config.miners = layers.miners(entries, &config)?;
-        Ok((config, layers))
-    }
-
-    /// `tree` (at `at` in `layers`) deserialized, with the derived settings filled in.
-    fn from_tree(layers: &layers::Layers, tree: &toml::Table, at: &str) -> Result<Self, ConfigError> {
-        let mut config: Self = layers.read(tree, at)?;
+        let layers = sources.layers()?;
+        let mut config: Self = layers.figment.extract_lossy().map_err(|e| layers.error(&layers.figment, e, ""))?;
+        if let Ok(toml::Value::Table(typed)) = toml::Value::try_from(&config) {
+            layers.check_file_types(&typed, "")?;
+        }
+        config.expand_home(sources.home.as_deref(), &|key| (key.to_owned(), layers.origin(key)))?;
         if config.runtime.cache_dir.as_os_str().is_empty() {
             config.runtime.cache_dir = config.state_dir.join(SLICE_CACHE_DIR);
         }
-        Ok(config)
+        config.miners = layers.miners(&config, sources.home.as_deref())?;
+        Ok((config, layers))
+    }
+
+    /// Expands a leading `~` in every path setting; `locate` gives the key and the layer
+    /// of a setting for errors.
+    fn expand_home(
+        &mut self,
+        home: Option<&Path>,
+        locate: &dyn Fn(&str) -> (String, Origin),
+    ) -> Result<(), ConfigError> {
+        let expand = |key: &str, path: &mut PathBuf| {
+            let text = path.to_string_lossy().into_owned();
+            *path = expand_tilde(&text, home).map_err(|e| {
+                let ((key, origin), expected) = (locate(key), format!("a path ({e})"));
+                ConfigError::InvalidValue { key, value: format!("{text:?}"), expected, origin }
+            })?;
+            Ok::<_, ConfigError>(())
+        };
+        expand("wallet.path", &mut self.wallet.path)?;
+        expand("state_dir", &mut self.state_dir)?;
+        expand("runtime.cache_dir", &mut self.runtime.cache_dir)?;
+        if let Some(path) = &mut self.checkpoint_path {
+            expand("checkpoint_path", path)?;
+        }
+        if let HparamsSource::File(path) = &mut self.hparams {
+            expand("hparams", path)?;
+        }
+        if let DataSourceSpec::Local(path) = &mut self.data.source {
+            expand("data.source", path)?;
+        }
+        Ok(())
     }
 
     /// Rules across keys of one miner; `origin` finds where a key was set.
@@ -442,7 +474,7 @@ impl MinerConfig {
             sync_state: self.sync_state,
             batch_size: self.actual_batch_size as usize,
             pages_per_window: self.data.pages_per_window.unwrap_or(default_pages) as usize,
-            ..self.runtime.clone()
+            ..self.runtime.clone().settings()
         }
     }
 
@@ -482,3 +514,6 @@ fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase().replace('-', "_");
     SECRET_MARKERS.iter().any(|m| k.contains(m))
 }
+
+#[cfg(test)]
+mod tests;

@@ -155,7 +155,7 @@ fn defaults() -> MinerConfig {
         process_name: None,
         hparams: HparamsSource::BuiltIn,
         state_dir: PathBuf::from("/home/op/.tessera"),
-        runtime: RuntimeSettings {
+        runtime: RuntimeConfig {
             checkpoint_every: 10,
             download_concurrency: 16,
             peer_deadline: Duration::from_secs(30),
@@ -171,7 +171,6 @@ fn defaults() -> MinerConfig {
             clock_skew: Duration::from_secs(30),
             eval_every: 0,
             cache_dir: PathBuf::from("/home/op/.tessera/slice-cache"),
-            ..RuntimeSettings::default()
         },
         data: DataConfig {
             source: DataSourceSpec::HuggingFace,
@@ -917,7 +916,7 @@ fn runtime_and_data_defaults_helpers_and_spellings() {
     let rt = &c.runtime;
     assert_eq!(
         *rt,
-        RuntimeSettings { cache_dir: PathBuf::from("/home/op/.tessera/slice-cache"), ..RuntimeSettings::default() }
+        RuntimeConfig { cache_dir: PathBuf::from("/home/op/.tessera/slice-cache"), ..RuntimeConfig::default() }
     );
     assert_eq!(c.data, defaults().data);
     assert_eq!(
@@ -1356,4 +1355,33 @@ fn compute_options_are_settings_with_per_miner_overrides() {
     let file = write(dir.path(), "bad.toml", "[[miners]]\nattention = 3\n");
     let text = err(&ConfigSources { config_file: Some(file), ..with_bucket() });
     assert!(text.starts_with("invalid value 3 for miners[0].attention"), "{text}");
+}
+
+#[test]
+fn files_are_typed_while_variables_and_flags_are_text() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, start) in [
+        ("netuid = \"3\"", "invalid value \"3\" for netuid (config file "),
+        ("remote = 1", "invalid value 1 for remote (config file "),
+        ("remote = \"yes\"", "invalid value \"yes\" for remote (config file "),
+        ("[data]\npages_per_window = \"2\"", "invalid value \"2\" for data.pages_per_window (config file "),
+    ] {
+        let file = write(dir.path(), "typed.toml", toml);
+        let text = err(&ConfigSources { config_file: Some(file.clone()), ..with_bucket() });
+        assert!(text.starts_with(start) && text.contains("typed.toml"), "{toml}: {text}");
+        // A value a higher layer replaces is not read.
+        let s = ConfigSources { config_file: Some(file), env: env(&[("TESSERA__NETUID", "4")]), ..with_bucket() };
+        if toml.starts_with("netuid") {
+            assert_eq!(MinerConfig::load(&s).unwrap().netuid, 4);
+        }
+    }
+    let c = MinerConfig::load(&with_bucket_and(&[
+        ("TESSERA__REMOTE", "yes"),
+        ("TESSERA__DATA__PAGES_PER_WINDOW", "2"),
+        ("TESSERA__PROJECT", "5"),
+        ("TESSERA__WALLET__HOTKEY", "1"),
+    ]))
+    .unwrap();
+    assert!(c.remote);
+    assert_eq!((c.data.pages_per_window, c.project.as_str(), c.wallet.hotkey.as_str()), (Some(2), "5", "1"));
 }

@@ -1,7 +1,6 @@
 //! How each kind of value reads: it checks itself and says what it expects; the loader
 //! adds the key, the value and the layer.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -10,6 +9,7 @@ use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_with::{DeserializeAs, SerializeAs};
 
 use super::REDACTED;
 use crate::chain::{Network, is_ws_url};
@@ -55,6 +55,8 @@ text_value!(Endpoint, Endpoint::EXPECTED, |t| Endpoint::parse(t)
     .map_err(|why| format!("{} ({why})", Endpoint::EXPECTED)));
 text_value!(BucketName, "an S3 bucket name", |t| BucketName::parse(t)
     .map_err(|why| format!("an S3 bucket name: {} ({why})", BucketNameError::RULES)));
+text_value!(DataSourceSpec, DataSourceSpec::EXPECTED, |t| DataSourceSpec::parse(t)
+    .ok_or_else(|| DataSourceSpec::EXPECTED.to_owned()));
 
 /// A name-like setting: non-blank text that passes a rule.
 macro_rules! name_value {
@@ -122,28 +124,6 @@ fn no_spaces(s: &str) -> bool {
     !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// `deserialize_with` for `project` and `process_name`.
-pub(super) fn label<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let expected = "a non-empty project name or process name";
-    from_text(d, expected, |t| checked(t, expected, |_| true))
-}
-
-pub(super) fn opt_label<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    label(d).map(Some)
-}
-
-/// `deserialize_with` for `data.dataset`.
-pub(super) fn dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let expected = "a Hugging Face dataset name without spaces, e.g. \"HuggingFaceFW/fineweb-edu-score-2\"";
-    from_text(d, expected, |t| checked(t, expected, no_spaces)).map(Some)
-}
-
-/// `deserialize_with` for `subtensor.chain_endpoint`: a `ws://` or `wss://` URL.
-pub(super) fn ws_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let expected = "a ws:// or wss:// URL";
-    from_text(d, expected, |t| checked(t.trim(), expected, is_ws_url)).map(Some)
-}
-
 /// A key or token. `Debug` hides it; printed configuration replaces it with [`REDACTED`],
 /// which therefore is refused when read back.
 #[derive(Clone, PartialEq, Eq, Serialize)]
@@ -189,26 +169,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `metrics.listen`: `host:port`, or `None` (written `"off"`) for no endpoint.
-pub(super) mod listen {
-    use super::*;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let expected = "host:port (e.g. \"0.0.0.0:9464\") or \"off\"";
-        from_text(d, expected, |t| match t.trim() {
-            "off" => Ok(None),
-            addr => addr.parse().map(Some).map_err(|_| expected.to_owned()),
-        })
-    }
-
-    pub fn serialize<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match listen {
-            Some(addr) => s.collect_str(addr),
-            None => s.serialize_str("off"),
-        }
-    }
-}
-
 /// `data.source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSourceSpec {
@@ -250,52 +210,6 @@ impl fmt::Display for DataSourceSpec {
     }
 }
 
-text_value!(DataSourceSpec, DataSourceSpec::EXPECTED, |t| {
-    let text = home_path(t).map_err(|why| format!("{} ({why})", DataSourceSpec::EXPECTED))?;
-    DataSourceSpec::parse(&text.to_string_lossy()).ok_or_else(|| DataSourceSpec::EXPECTED.to_owned())
-});
-
-thread_local! {
-    /// The home directory `~` stands for while a configuration is being read.
-    static HOME: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
-}
-
-/// Runs `read` with `~` in path settings standing for `home`. Path values expand
-/// themselves as they are read, so that a bad one is reported at its own key.
-pub(super) fn with_home<T>(home: Option<&Path>, read: impl FnOnce() -> T) -> T {
-    HOME.with(|h| h.replace(home.map(Path::to_owned)));
-    let result = read();
-    HOME.with(|h| h.replace(None));
-    result
-}
-
-/// `text` as a path, a leading `~` expanded; refused when blank.
-fn home_path(text: &str) -> Result<PathBuf, String> {
-    if text.trim().is_empty() {
-        return Err("a non-empty path".into());
-    }
-    HOME.with(|h| expand_tilde(text, h.borrow().as_deref())).map_err(|e| format!("a path ({e})"))
-}
-
-/// `deserialize_with` for a `~`-expanded path.
-pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    from_text(d, "a non-empty path", home_path)
-}
-
-/// `deserialize_with` for an optional `~`-expanded path.
-pub(super) fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    path(d).map(Some)
-}
-
-/// `deserialize_with` for `hparams`: "builtin", an http(s) URL, or a `~`-expanded file.
-pub(super) fn hparams<'de, D: Deserializer<'de>>(d: D) -> Result<HparamsSource, D::Error> {
-    let expected = "a file path, an http:// or https:// URL, or \"builtin\"";
-    from_text(d, expected, |t| {
-        let text = home_path(t).map_err(|why| format!("{expected} ({why})"))?;
-        HparamsSource::parse(&text.to_string_lossy()).map_err(|e| format!("{expected} ({e})"))
-    })
-}
-
 /// Expands a leading `~` (alone or followed by `/`) to `home`.
 pub fn expand_tilde(path: &str, home: Option<&Path>) -> Result<PathBuf, TildeError> {
     let Some(rest) = path.strip_prefix('~') else { return Ok(PathBuf::from(path)) };
@@ -313,6 +227,77 @@ pub enum TildeError {
     OtherUser,
 }
 
+/// A `serde_with` adapter reading a setting whose Rust type alone does not say what it
+/// accepts (`Option<Adapter>` then reads the optional setting).
+macro_rules! adapter {
+    ($(#[$doc:meta])* $name:ident $(<const $c:ident: u64>)?: $ty:ty = |$d:ident| $read:expr) => {
+        $(#[$doc])*
+        pub(super) struct $name$(<const $c: u64>)?;
+
+        impl<'de $(, const $c: u64)?> DeserializeAs<'de, $ty> for $name$(<$c>)? {
+            fn deserialize_as<D: Deserializer<'de>>($d: D) -> Result<$ty, D::Error> {
+                $read
+            }
+        }
+    };
+}
+
+const LABEL: &str = "a non-empty project name or process name";
+const DATASET: &str = "a Hugging Face dataset name without spaces, e.g. \"HuggingFaceFW/fineweb-edu-score-2\"";
+const HPARAMS: &str = "a file path, an http:// or https:// URL, or \"builtin\"";
+
+adapter!(Label: String = |d| from_text(d, LABEL, |t| checked(t, LABEL, |_| true)));
+adapter!(Dataset: String = |d| from_text(d, DATASET, |t| checked(t, DATASET, no_spaces)));
+adapter!(
+    /// `subtensor.chain_endpoint`.
+    WsUrl: String = |d| from_text(d, "a ws:// or wss:// URL", |t| checked(t.trim(), "a ws:// or wss:// URL", is_ws_url))
+);
+adapter!(
+    /// A path, `~` not yet expanded (see `MinerConfig::expand_home`).
+    NonEmptyPath: PathBuf = |d| from_text(d, "a non-empty path", |t| checked(t, "a non-empty path", |_| true).map(PathBuf::from))
+);
+adapter!(Hparams: HparamsSource = |d| from_text(d, HPARAMS, |t| HparamsSource::parse(t).map_err(|e| format!("{HPARAMS} ({e})"))));
+adapter!(Positive: u32 = |d| integer(d, 1, u32::MAX.into(), "").map(|n| n as u32));
+adapter!(Netuid: u16 = |d| integer(d, 0, u16::MAX.into(), "").map(|n| n as u16));
+adapter!(Seed: u64 = |d| integer(d, 0, u64::MAX, "a seed, "));
+adapter!(Windows<const MIN: u64>: u64 = |d| integer(d, MIN, u64::MAX, "a number of windows, "));
+adapter!(
+    /// A duration in whole seconds, at least `MIN`.
+    Secs<const MIN: u64>: Duration = |d| integer(d, MIN, u64::MAX, "a number of seconds, ").map(Duration::from_secs)
+);
+adapter!(Millis: Duration = |d| integer(d, 1, u64::MAX, "a number of milliseconds, ").map(Duration::from_millis));
+adapter!(
+    /// `metrics.listen`: `host:port`, or `None` (written `"off"`) for no endpoint.
+    Listen: Option<SocketAddr> = |d| {
+        let expected = "host:port (e.g. \"0.0.0.0:9464\") or \"off\"";
+        from_text(d, expected, |t| match t.trim() {
+            "off" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| expected.to_owned()),
+        })
+    }
+);
+
+impl<const MIN: u64> SerializeAs<Duration> for Secs<MIN> {
+    fn serialize_as<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+impl SerializeAs<Duration> for Millis {
+    fn serialize_as<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl SerializeAs<Option<SocketAddr>> for Listen {
+    fn serialize_as<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match listen {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
 /// An integer in `min..=max` (at most TOML's largest, so printed configuration reads
 /// back); `what` says what it counts.
 fn integer<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64, what: &str) -> Result<u64, D::Error> {
@@ -321,41 +306,4 @@ fn integer<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64, what: &str) -> R
         .ok()
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| D::Error::custom(format!("{what}an integer {min}..={max}")))
-}
-
-/// `deserialize_with` for a count of at least 1.
-pub(super) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    integer(d, 1, u32::MAX.into(), "").map(|n| n as u32)
-}
-
-pub(super) fn opt_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    positive(d).map(Some)
-}
-
-pub(super) fn netuid<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    integer(d, 0, u16::MAX.into(), "").map(|n| n as u16)
-}
-
-pub(super) fn seed<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    integer(d, 0, u64::MAX, "a seed, ")
-}
-
-pub(super) fn windows<'de, D: Deserializer<'de>, const MIN: u64>(d: D) -> Result<u64, D::Error> {
-    integer(d, MIN, u64::MAX, "a number of windows, ")
-}
-
-pub(super) fn secs<'de, D: Deserializer<'de>, const MIN: u64>(d: D) -> Result<Duration, D::Error> {
-    integer(d, MIN, u64::MAX, "a number of seconds, ").map(Duration::from_secs)
-}
-
-pub(super) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    integer(d, 1, u64::MAX, "a number of milliseconds, ").map(Duration::from_millis)
-}
-
-pub(super) fn as_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_secs())
-}
-
-pub(super) fn as_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
