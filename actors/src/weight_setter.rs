@@ -23,6 +23,7 @@ use subxt_signer::sr25519::Keypair;
 use tessera_core::chain::{Chain, ChainError, CommitScheme, RevealTiming, WeightsPolicy};
 use tessera_core::hotkey::Hotkey;
 use tessera_core::validator::{ScoringParams, to_u16_weights};
+use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::context::{ActorKind, MinerContext, NodeRole, lock};
@@ -209,6 +210,23 @@ impl WeightSetterState {
     }
 }
 
+/// Why a weight submission failed, by cause.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("keeping the weight commit at {path}: {source}")]
+    PendingFile { path: PathBuf, source: std::io::Error },
+    #[error("encoding the weight commit: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("encrypting the timelocked weights: {0}")]
+    Timelock(#[from] tessera_core::chain::timelock::TimelockError),
+    #[error("the weights read back ({on_chain:?}) are not those sent ({sent:?})")]
+    NotConfirmed { on_chain: Vec<(u16, u16)>, sent: Vec<(u16, u16)> },
+    #[error("the subnet has commit-reveal enabled but the runtime offers no commit call this validator knows")]
+    NoCommitCall,
+}
+
 /// What a weight submission needs: the chain, the validator's identity, where a pending
 /// hash commit is kept. The WeightSetter's chain side, usable on its own (tests drive it
 /// against the real runtime).
@@ -226,7 +244,7 @@ pub struct WeightsSubmitter<'a> {
 
 impl WeightsSubmitter<'_> {
     /// Sets (or commits) the weights if the rate limit allows.
-    pub async fn submit(&self, uids: Vec<u16>, weights: Vec<u16>) -> Result<SubmitOutcome, ChainError> {
+    pub async fn submit(&self, uids: Vec<u16>, weights: Vec<u16>) -> Result<SubmitOutcome, WeightsError> {
         let (chain, netuid) = (self.chain, self.netuid);
         let policy = chain.weights_policy(netuid).await?;
         let now = chain.latest_block().await?.number;
@@ -259,15 +277,11 @@ impl WeightsSubmitter<'_> {
                     )
                 } else {
                     tessera_core::chain::timelock::encrypt_weights(&uids, &weights, policy.version_key, round)
-                }
-                .map_err(|e| ChainError::Invalid(e.to_string()))?;
+                }?;
                 chain.commit_timelocked_weights(netuid, self.signer, &ciphertext, round).await?;
                 Ok(SubmitOutcome::Committed { block: now })
             }
-            None => Err(ChainError::Invalid(
-                "the subnet has commit-reveal enabled but the runtime offers no commit call this validator knows"
-                    .into(),
-            )),
+            None => Err(WeightsError::NoCommitCall),
         }
     }
 
@@ -277,7 +291,7 @@ impl WeightsSubmitter<'_> {
         uids: Vec<u16>,
         weights: Vec<u16>,
         now: u64,
-    ) -> Result<SubmitOutcome, ChainError> {
+    ) -> Result<SubmitOutcome, WeightsError> {
         let (chain, netuid) = (self.chain, self.netuid);
         let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
         let hash =
@@ -288,7 +302,7 @@ impl WeightsSubmitter<'_> {
         self.save_pending(&pending)?;
         if let Err(e) = chain.commit_weights(netuid, self.signer, hash).await {
             self.remove_pending();
-            return Err(e);
+            return Err(e.into());
         }
         let commits = chain.weight_commits(netuid, &self.hotkey).await?;
         if let Some(found) = commits.iter().find(|c| c.hash == hash) {
@@ -315,7 +329,7 @@ impl WeightsSubmitter<'_> {
     }
 
     /// Reveals a pending hash commit in its reveal epoch, then confirms the weights.
-    pub async fn reveal(&self, pending: PendingCommit) -> Result<SubmitOutcome, ChainError> {
+    pub async fn reveal(&self, pending: PendingCommit) -> Result<SubmitOutcome, WeightsError> {
         let (chain, netuid) = (self.chain, self.netuid);
         let policy = chain.weights_policy(netuid).await?;
         let now = chain.latest_block().await?.number;
@@ -350,25 +364,21 @@ impl WeightsSubmitter<'_> {
 
     /// Reads the weights back: the chain holds what was sent (it may rescale so that the
     /// largest is 65535, which ours already is).
-    async fn confirm(&self, uids: &[u16], weights: &[u16]) -> Result<(), ChainError> {
+    async fn confirm(&self, uids: &[u16], weights: &[u16]) -> Result<(), WeightsError> {
         let mut on_chain = self.chain.weights(self.netuid, self.uid).await?;
         on_chain.sort_unstable();
         let mut sent: Vec<(u16, u16)> = uids.iter().copied().zip(weights.iter().copied()).collect();
         sent.sort_unstable();
         let close = on_chain.len() == sent.len()
             && on_chain.iter().zip(&sent).all(|(a, b)| a.0 == b.0 && a.1.abs_diff(b.1) <= 1);
-        if close {
-            Ok(())
-        } else {
-            Err(ChainError::Invalid(format!("the weights read back ({on_chain:?}) are not those sent ({sent:?})")))
-        }
+        if close { Ok(()) } else { Err(WeightsError::NotConfirmed { on_chain, sent }) }
     }
 
-    fn save_pending(&self, pending: &PendingCommit) -> Result<(), ChainError> {
+    fn save_pending(&self, pending: &PendingCommit) -> Result<(), WeightsError> {
         let Some(path) = &self.pending_path else { return Ok(()) };
-        let json = serde_json::to_vec_pretty(pending).map_err(|e| ChainError::Invalid(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(pending)?;
         tessera_core::fsutil::write_atomic(path, &json)
-            .map_err(|e| ChainError::Invalid(format!("keeping the weight commit at {}: {e}", path.display())))
+            .map_err(|source| WeightsError::PendingFile { path: path.clone(), source })
     }
 
     fn remove_pending(&self) {
