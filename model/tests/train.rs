@@ -147,3 +147,37 @@ fn slices_can_be_applied_between_optimizer_steps() {
     }
     assert_eq!(trainer.step_count(), 3);
 }
+
+/// A training step gives the same model to the bit whichever buffers the allocator hands
+/// out: two honest miners with the same inputs must hold the same model. burn's SIMD
+/// kernels broke this (an estimated `recip` in aligned vector bodies, an exact one in the
+/// scalar heads and tails; docs/DESIGN.md §8), so the CPU backend runs without them.
+#[test]
+fn a_training_step_is_bit_reproducible_whatever_the_allocator_hands_out() {
+    let config = LlamaConfig::new(64, 64, 128, 2, 4, 2, 64);
+    let (tokens, mask) = counting_batch(64, 4, 32, 1);
+    let trained_bits = |shift: usize| -> Vec<u32> {
+        // Allocations of odd sizes first, so the model's buffers land elsewhere.
+        let pad: Vec<Vec<u8>> = (0..shift).map(|k| vec![k as u8; 1 + (k * 131 + shift) % 4093]).collect();
+        let model = initialize::<B>(&config, 5, &Default::default()).unwrap();
+        let mut trainer = Trainer::new(model, settings(3e-3, Some(1.0)));
+        for _ in 0..2 {
+            trainer.accumulate(TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 4, seq_len: 32 }).unwrap();
+            trainer.step().unwrap();
+        }
+        drop(pad);
+        let model = trainer.model();
+        (0..model.num_params()).flat_map(|i| model.param_values(i).unwrap()).map(f32::to_bits).collect()
+    };
+    let first = trained_bits(0);
+    for shift in [1, 7, 33, 120] {
+        let again = trained_bits(shift);
+        let differing = first.iter().zip(&again).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "{differing} of {} parameters differ after the allocator moved ({shift})",
+            first.len()
+        );
+    }
+}
