@@ -4,7 +4,7 @@
 //! bounded concurrency, a deadline per object, and peers that keep failing skipped for a
 //! while. Byte-level validation belongs to the reader (StateSyncer).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tessera_core::hotkey::Hotkey;
 use tessera_core::slice::{Exchange, ObjectKey, SliceKind, max_encoded_len};
-use tessera_core::storage::{BucketClient, BucketLocation, CacheEntry, ObjectInfo};
+use tessera_core::storage::{BucketClient, BucketLocation, CacheEntry, ObjectInfo, StorageError};
 use tessera_core::window::Window;
 use tracing::{debug, warn};
 
-use crate::context::{ActorKind, MinerContext, lock};
+use crate::context::{ActorKind, MinerContext, PeerView, lock};
 use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg};
 use crate::stats::MinerStats;
 
@@ -105,9 +105,29 @@ struct Candidate {
     info: ObjectInfo,
 }
 
+/// Every usable `kind` object of `window`: the buckets listed, each object admitted or
+/// refused by name, signer, size and time, then fetched into the cache.
 async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: SliceKind, window: Window) -> FetchOutcome {
     let mut outcome = FetchOutcome::default();
-    let prefix = ObjectKey::prefix(kind, window);
+    let listings = list_buckets(ctx, health, &ObjectKey::prefix(kind, window)).await;
+    let mut candidates = admit_listed(ctx, health, kind, window, listings, &mut outcome);
+    let max_peers = ctx.network.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
+    if let Some(k) = max_peers {
+        let before = candidates.len();
+        candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
+        debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
+    }
+    fetch_candidates(ctx, health, kind, window, candidates, &mut outcome).await;
+    // Same order for everyone: the mean does not depend on arrival order.
+    outcome.slices.sort_by(|a, b| (a.key.hotkey.0, &a.bucket).cmp(&(b.key.hotkey.0, &b.bucket)));
+    outcome
+}
+
+type Listing =
+    (BucketLocation, BucketClient, Result<Result<Vec<ObjectInfo>, StorageError>, tokio::time::error::Elapsed>);
+
+/// Lists `prefix` in every bucket this node reads, but peers skipped for failing.
+async fn list_buckets(ctx: &MinerContext, health: &Mutex<PeerHealth>, prefix: &str) -> Vec<Listing> {
     let buckets: Vec<BucketLocation> = ctx
         .buckets_to_read()
         .into_iter()
@@ -120,11 +140,11 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
         })
         .collect();
     let own = ctx.own_location().clone();
-    let listings = futures::stream::iter(buckets.into_iter().map(|bucket| {
+    futures::stream::iter(buckets.into_iter().map(|bucket| {
         let client =
             if bucket == own { ctx.storage.own_bucket.clone() } else { ctx.storage.peer_clients.client(&bucket) };
-        let prefix = prefix.clone();
-        let deadline = ctx.settings.peer_deadline;
+        let prefix = prefix.to_owned();
+        let deadline = ctx.deadlines().transfer();
         async move {
             let listed = tokio::time::timeout(deadline, client.list(&prefix)).await;
             (bucket, client, listed)
@@ -132,12 +152,27 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
     }))
     .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
-    .await;
+    .await
+}
 
-    let max_bytes = max_encoded_len(ctx.slice_value_count()) as u64;
-    let bounds = ctx.upload_bounds(kind, window);
-    let view = ctx.peer_view();
-    let committers = ctx.settings.remote.then(|| ctx.committers_by_bucket());
+/// The listed objects worth fetching; failed listings and refused objects are counted.
+fn admit_listed(
+    ctx: &MinerContext,
+    health: &Mutex<PeerHealth>,
+    kind: SliceKind,
+    window: Window,
+    listings: Vec<Listing>,
+    outcome: &mut FetchOutcome,
+) -> Vec<Candidate> {
+    let rules = Admission {
+        kind,
+        window,
+        version: ctx.exchange().protocol_version(),
+        max_bytes: max_encoded_len(ctx.slice_value_count()) as u64,
+        bounds: ctx.upload_bounds(kind, window),
+        view: ctx.peer_view(),
+        committers: ctx.settings.remote.then(|| ctx.committers_by_bucket()),
+    };
     let mut candidates = Vec::new();
     for (bucket, client, listed) in listings {
         let name = bucket.to_string();
@@ -155,33 +190,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             }
         };
         for info in objects {
-            let refusal = (|| {
-                let key = ObjectKey::from_str(&info.key).map_err(|_| "bad_key")?;
-                if key.version != ctx.exchange().protocol_version() {
-                    return Err("other_version");
-                }
-                if key.kind != kind || key.window != window {
-                    return Err("bad_key");
-                }
-                if view.refreshed_ms > 0 && !view.registered.contains(&key.hotkey) {
-                    return Err("unregistered_hotkey");
-                }
-                if let Some(committers) = &committers
-                    && !committers.get(&name).is_some_and(|set| set.contains(&key.hotkey))
-                {
-                    return Err("foreign_bucket");
-                }
-                if info.size > max_bytes {
-                    return Err("too_large");
-                }
-                match (bounds, info.last_modified_ms) {
-                    (Some((lo, hi)), Some(t)) if t < lo || t > hi => return Err("outside_window_time"),
-                    (Some(_), None) => return Err("outside_window_time"),
-                    _ => {}
-                }
-                Ok(key)
-            })();
-            match refusal {
+            match rules.admit(&name, &info) {
                 Ok(key) => candidates.push(Candidate { bucket: bucket.clone(), client: client.clone(), key, info }),
                 Err(reason) => {
                     debug!(miner = %ctx.id.name, bucket = %name, key = %info.key, reason, "refusing a listed object");
@@ -191,13 +200,60 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             }
         }
     }
+    candidates
+}
 
-    let max_peers = ctx.network.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
-    if let Some(k) = max_peers {
-        let before = candidates.len();
-        candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
-        debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
+/// What a listed object must be to be fetched.
+struct Admission {
+    kind: SliceKind,
+    window: Window,
+    version: u16,
+    max_bytes: u64,
+    bounds: Option<(i64, i64)>,
+    view: Arc<PeerView>,
+    committers: Option<HashMap<String, HashSet<Hotkey>>>,
+}
+
+impl Admission {
+    /// The object's key, or why it is refused (a rejection reason of the stats).
+    fn admit(&self, bucket: &str, info: &ObjectInfo) -> Result<ObjectKey, &'static str> {
+        let key = ObjectKey::from_str(&info.key).map_err(|_| "bad_key")?;
+        if key.version != self.version {
+            return Err("other_version");
+        }
+        if key.kind != self.kind || key.window != self.window {
+            return Err("bad_key");
+        }
+        if self.view.refreshed_ms > 0 && !self.view.registered.contains(&key.hotkey) {
+            return Err("unregistered_hotkey");
+        }
+        if let Some(committers) = &self.committers
+            && !committers.get(bucket).is_some_and(|set| set.contains(&key.hotkey))
+        {
+            return Err("foreign_bucket");
+        }
+        if info.size > self.max_bytes {
+            return Err("too_large");
+        }
+        match (self.bounds, info.last_modified_ms) {
+            (Some((lo, hi)), Some(t)) if t < lo || t > hi => Err("outside_window_time"),
+            (Some(_), None) => Err("outside_window_time"),
+            _ => Ok(key),
+        }
     }
+}
+
+/// Fetches the admitted objects into the cache (bounded concurrency, each within its
+/// transfer deadline); a failing peer is recorded.
+async fn fetch_candidates(
+    ctx: &MinerContext,
+    health: &Mutex<PeerHealth>,
+    kind: SliceKind,
+    window: Window,
+    candidates: Vec<Candidate>,
+    outcome: &mut FetchOutcome,
+) {
+    let max_bytes = max_encoded_len(ctx.slice_value_count()) as u64;
     let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
     let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
         crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.id.name), true)
@@ -213,14 +269,13 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             .storage
             .cache
             .get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
-        let result = tokio::time::timeout(ctx.settings.peer_deadline, fetch).await;
+        let result = tokio::time::timeout(ctx.deadlines().transfer(), fetch).await;
         bar.inc(c.info.size);
         (c, result)
     }))
     .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
     .await;
-
     bar.finish_and_clear();
     for (c, result) in fetched {
         let name = c.bucket.to_string();
@@ -250,9 +305,6 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
             }
         }
     }
-    // Same order for everyone: the mean does not depend on arrival order.
-    outcome.slices.sort_by(|a, b| (a.key.hotkey.0, &a.bucket).cmp(&(b.key.hotkey.0, &b.bucket)));
-    outcome
 }
 
 /// At most `k` of `items`: the own one, then the others in an order drawn per miner and
