@@ -114,3 +114,33 @@ async fn the_validator_scores_sets_weights_and_keeps_its_scores_through_panics_a
     );
     net.shutdown().await;
 }
+
+/// A lockstep devnet waits for the validator's weights only while the chain accepts them:
+/// under a rate limit longer than a window it still ends its windows (the limit counts
+/// blocks, which lockstep builds the same every run), holds its clock, and the weights
+/// set are those of the last scores the limit let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lockstep_devnet_ends_its_windows_under_a_weights_rate_limit() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = DevnetOptions::new(dir.path()).unwrap();
+    options.name_prefix = "ls-".to_owned();
+    options.miners = 2;
+    options.validator = true;
+    options.lockstep = true;
+    options.lockstep_windows = Some(6);
+    options.block_time = Duration::from_millis(20);
+    options.settings = tessera_actors::devnet::devnet_settings(options.block_time);
+    options.settings.fixed_micro_batches = 1;
+    let net = Devnet::start(options).await.unwrap();
+    // Five blocks between settings: more than a window of two blocks.
+    net.chain.set_weights_rate_limit(5);
+    wait_until("the lockstep clock to hold after its windows", || net.lockstep_held()).await;
+    let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
+    assert!(nodes.iter().all(|m| MinerStats::get(&m.telemetry.stats.windows_completed) >= 6));
+    let validator = nodes.iter().find(|m| m.is_validator()).expect("a validator");
+    let stats = validator.validator_stats().expect("a validator");
+    assert!(MinerStats::get(&stats.weights_set) >= 1, "no weights set in 6 windows");
+    assert!(MinerStats::get(&stats.weights_rate_limited) >= 1, "the rate limit never held the weights back");
+    net.shutdown().await;
+}

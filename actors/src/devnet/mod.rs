@@ -247,7 +247,7 @@ async fn drive_lockstep(
             continue;
         }
         let deadline = tokio::time::Instant::now() + LOCKSTEP_WAIT_LIMIT;
-        while !miners.iter().all(|m| window_settled(m, window)) {
+        while !all_settled(&chain, &miners, window).await {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(window, "lockstep: a miner did not finish the window in time; moving on");
                 break;
@@ -263,23 +263,46 @@ async fn drive_lockstep(
     }
 }
 
-/// Whether a node is done with `window` as the lockstep clock sees it: its summary
+/// Whether every node is done with `window` as the lockstep clock sees it: its summary
 /// recorded, its uploads out of the queue, and (a validator) the weights of its last
-/// scores confirmed on chain — so the weights set never depend on how fast it ran.
-fn window_settled(node: &MinerContext, window: Window) -> bool {
-    let s = &node.telemetry.stats;
-    if node.is_stopping() {
-        return true;
-    }
-    let trained = s.last_window().is_some_and(|w| w.window >= window)
-        && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested);
-    let weights_set = node.validator.as_ref().is_none_or(|v| match v.stats.last_window() {
-        Some(scored) if scored.uids.iter().any(|u| u.weight > 0.0) => {
-            v.stats.weights_from_window().is_some_and(|w| w >= scored.window)
+/// scores confirmed on chain whenever the chain lets them be set now — so the weights set
+/// never depend on how fast a node ran. (Under a rate limit or commit-reveal the weights
+/// can change only after more blocks, which the lockstep clock counts the same every run.)
+async fn all_settled(chain: &DevChain, nodes: &[Arc<MinerContext>], window: Window) -> bool {
+    for node in nodes {
+        let s = &node.telemetry.stats;
+        if node.is_stopping() {
+            continue;
         }
-        _ => true,
-    });
-    trained && weights_set
+        let trained = s.last_window().is_some_and(|w| w.window >= window)
+            && MinerStats::get(&s.uploads_settled) >= MinerStats::get(&s.uploads_requested);
+        if !trained || (weights_behind(node) && weights_settable_now(chain, node).await) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A validator whose latest scores earn weight that the chain does not hold yet.
+fn weights_behind(node: &MinerContext) -> bool {
+    let Some(stats) = node.validator_stats() else { return false };
+    match stats.last_window() {
+        Some(scored) if scored.uids.iter().any(|u| u.weight > 0.0) => {
+            stats.weights_from_window().is_none_or(|w| w < scored.window)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the chain accepts this validator's weights set directly at its head.
+async fn weights_settable_now(chain: &DevChain, node: &MinerContext) -> bool {
+    let (netuid, uid) = (node.id.netuid, node.id.uid);
+    let (Ok(policy), Ok(head), Ok(last)) =
+        (chain.weights_policy(netuid).await, chain.latest_block().await, chain.last_weights_block(netuid, uid).await)
+    else {
+        return false;
+    };
+    !policy.commit_reveal && tessera_core::chain::weights::blocks_until_allowed(&policy, last, head.number) == 0
 }
 
 /// What every devnet node shares: the chain, the S3 server's keys and transfer options,
