@@ -209,7 +209,18 @@ fn book(ctx: &MinerContext, validator: &ValidatorState) -> Result<ScoreBook, Run
         return Ok(book);
     }
     let loaded = match scores_path(ctx) {
-        Some(path) => ScoreBook::load(&path)?,
+        Some(path) => {
+            let (loaded, aside) = ScoreBook::load_or_set_aside(&path)?;
+            if let Some(aside) = aside {
+                warn!(
+                    miner = %ctx.id.name,
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    "the validator's scores file was damaged: moved aside, scoring starts again from zero"
+                );
+            }
+            loaded
+        }
         None => None,
     };
     if let Some(book) = &loaded {

@@ -300,6 +300,29 @@ impl ScoreBook {
         }
         Ok(Some(book))
     }
+
+    /// The book at `path` as [`ScoreBook::load`] reads it, except that a damaged one (not
+    /// a scores file of this version) is renamed to `<path>.damaged-<unix secs>` and `None`
+    /// returned with the new path: scoring resumes from zero instead of failing every
+    /// window, and the file is kept for the operator. An unreadable file stays an error.
+    pub fn load_or_set_aside(path: &Path) -> Result<(Option<Self>, Option<std::path::PathBuf>), ScoreError> {
+        match Self::load(path) {
+            Ok(book) => Ok((book, None)),
+            Err(ScoreError::Format { .. }) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".damaged-{secs}"));
+                let aside = std::path::PathBuf::from(aside);
+                std::fs::rename(path, &aside)
+                    .map_err(|e| ScoreError::Write { path: path.display().to_string(), reason: e.to_string() })?;
+                Ok((None, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Weights as the chain takes them: the largest scaled to 65535, the others in
@@ -520,5 +543,21 @@ mod tests {
         assert!(err.contains("scores.json") && err.contains("not a scores file"), "{err}");
         std::fs::write(&path, text.replace("\"format\": 1", "\"format\": 9")).unwrap();
         assert!(ScoreBook::load(&path).unwrap_err().to_string().contains("format 9"));
+    }
+
+    #[test]
+    fn a_damaged_scores_file_is_set_aside_and_scoring_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.json");
+        assert_eq!(ScoreBook::load_or_set_aside(&path).unwrap(), (None, None));
+        book_of(2).save(&path).unwrap();
+        let (kept, aside) = ScoreBook::load_or_set_aside(&path).unwrap();
+        assert!(kept.is_some() && aside.is_none());
+        std::fs::write(&path, b"{ not json").unwrap();
+        let (book, aside) = ScoreBook::load_or_set_aside(&path).unwrap();
+        let aside = aside.expect("the damaged file was moved aside");
+        assert!(book.is_none() && !path.exists(), "the damaged file is no longer in the way");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{ not json", "the damaged file is kept for the operator");
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("scores.json.damaged-"));
     }
 }
