@@ -111,8 +111,7 @@ async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: Slic
     let mut outcome = FetchOutcome::default();
     let listings = list_buckets(ctx, health, &ObjectKey::prefix(kind, window)).await;
     let mut candidates = admit_listed(ctx, health, kind, window, listings, &mut outcome);
-    let max_peers = ctx.network.hparams.exchange_max_peers.filter(|&k| k > 0 && ctx.exchange() == Exchange::Update);
-    if let Some(k) = max_peers {
+    if let Some(k) = peer_bound(ctx.exchange(), ctx.network.hparams.exchange_max_peers, ctx.is_validator()) {
         let before = candidates.len();
         candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
         debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
@@ -307,6 +306,13 @@ async fn fetch_candidates(
     }
 }
 
+/// How many peers' slices a node reads: `exchange_max_peers` bounds a miner under the
+/// update exchange; a validator reads every miner, since one it did not read would be
+/// scored missing.
+fn peer_bound(exchange: Exchange, max_peers: Option<u32>, validator: bool) -> Option<u32> {
+    max_peers.filter(|&k| k > 0 && exchange == Exchange::Update && !validator)
+}
+
 /// At most `k` of `items`: the own one, then the others in an order drawn per miner and
 /// window (BLAKE3 of both hotkeys, kind and window), so every miner reads its own bounded,
 /// changing subset of the network and no peer can make itself always read.
@@ -346,6 +352,15 @@ fn peer_failed(ctx: &MinerContext, health: &Mutex<PeerHealth>, bucket: &str, err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_miner_under_the_update_exchange_reads_a_bounded_set_of_peers() {
+        assert_eq!(peer_bound(Exchange::Update, Some(3), false), Some(3));
+        assert_eq!(peer_bound(Exchange::Update, Some(3), true), None, "a validator reads every miner");
+        assert_eq!(peer_bound(Exchange::Seed, Some(3), false), None);
+        assert_eq!(peer_bound(Exchange::Update, Some(0), false), None);
+        assert_eq!(peer_bound(Exchange::Update, None, false), None);
+    }
 
     #[test]
     fn a_bounded_subset_keeps_the_own_slice_and_varies_by_window() {

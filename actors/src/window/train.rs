@@ -21,8 +21,10 @@ use crate::stats::MinerStats;
 
 /// Purpose of a `--random` miner's keyed page draw (`LoadedHotkey::private_seed`).
 const RANDOM_PAGES_PURPOSE: &str = "miner random pages";
-/// Mixed into the window for the sample-rate coin (the seed's adaptive skipping).
-const SKIP_COIN_SALT: u64 = 0x07e5_5e7a;
+/// Purpose of the sample-rate coin's keyed draw (the seed's adaptive skipping): from the
+/// node's own key and the window, so miners do not all skip the same micro-batches (and
+/// so not all the ones a validator scores), and a run repeats.
+const SKIP_COIN_PURPOSE: &str = "miner skip coin";
 
 /// Taken when the window's task starts, before anything waits.
 pub(super) struct Started {
@@ -82,12 +84,13 @@ pub(super) async fn run(
         _ => batches.len(),
     };
     let train_batches = batches.clone();
+    let coin_seed = ctx.id.hotkey.private_seed(SKIP_COIN_PURPOSE, &window.to_le_bytes());
     let train_started = Instant::now();
     let (report, rate) = run
         .engine
         .run(move |ops| {
             let mut rate = rate;
-            let mut rng = StdRng::seed_from_u64(window ^ SKIP_COIN_SALT);
+            let mut rng = StdRng::from_seed(coin_seed);
             let window_ended = || {
                 stop_ctx.faults.maybe_panic_engine();
                 // With fixed compute the clock waits for the miners, not the reverse.
