@@ -105,6 +105,15 @@ fn fold(ctx: &MinerContext, kind: SliceKind, window: Window, fetched: &FetchOutc
         }
     }
     MinerStats::add(&ctx.telemetry.stats.slices_averaged, u64::from(outcome.accepted));
-    outcome.mean = acc.finish().map(Arc::new);
+    outcome.mean = match acc.finish_finite() {
+        Ok(mean) => mean.map(Arc::new),
+        Err(e) => {
+            // Not applied: the model stays finite; the window goes on without this average.
+            let peers: Vec<String> = fetched.slices.iter().map(|s| s.key.hotkey.to_ss58()).collect();
+            warn!(miner = %ctx.id.name, %kind, window, error = %e, peers = peers.join(","), "refused a non-finite mean");
+            ctx.telemetry.stats.reject("non_finite_mean");
+            None
+        }
+    };
     outcome
 }

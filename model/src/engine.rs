@@ -35,6 +35,8 @@ pub enum EngineError {
     SliceLength { expected: usize, found: usize },
     #[error("the model's parameters: {0}")]
     Param(String),
+    #[error("a slice to write holds a non-finite value ({value} at position {position}); the model is unchanged")]
+    NonFinite { position: usize, value: f32 },
 }
 
 /// The model operations the rest of the system may ask for; none exposes the backend type.
@@ -77,13 +79,17 @@ impl<B: TrainBackend> Engine<B> {
         if indices.num_params() != self.trainer.model().num_params() {
             return Err(EngineError::Param("slice indices are for another model".into()));
         }
+        // A non-finite value would spread through every later step: refused before any write.
+        if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::NonFinite { position, value: values[position] });
+        }
         Ok(())
     }
 
     /// Checks a slice against the model, then writes it with `scatter` (set or add).
     fn edit(&mut self, indices: &SliceIndices, values: &[f32], scatter: Scatter<B>) -> Result<(), EngineError> {
         self.check(indices, values)?;
-        // Lengths and layout are checked above, which are scatter's only failure cases.
+        // Lengths, layout and finiteness are checked above, which are scatter's only failure cases.
         self.trainer.replace_model(|m| match scatter(m, indices, values) {
             Ok(m) => m,
             Err(e) => panic!("writing a slice failed after its inputs were checked: {e}"),

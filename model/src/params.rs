@@ -25,7 +25,7 @@ const LAYER_FIELDS: [&str; 9] = [
 ];
 const PER_LAYER: usize = LAYER_FIELDS.len();
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum ParamError {
     #[error("parameter position {index} does not exist (the model has {count})")]
     NoSuchParam { index: usize, count: usize },
@@ -35,6 +35,8 @@ pub enum ParamError {
     NoSuchName(String),
     #[error("the slice layout has {found} parameters, the model {expected}")]
     LayoutMismatch { expected: usize, found: usize },
+    #[error("a non-finite value ({value}) at position {position} of the slice")]
+    NonFinite { position: usize, value: f32 },
 }
 
 /// A canonical parameter, whatever its rank.
@@ -226,6 +228,9 @@ impl<B: Backend> Llama<B> {
                 expected: indices.total_len(),
                 found: values.len(),
             });
+        }
+        if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ParamError::NonFinite { position, value: values[position] });
         }
         let device = self.embed_tokens.val().device();
         let offsets = indices.offsets();

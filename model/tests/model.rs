@@ -95,6 +95,24 @@ fn gather_and_scatter_agree_with_host_extract_and_touch_only_slice_positions() {
     }
 }
 
+/// A peer's non-finite value would spread through every later step: refused, naming
+/// where it is.
+#[test]
+fn a_slice_with_a_non_finite_value_is_refused() {
+    let config = tiny(2);
+    let layout = ParamLayout::llama(&config.shape()).unwrap();
+    let indices = SliceIndices::compute(&layout, 3, 7).unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut values = vec![0.25f32; indices.total_len()];
+        values[17] = bad;
+        let model = initialize::<B>(&config, 5, &Default::default()).unwrap();
+        let Err(err) = model.clone().scatter(&indices, &values) else { panic!("{bad} written") };
+        assert!(matches!(err, tessera_model::ParamError::NonFinite { position: 17, .. }), "{err}");
+        let Err(err) = model.scatter_add(&indices, &values) else { panic!("{bad} added") };
+        assert!(matches!(err, tessera_model::ParamError::NonFinite { position: 17, .. }), "{err}");
+    }
+}
+
 #[test]
 fn wrong_layouts_and_lengths_are_errors() {
     let model = initialize::<B>(&tiny(4), 5, &Default::default()).unwrap();

@@ -8,10 +8,12 @@ use thiserror::Error;
 
 use super::wire::SliceView;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum AggregateError {
     #[error("slice has {found} values, the accumulator {expected}")]
     LengthMismatch { expected: usize, found: usize },
+    #[error("the mean is not finite at position {position} ({value}): a slice's values overflowed the sum")]
+    NonFiniteMean { position: usize, value: f32 },
 }
 
 /// Running sum of slices of one kind and window.
@@ -60,6 +62,17 @@ impl MeanAccumulator {
         let inv = 1.0 / self.count as f32;
         self.sum.iter_mut().for_each(|v| *v *= inv);
         Some(self.sum)
+    }
+
+    /// [`Self::finish`], refusing a mean that is not finite everywhere (finite slices whose
+    /// sum overflows, e.g. two peers' values near ±3.4e38): applying it would make every
+    /// later loss non-finite.
+    pub fn finish_finite(self) -> Result<Option<Vec<f32>>, AggregateError> {
+        let Some(mean) = self.finish() else { return Ok(None) };
+        match mean.iter().position(|v| !v.is_finite()) {
+            Some(position) => Err(AggregateError::NonFiniteMean { position, value: mean[position] }),
+            None => Ok(Some(mean)),
+        }
     }
 }
 
@@ -138,5 +151,22 @@ mod tests {
         let view = decode(&bytes, &expected()).unwrap();
         assert_eq!(acc.add(&view), Err(AggregateError::LengthMismatch { expected: 5, found: N }));
         assert_eq!(acc.count(), 0);
+    }
+
+    #[test]
+    fn a_mean_that_overflows_is_refused_and_a_finite_one_kept() {
+        let mut acc = MeanAccumulator::new(4);
+        acc.add_values(&[1.0, f32::MAX, 0.0, 2.0]).unwrap();
+        acc.add_values(&[3.0, f32::MAX, 0.0, 2.0]).unwrap();
+        assert_eq!(
+            acc.finish_finite(),
+            Err(AggregateError::NonFiniteMean { position: 1, value: f32::INFINITY }),
+            "two finite values near the f32 limit sum to inf"
+        );
+        let mut acc = MeanAccumulator::new(2);
+        acc.add_values(&[1.0, -3.0e38]).unwrap();
+        acc.add_values(&[3.0, 3.0e38]).unwrap();
+        assert_eq!(acc.finish_finite(), Ok(Some(vec![2.0, 0.0])));
+        assert_eq!(MeanAccumulator::new(2).finish_finite(), Ok(None));
     }
 }
