@@ -11,7 +11,6 @@ use tessera_data::{
     TextTokenizer, WindowData, WindowSpec,
 };
 use tessera_model::evaluate::{ModelFile, evaluate_file, model_config};
-use tessera_model::train::TokenBatch;
 
 use crate::cli::EvalArgs;
 
@@ -81,16 +80,7 @@ pub async fn run(args: EvalArgs) -> Result<()> {
     let bar = tessera_actors::progress::bar(n_batches as u64, format!("evaluating {described}"), false);
     let worker_bar = bar.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let batches: Vec<TokenBatch<'_>> = data
-            .batches
-            .iter()
-            .map(|b| TokenBatch {
-                tokens: &b.tokens,
-                loss_mask: &b.loss_mask,
-                batch_size: b.batch_size,
-                seq_len: b.seq_len,
-            })
-            .collect();
+        let batches = tessera_actors::window::token_batches(&data.batches);
         evaluate_file(&file, &device, &batches, &mut |done| worker_bar.set_position(done as u64))
     })
     .await??;

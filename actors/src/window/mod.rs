@@ -35,6 +35,7 @@ use tessera_model::train::SampleRate;
 use tracing::{info, warn};
 
 pub use self::publish::Misbehaviour;
+pub use self::train::token_batches;
 use crate::context::{ActorKind, MinerContext, lock, lookup};
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;

@@ -139,7 +139,7 @@ async fn load_data(run: &WindowRun) -> Result<WindowData, RuntimeError> {
 }
 
 /// The engine's view of the data's micro-batches (borrowed, no copy).
-pub(crate) fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
+pub fn token_batches(batches: &[Batch]) -> Vec<TokenBatch<'_>> {
     batches
         .iter()
         .map(|b| TokenBatch {
