@@ -2,7 +2,9 @@
 //!
 //! Every operation runs under a per-attempt deadline and is retried with backoff only for
 //! failures another attempt may cure. Downloads are streamed to disk under a size cap and
-//! a progress timeout, because a peer decides what it serves us.
+//! a progress timeout, because a peer decides what it serves us. GETs and listings
+//! ([`super::listing`]) are signed by rust-s3 but sent through our own HTTP client, which
+//! follows no redirect and, for peers, reaches only public addresses ([`super::policy`]).
 
 use std::fmt;
 use std::future::Future;
@@ -23,6 +25,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::error::StorageError;
 use super::location::BucketLocation;
+use super::policy;
 use super::retry::RetryPolicy;
 use crate::slice::{ObjectKey, SliceKind};
 use crate::window::Window;
@@ -52,8 +55,21 @@ pub struct TransferOptions {
     pub retry: RetryPolicy,
     /// `max-keys` per list page; `None` lets the server choose (1000 on AWS).
     pub list_page_size: Option<usize>,
-    /// A listing with more entries fails as `TooLarge` (a hostile peer's bucket).
+    /// A listing with more entries fails as `TooLarge` (a hostile peer's bucket). Entries
+    /// outside the prefix, which a hostile server may send, count too.
     pub max_list_entries: usize,
+    /// A list page whose body is longer fails as `TooLarge`, checked while it arrives, so
+    /// no more than this is ever buffered. A 1000-key page of slice names is ~300 KB.
+    pub max_list_page_bytes: u64,
+    /// A listing whose pages add up to more bytes fails as `TooLarge`: a hostile server
+    /// could otherwise answer with endless small pages (100 000 slice names are ~30 MB).
+    pub max_list_bytes: u64,
+    /// Whether peers' buckets may be on loopback, private, link-local and other non-public
+    /// addresses (see [`super::is_public_address`]). Off by default: a peer chooses its
+    /// endpoint, and could otherwise aim our requests at our own network. The devnet and
+    /// tests, whose servers listen on 127.0.0.1, turn it on. The own bucket
+    /// ([`BucketClient::new`]) comes from our configuration and is not checked.
+    pub allow_private_endpoints: bool,
     /// Deletes in flight at once in [`BucketClient::delete_slices_before`].
     pub delete_concurrency: usize,
 }
@@ -69,6 +85,9 @@ impl Default for TransferOptions {
             retry: RetryPolicy::default(),
             list_page_size: None,
             max_list_entries: 100_000,
+            max_list_page_bytes: 4 << 20,
+            max_list_bytes: 64 << 20,
+            allow_private_endpoints: false,
             delete_concurrency: 8,
         }
     }
@@ -167,6 +186,13 @@ struct Inner {
     bucket: Bucket,
     location: BucketLocation,
     opts: TransferOptions,
+    /// Sends GETs and listings: never follows redirects and, for peers, resolves names
+    /// under the address policy ([`policy::http_client`]). rust-s3's own client, which
+    /// cannot be configured so, only sends puts and deletes: the own bucket's business.
+    http: reqwest::Client,
+    /// Why the address policy refuses this bucket, found when the client was made; every
+    /// operation then fails as `Forbidden` without sending anything.
+    refused: Option<String>,
 }
 
 impl fmt::Debug for BucketClient {
@@ -176,10 +202,12 @@ impl fmt::Debug for BucketClient {
 }
 
 /// Makes anonymous clients for peers' buckets. They all share one HTTP connection pool,
-/// so a client per peer costs a few small allocations.
+/// so a client per peer costs a few small allocations. The address policy
+/// (`opts.allow_private_endpoints`) applies to every client made.
 #[derive(Clone)]
 pub struct PeerClients {
     template: Bucket,
+    http: reqwest::Client,
     aws_region: String,
     opts: TransferOptions,
 }
@@ -198,17 +226,41 @@ impl PeerClients {
     pub fn new(aws_region: &str, opts: TransferOptions) -> Result<Self, StorageError> {
         check_region(aws_region)?;
         let template = new_bucket("template-bucket", Region::UsEast1, anonymous()?)?;
-        Ok(Self { template, aws_region: aws_region.to_owned(), opts })
+        let http = policy::http_client(!opts.allow_private_endpoints)?;
+        Ok(Self { template, http, aws_region: aws_region.to_owned(), opts })
     }
 
-    /// An anonymous client for `location`.
+    /// An anonymous client for `location`. A location the address policy refuses still
+    /// gets a client, whose every operation fails as [`StorageError::Forbidden`]: a peer
+    /// with such a bucket is skipped like one whose bucket is down.
     pub fn client(&self, location: &BucketLocation) -> BucketClient {
         let mut bucket = self.template.clone();
         bucket.name = location.bucket().as_str().to_owned();
         bucket.region = region_for(location, &self.aws_region);
         configure(&mut bucket, location, &self.opts);
-        BucketClient { inner: Arc::new(Inner { bucket, location: location.clone(), opts: self.opts.clone() }) }
+        let refused = peer_refusal(location, &self.opts);
+        BucketClient {
+            inner: Arc::new(Inner {
+                bucket,
+                location: location.clone(),
+                opts: self.opts.clone(),
+                http: self.http.clone(),
+                refused,
+            }),
+        }
     }
+}
+
+/// Why the address policy refuses a peer's `location` outright, if it does (and applies).
+fn peer_refusal(location: &BucketLocation, opts: &TransferOptions) -> Option<String> {
+    if opts.allow_private_endpoints {
+        return None;
+    }
+    let refused = policy::check_location(location).err();
+    if let Some(reason) = &refused {
+        warn!(%location, reason, "refusing a peer's bucket");
+    }
+    refused
 }
 
 fn check_region(region: &str) -> Result<(), StorageError> {
@@ -254,22 +306,38 @@ fn configure(bucket: &mut Bucket, location: &BucketLocation, opts: &TransferOpti
 
 impl BucketClient {
     /// A signed client (the own bucket). `region` signs requests and, for `s3://`,
-    /// picks the AWS endpoint.
+    /// picks the AWS endpoint. The own bucket's location comes from our configuration,
+    /// not from a peer, so it is trusted: the address policy does not apply to it (it may
+    /// be on 127.0.0.1 or a private network whatever `allow_private_endpoints` says).
     pub fn new(
         location: &BucketLocation,
         region: &str,
         credentials: Credentials,
         opts: TransferOptions,
     ) -> Result<Self, StorageError> {
+        Self::build(location, region, credentials, opts, None, policy::http_client(false)?)
+    }
+
+    /// An unsigned client of one public-read bucket, a peer's, under the address policy
+    /// (see [`PeerClients`] for many).
+    pub fn anonymous(location: &BucketLocation, region: &str, opts: TransferOptions) -> Result<Self, StorageError> {
+        let http = policy::http_client(!opts.allow_private_endpoints)?;
+        let refused = peer_refusal(location, &opts);
+        Self::build(location, region, anonymous()?, opts, refused, http)
+    }
+
+    fn build(
+        location: &BucketLocation,
+        region: &str,
+        credentials: Credentials,
+        opts: TransferOptions,
+        refused: Option<String>,
+        http: reqwest::Client,
+    ) -> Result<Self, StorageError> {
         check_region(region)?;
         let mut bucket = new_bucket(location.bucket().as_str(), region_for(location, region), credentials)?;
         configure(&mut bucket, location, &opts);
-        Ok(Self { inner: Arc::new(Inner { bucket, location: location.clone(), opts }) })
-    }
-
-    /// An unsigned client of one public-read bucket (see [`PeerClients`] for many).
-    pub fn anonymous(location: &BucketLocation, region: &str, opts: TransferOptions) -> Result<Self, StorageError> {
-        Self::new(location, region, anonymous()?, opts)
+        Ok(Self { inner: Arc::new(Inner { bucket, location: location.clone(), opts, http, refused }) })
     }
 
     pub fn location(&self) -> &BucketLocation {
@@ -280,8 +348,16 @@ impl BucketClient {
         &self.inner.opts
     }
 
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         self.inner.location.bucket().as_str()
+    }
+
+    /// `Forbidden` if the address policy refused this bucket when the client was made.
+    pub(super) fn check_allowed(&self) -> Result<(), StorageError> {
+        match &self.inner.refused {
+            Some(reason) => Err(self.forbidden(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Uploads `bytes` to `key`, in parts when at least `multipart_threshold` bytes.
@@ -289,6 +365,7 @@ impl BucketClient {
         let opts = &self.inner.opts;
         let multipart = bytes.len() >= opts.multipart_threshold;
         let span = tracing::debug_span!("s3_put", bucket = %self.name(), key, len = bytes.len(), multipart);
+        self.check_allowed()?;
         async {
             opts.retry
                 .run(|_| {
@@ -318,6 +395,7 @@ impl BucketClient {
     pub async fn get_bytes(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         let opts = &self.inner.opts;
         let span = tracing::debug_span!("s3_get", bucket = %self.name(), key, max_bytes);
+        self.check_allowed()?;
         async {
             opts.retry
                 .run(|_| {
@@ -353,6 +431,7 @@ impl BucketClient {
     ) -> Result<u64, StorageError> {
         let opts = &self.inner.opts;
         let span = tracing::debug_span!("s3_get_file", bucket = %self.name(), key, dest = %dest.display(), max_bytes);
+        self.check_allowed()?;
         async {
             opts.retry
                 .run(|_| self.deadline(key, opts.transfer_timeout, self.download_once(key, dest, max_bytes, &progress)))
@@ -404,28 +483,55 @@ impl BucketClient {
     /// sent here, so that headers and body stay in our hands: rust-s3 would read a whole
     /// error body into memory and hides `Content-Length` from streams.
     async fn open_get(&self, key: &str, max_bytes: u64) -> Result<reqwest::Response, StorageError> {
-        let bucket = &self.inner.bucket;
-        let request = ReqwestRequest::new(bucket, key, Command::GetObject).await.map_err(|e| self.map_s3(key, e))?;
-        let url = request.url().map_err(|e| self.map_s3(key, e))?;
-        let headers = request.headers().await.map_err(|e| self.map_s3(key, e))?;
-        let send = bucket.http_client().get(url.as_str()).headers(headers).send();
         let after = self.inner.opts.progress_timeout;
-        let response = match tokio::time::timeout(after, send).await {
+        let response = match tokio::time::timeout(after, self.send_signed(key, key, Command::GetObject)).await {
             Err(_) => return Err(self.stalled(key, 0)),
-            Ok(Err(e)) => return Err(self.map_reqwest(key, e)),
-            Ok(Ok(r)) => r,
+            Ok(result) => self.check_status(key, result?).await?,
         };
-        let status = response.status().as_u16();
-        if !response.status().is_success() {
-            let body = read_prefix(response, 4096, after).await;
-            return Err(self.map_status(key, status, &body));
-        }
         if let Some(len) = response.content_length()
             && len > max_bytes
         {
             return Err(self.too_large(key, max_bytes, len));
         }
         Ok(response)
+    }
+
+    /// Signs `command` on `path` as rust-s3 would and sends it through our own client
+    /// (no redirects, the address policy); `key` names the request in errors.
+    pub(super) async fn send_signed(
+        &self,
+        key: &str,
+        path: &str,
+        command: Command<'_>,
+    ) -> Result<reqwest::Response, StorageError> {
+        self.check_allowed()?;
+        let request = ReqwestRequest::new(&self.inner.bucket, path, command).await.map_err(|e| self.map_s3(key, e))?;
+        let url = request.url().map_err(|e| self.map_s3(key, e))?;
+        let headers = request.headers().await.map_err(|e| self.map_s3(key, e))?;
+        self.inner.http.get(url.as_str()).headers(headers).send().await.map_err(|e| self.map_reqwest(key, e))
+    }
+
+    /// Passes a 2xx answer; any other is an error. A redirect is not followed and fails
+    /// naming its status and target; other error bodies are read only up to 4 KiB.
+    pub(super) async fn check_status(
+        &self,
+        key: &str,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, StorageError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        if status.is_redirection() {
+            let target = response.headers().get(reqwest::header::LOCATION).map(|v| {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                text.chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+            });
+            let to = target.map(|t| format!(" to {t:?}")).unwrap_or_default();
+            return Err(self.other(key, format!("HTTP {status}: the redirect{to} is not followed")));
+        }
+        let body = read_prefix(response, 4096, self.inner.opts.progress_timeout).await;
+        Err(self.map_status(key, status.as_u16(), &body))
     }
 
     /// Copies the body to `out`, enforcing the cap and the progress timeout.
@@ -462,86 +568,11 @@ impl BucketClient {
         Ok(received)
     }
 
-    /// All objects whose key starts with `prefix`, across pages, in key order.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let span = tracing::debug_span!("s3_list", bucket = %self.name(), prefix);
-        self.list_inner(prefix).instrument(span).await
-    }
-
-    async fn list_inner(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let opts = &self.inner.opts;
-        let what = format!("?prefix={prefix}");
-        let what = what.as_str();
-        let mut out: Vec<ObjectInfo> = Vec::new();
-        let mut token: Option<String> = None;
-        let mut start_after: Option<String> = None;
-        let mut empty_pages = 0;
-        loop {
-            let page = opts
-                .retry
-                .run(|_| {
-                    let (token, start_after) = (token.clone(), start_after.clone());
-                    self.deadline(what, opts.request_timeout, async move {
-                        self.inner
-                            .bucket
-                            .list_page(prefix.to_owned(), None, token, start_after, opts.list_page_size)
-                            .await
-                            .map(|(page, _status)| page)
-                            .map_err(|e| self.map_s3(what, e))
-                    })
-                })
-                .await?;
-            let truncated = page.is_truncated || page.next_continuation_token.is_some();
-            let last_key = page.contents.last().map(|o| o.key.clone());
-            empty_pages = if page.contents.is_empty() { empty_pages + 1 } else { 0 };
-            for object in page.contents {
-                // A hostile server may answer with keys outside the prefix.
-                if !object.key.starts_with(prefix) {
-                    continue;
-                }
-                out.push(ObjectInfo {
-                    last_modified_ms: parse_last_modified(&object.last_modified),
-                    key: object.key,
-                    size: object.size,
-                });
-            }
-            if out.len() > opts.max_list_entries {
-                return Err(self.too_large(what, opts.max_list_entries as u64, out.len() as u64));
-            }
-            if !truncated {
-                break;
-            }
-            if empty_pages > 3 {
-                return Err(self.other(what, "listing is truncated but its pages are empty".into()));
-            }
-            // Follow the continuation token; a server that is truncated without one (or
-            // repeats it) is continued after the last key, and a listing that does not
-            // advance is an error rather than an endless loop.
-            match page.next_continuation_token {
-                Some(next) if token.as_ref() != Some(&next) => {
-                    token = Some(next);
-                    start_after = None;
-                }
-                _ => match last_key {
-                    Some(last) if start_after.as_ref() != Some(&last) => {
-                        token = None;
-                        start_after = Some(last);
-                    }
-                    _ => {
-                        return Err(self.other(what, "listing is truncated but does not advance".into()));
-                    }
-                },
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.dedup_by(|a, b| a.key == b.key);
-        Ok(out)
-    }
-
     /// Deletes `key`; deleting an absent object succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let opts = &self.inner.opts;
         let span = tracing::debug_span!("s3_delete", bucket = %self.name(), key);
+        self.check_allowed()?;
         let result = opts
             .retry
             .run(|_| {
@@ -595,7 +626,7 @@ impl BucketClient {
         .await
     }
 
-    async fn deadline<T>(
+    pub(super) async fn deadline<T>(
         &self,
         key: &str,
         after: Duration,
@@ -627,7 +658,7 @@ impl BucketClient {
         }
     }
 
-    fn map_reqwest(&self, key: &str, error: reqwest::Error) -> StorageError {
+    pub(super) fn map_reqwest(&self, key: &str, error: reqwest::Error) -> StorageError {
         if error.is_timeout() {
             let after = self.inner.bucket.request_timeout.unwrap_or(self.inner.opts.transfer_timeout);
             return StorageError::Timeout { bucket: self.name().to_owned(), key: key.to_owned(), after };
@@ -635,15 +666,22 @@ impl BucketClient {
         if error.is_builder() {
             return self.other(key, error_chain(&error));
         }
+        if let Some(refused) = policy::refusal(&error) {
+            return self.forbidden(refused.to_string());
+        }
         // Connect failures, resets, truncated bodies: the transport, worth another try.
         self.unavailable(key, error_chain(&error))
+    }
+
+    fn forbidden(&self, reason: String) -> StorageError {
+        StorageError::Forbidden { location: self.inner.location.to_string(), reason }
     }
 
     fn unavailable(&self, key: &str, reason: String) -> StorageError {
         StorageError::Unavailable { bucket: self.name().to_owned(), key: key.to_owned(), reason }
     }
 
-    fn other(&self, key: &str, reason: String) -> StorageError {
+    pub(super) fn other(&self, key: &str, reason: String) -> StorageError {
         StorageError::Other { bucket: self.name().to_owned(), key: key.to_owned(), reason }
     }
 
@@ -651,7 +689,7 @@ impl BucketClient {
         StorageError::Io { bucket: self.name().to_owned(), key: key.to_owned(), context, source }
     }
 
-    fn too_large(&self, key: &str, limit: u64, seen: u64) -> StorageError {
+    pub(super) fn too_large(&self, key: &str, limit: u64, seen: u64) -> StorageError {
         StorageError::TooLarge { bucket: self.name().to_owned(), key: key.to_owned(), limit, seen }
     }
 

@@ -1,6 +1,6 @@
 //! What can go wrong talking to a bucket, in terms a caller can act on: skip the peer
-//! (`Unavailable`, `Timeout`, `Stalled`), drop the object (`NotFound`, `TooLarge`), fix the
-//! configuration (`AccessDenied`, `Config`, `InvalidLocation`).
+//! (`Unavailable`, `Timeout`, `Stalled`, `Forbidden`), drop the object (`NotFound`,
+//! `TooLarge`), fix the configuration (`AccessDenied`, `Config`, `InvalidLocation`).
 
 use std::time::Duration;
 
@@ -32,6 +32,12 @@ pub enum StorageError {
     /// 401/403: wrong or missing credentials, or a bucket that is not public-read.
     #[error("s3://{bucket}/{key}: access denied: {reason}")]
     AccessDenied { bucket: String, key: String, reason: String },
+
+    /// The address policy refuses the bucket's endpoint: a peer's bucket on a loopback,
+    /// private or otherwise non-public address (see `TransferOptions::allow_private_endpoints`).
+    /// Nothing was sent; another attempt would be refused the same way.
+    #[error("{location}: refused: {reason}")]
+    Forbidden { location: String, reason: String },
 
     #[error(transparent)]
     InvalidLocation(#[from] LocationError),
