@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ScoringParams;
+use super::gate::{Specificity, gate};
 use crate::hotkey::Hotkey;
 use crate::window::Window;
 
@@ -37,35 +38,37 @@ pub enum WindowOutcome {
     Scored(Evaluation),
     /// No valid delta: none uploaded, uploaded outside the window's time, or rejected.
     Missing,
-    /// Its delta copies UID `original`'s and was uploaded later.
+    /// Its delta copies UID `original`'s, first seen earlier by the validator (or at the
+    /// same time with the same body): see [`super::copies`].
     Copier {
         original: u16,
     },
 }
 
 /// A window score is a loss difference; one update cannot honestly move the loss by more
-/// than this, so larger values (or non-finite ones) are clamped rather than allowed to
-/// dominate the moving average.
-const SCORE_LIMIT: f64 = 1.0;
+/// than this, so larger values (or non-finite ones, which count as −this) are clamped
+/// rather than allowed to dominate the moving average.
+pub const SCORE_LIMIT: f64 = 1.0;
+
+/// `x` clamped to ±[`SCORE_LIMIT`]; a non-finite `x` is −[`SCORE_LIMIT`] (an update whose
+/// loss cannot be measured is treated as the worst one).
+fn clamp_score(x: f64) -> f64 {
+    if x.is_finite() { x.clamp(-SCORE_LIMIT, SCORE_LIMIT) } else { -SCORE_LIMIT }
+}
 
 /// One UID's standing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UidScore {
     #[serde(with = "ss58")]
     pub hotkey: Hotkey,
-    /// Moving average of the window scores (loss improvement on own data).
+    /// Moving average of the window scores (loss improvement on the validator's random
+    /// data; negative when the updates make it worse).
     pub moving: f64,
-    /// How much more the miner's updates improve its own data than random data, relative
-    /// to both, in [−1, 1]: `specific_diff / specific_scale`, the ratio of two moving
-    /// averages (a ratio of averages, so windows with small improvements do not swing
-    /// it; a copier's window counts as −1 at the usual scale).
+    /// The gate's z: how significantly the miner's updates improve its own data more than
+    /// random data ([`Specificity::z`]); reported, and what [`UidScore::gate`] reads.
     pub indicator: f64,
-    /// Moving average of `own − random` improvement.
-    #[serde(default)]
-    pub specific_diff: f64,
-    /// Moving average of `|own| + |random|` improvement.
-    #[serde(default)]
-    pub specific_scale: f64,
+    /// Decayed moments of `own − random` improvement behind `indicator`.
+    pub specificity: Specificity,
     /// The last window score and the window it was for.
     pub last_score: Option<f64>,
     pub last_scored: Option<Window>,
@@ -80,8 +83,7 @@ impl UidScore {
             hotkey,
             moving: 0.0,
             indicator: 0.0,
-            specific_diff: 0.0,
-            specific_scale: 0.0,
+            specificity: Specificity::default(),
             last_score: None,
             last_scored: None,
             windows_scored: 0,
@@ -90,45 +92,17 @@ impl UidScore {
         }
     }
 
-    /// `max(moving, 0) · gate(indicator)`: the moving improvement, in full for a miner
-    /// whose updates are as specific to its own data as is typical of the network, in
-    /// proportion between `lo` and `hi`, nothing at or below `lo` ([`Gate`]).
-    pub fn final_score(&self, gate: Gate) -> f64 {
-        let span = (gate.hi - gate.lo).max(f64::EPSILON);
-        let g = ((self.indicator - gate.lo) / span).clamp(0.0, 1.0);
-        let v = self.moving.max(0.0) * g;
-        if v.is_finite() { v } else { 0.0 }
+    /// The significance gate in [0, 1] ([`gate`]): shut until the miner has been measured
+    /// in enough windows, then open as its own-over-random improvement is significant.
+    pub fn gate(&self) -> f64 {
+        gate(self.indicator, self.windows_scored + self.windows_copied)
     }
-}
 
-/// Where the indicator gate opens (`lo`) and is fully open (`hi`). With `m` the (lower)
-/// median indicator of the UIDs that improve the model (at most `20 · f`, `f` =
-/// `specificity_full`): from `m ≥ 4f` the gate is `[m/4, m/2]`, so honest miners (the
-/// typical ones) count in full and share by improvement while a miner near 0 (not
-/// trained on its pages) gets nothing; at `m = 0` (no measurable signal) it is
-/// `[−2f, −f]`, shutting out only the clearly negative (copiers); linear in between.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gate {
-    pub lo: f64,
-    pub hi: f64,
-}
-
-impl Gate {
-    pub fn of(book: &ScoreBook, params: &ScoringParams) -> Self {
-        let mut typical: Vec<f64> =
-            book.uids.values().filter(|s| s.moving > 0.0 && s.indicator > 0.0).map(|s| s.indicator).collect();
-        typical.sort_by(f64::total_cmp);
-        // The lower median: with two groups, the less specific one sets the bar.
-        let median = typical.get(typical.len().saturating_sub(1) / 2).copied().unwrap_or(0.0);
-        let floor = params.specificity_full;
-        // Weak or no measurable specificity in the network (e.g. many micro-batches per
-        // window of which few are scored): the indicator cannot tell honest miners from
-        // ones that trained elsewhere, and gating on its noise would hand the weight to
-        // whoever is luckiest; it then only shuts out the clearly negative (copiers). The
-        // gate moves continuously from that to [m/4, m/2] as the median m reaches 4·floor.
-        let m = median.min(20.0 * floor);
-        let weak = (1.0 - m / (4.0 * floor)).clamp(0.0, 1.0);
-        Gate { lo: 0.25 * m - 2.0 * floor * weak, hi: 0.5 * m - floor * weak }
+    /// `max(moving, 0) · gate`: what the miner's updates did for the model on data nobody
+    /// trained on, paid only to a miner shown to train on its own pages.
+    pub fn final_score(&self) -> f64 {
+        let v = self.moving.max(0.0) * self.gate();
+        if v.is_finite() { v } else { 0.0 }
     }
 }
 
@@ -142,7 +116,9 @@ pub enum ScoreError {
     Write { path: String, reason: String },
 }
 
-const FORMAT: u32 = 1;
+/// 2: window scores are random-data improvements and the gate a significance test (the
+/// moments in [`UidScore::specificity`]); a format-1 file is set aside, not misread.
+const FORMAT: u32 = 2;
 
 /// Every UID's moving score; the validator's persistent state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +158,11 @@ impl ScoreBook {
     }
 
     /// Folds one miner's outcome of `window` in; returns the window score.
+    ///
+    /// Scored: the score is the improvement on the validator's random data (clamped,
+    /// negative kept), and `own − random` joins the gate's moments. Missing: score 0, the
+    /// gate untouched (absence says nothing of the data trained on). Copier: score 0 and a
+    /// strongly negative `d` ([`Specificity::copy_penalty`]).
     pub fn record(
         &mut self,
         window: Window,
@@ -194,21 +175,18 @@ impl ScoreBook {
         if entry.hotkey != hotkey {
             *entry = UidScore::new(hotkey);
         }
-        // (own − random, |own| + |random|) of the window, for the indicator.
-        let (score, specific) = match outcome {
+        let (score, d) = match outcome {
             WindowOutcome::Scored(eval) => {
                 entry.windows_scored += 1;
                 entry.last_scored = Some(window);
-                let own = eval.own_improvement();
-                let score = if own.is_finite() { own.clamp(-SCORE_LIMIT, SCORE_LIMIT) } else { -SCORE_LIMIT };
-                let random = eval.random_improvement();
-                let specific = if own.is_finite() && random.is_finite() {
-                    let (own, random) = (own.clamp(-SCORE_LIMIT, SCORE_LIMIT), random.clamp(-SCORE_LIMIT, SCORE_LIMIT));
-                    (own - random, own.abs() + random.abs())
+                let random = clamp_score(eval.random_improvement());
+                let own = clamp_score(eval.own_improvement());
+                let d = if eval.own_improvement().is_finite() && eval.random_improvement().is_finite() {
+                    own - random
                 } else {
-                    (-SCORE_LIMIT, SCORE_LIMIT)
+                    -SCORE_LIMIT
                 };
-                (score, Some(specific))
+                (random, Some(d))
             }
             WindowOutcome::Missing => {
                 entry.windows_missing += 1;
@@ -217,22 +195,14 @@ impl ScoreBook {
             WindowOutcome::Copier { .. } => {
                 entry.windows_copied += 1;
                 entry.last_scored = Some(window);
-                // −1 at the miner's usual scale (or a small one if it has none yet).
-                let scale = if entry.specific_scale > 0.0 { entry.specific_scale } else { 1e-3 };
-                (0.0, Some((-scale, scale)))
+                (0.0, Some(entry.specificity.copy_penalty()))
             }
         };
         let a = params.moving_alpha;
         entry.moving = (1.0 - a) * entry.moving + a * score;
-        if let Some((diff, scale)) = specific {
-            let b = params.indicator_alpha;
-            entry.specific_diff = (1.0 - b) * entry.specific_diff + b * diff;
-            entry.specific_scale = (1.0 - b) * entry.specific_scale + b * scale;
-            entry.indicator = if entry.specific_scale > f64::EPSILON {
-                (entry.specific_diff / entry.specific_scale).clamp(-1.0, 1.0)
-            } else {
-                0.0
-            };
+        if let Some(d) = d {
+            entry.specificity.add(d, params.indicator_alpha);
+            entry.indicator = entry.specificity.z();
         }
         entry.last_score = Some(score);
         score
@@ -246,11 +216,10 @@ impl ScoreBook {
     /// Normalised weights, `final^power / Σ final^power` ([`UidScore::final_score`]),
     /// zeros left out; empty when nobody has earned anything (never NaN, never negative).
     pub fn weights(&self, params: &ScoringParams) -> Vec<(u16, f64)> {
-        let gate = Gate::of(self, params);
         let powered: Vec<(u16, f64)> = self
             .uids
             .iter()
-            .map(|(&uid, s)| (uid, s.final_score(gate).powf(params.weights_power)))
+            .map(|(&uid, s)| (uid, s.final_score().powf(params.weights_power)))
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
         let total: f64 = powered.iter().map(|(_, v)| v).sum();
@@ -291,10 +260,8 @@ impl ScoreBook {
                 reason: format!("format {} (this build reads {FORMAT})", book.format),
             });
         }
-        let bad = book
-            .uids
-            .values()
-            .any(|s| ![s.moving, s.indicator, s.specific_diff, s.specific_scale].iter().all(|v| v.is_finite()));
+        let bad =
+            book.uids.values().any(|s| !(s.moving.is_finite() && s.indicator.is_finite() && s.specificity.is_finite()));
         if bad {
             return Err(ScoreError::Format { path: path.display().to_string(), reason: "a non-finite score".into() });
         }
@@ -361,7 +328,11 @@ mod ss58 {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
     use super::*;
+    use crate::validator::gate::{GATE_MIN_WINDOWS, GATE_Z_FULL, GATE_Z_OPEN};
+    use crate::validator::simulation::{Miner, gaussian};
 
     fn hk(i: u8) -> Hotkey {
         Hotkey([i; 32])
@@ -382,92 +353,144 @@ mod tests {
         book
     }
 
-    #[test]
-    fn honest_miners_share_the_weight_and_misbehaving_ones_get_none() {
-        let p = ScoringParams::default();
-        let mut book = book_of(6);
-        for w in 1..=30 {
-            book.record(w, 0, hk(0), eval(0.010, 0.004), &p); // honest
-            book.record(w, 1, hk(1), eval(0.012, 0.005), &p); // honest
-            book.record(w, 2, hk(2), eval(0.0, 0.0), &p); // lazy: a zero update
-            book.record(w, 3, hk(3), eval(-0.05, -0.05), &p); // noise
-            // Random pages: its own data is no better than random, either way by chance.
-            let (own, random) = if w % 2 == 0 { (0.004, 0.003) } else { (0.003, 0.004) };
-            book.record(w, 4, hk(4), eval(own, random), &p);
-            book.record(w, 5, hk(5), WindowOutcome::Copier { original: 0 }, &p);
-            book.finish_window(w);
-        }
-        let weights: BTreeMap<u16, f64> = book.weights(&p).into_iter().collect();
-        let honest = weights[&0].min(weights[&1]);
-        let adversaries: f64 = [2, 3, 4, 5].iter().map(|u| weights.get(u).copied().unwrap_or(0.0)).sum();
-        assert!(honest > 0.3, "{weights:?}");
-        assert!(adversaries < 0.1, "{weights:?}");
-        assert!((weights.values().sum::<f64>() - 1.0).abs() < 1e-9);
-        assert_eq!(book.window, Some(30));
+    fn weights_of(book: &ScoreBook, p: &ScoringParams) -> BTreeMap<u16, f64> {
+        book.weights(p).into_iter().collect()
     }
 
     #[test]
-    fn the_indicator_is_scale_free_and_a_window_of_small_improvements_hardly_moves_it() {
+    fn the_window_score_is_the_random_improvement_with_its_sign() {
+        let p = ScoringParams::default();
+        let mut book = book_of(1);
+        let mut score = |w: Window, own: f64, random: f64| book.record(w, 0, hk(0), eval(own, random), &p);
+        assert!((score(1, 0.5, 0.004) - 0.004).abs() < 1e-12, "own data does not pay");
+        assert!((score(2, 0.5, -0.003) + 0.003).abs() < 1e-12, "worse on random data is negative");
+        assert_eq!(score(3, 0.0, 7.0), SCORE_LIMIT);
+        assert_eq!(score(4, 0.0, -7.0), -SCORE_LIMIT);
+        assert_eq!(score(5, 0.0, f64::NAN), -SCORE_LIMIT);
+        assert!((score(6, f64::INFINITY, 0.01) - 0.01).abs() < 1e-12);
+        assert!(book.uids[&0].specificity.mean < 0.0, "a non-finite own loss counts against the gate");
+    }
+
+    #[test]
+    fn an_overfitter_earns_nothing_while_an_honest_miner_is_paid() {
+        let p = ScoringParams::default();
+        let mut book = book_of(2);
+        for w in 0..40 {
+            let tilt = if w % 2 == 0 { 0.001 } else { -0.001 };
+            book.record(w, 0, hk(0), eval(0.010 + tilt, 0.004), &p); // honest
+            book.record(w, 1, hk(1), eval(0.5 + tilt, -0.002), &p); // fits own batches, worse elsewhere
+        }
+        let (honest, overfit) = (&book.uids[&0], &book.uids[&1]);
+        assert!(overfit.gate() == 1.0, "its own data is clearly specific: the score, not the gate, stops it");
+        assert!(overfit.moving < 0.0 && overfit.final_score() == 0.0, "{overfit:?}");
+        assert!(honest.final_score() > 0.0);
+        assert_eq!(weights_of(&book, &p), BTreeMap::from([(0, 1.0)]));
+    }
+
+    #[test]
+    fn the_gate_is_shut_until_enough_windows_are_measured() {
+        let p = ScoringParams::default();
+        let mut book = book_of(1);
+        for w in 0..GATE_MIN_WINDOWS - 1 {
+            let tilt = if w % 2 == 0 { 0.001 } else { -0.001 };
+            book.record(w, 0, hk(0), eval(0.010 + tilt, 0.004), &p);
+            assert_eq!(book.uids[&0].gate(), 0.0, "window {w}");
+        }
+        assert!(book.weights(&p).is_empty());
+        book.record(GATE_MIN_WINDOWS, 0, hk(0), eval(0.010, 0.004), &p);
+        assert!(book.uids[&0].indicator > GATE_Z_FULL, "{}", book.uids[&0].indicator);
+        assert_eq!(book.uids[&0].gate(), 1.0);
+        assert_eq!(weights_of(&book, &p), BTreeMap::from([(0, 1.0)]));
+    }
+
+    #[test]
+    fn the_gate_opens_for_honest_noise_and_stays_shut_for_random_pages_lazy_and_noise() {
+        let p = ScoringParams::default();
+        let miners = [Miner::Honest { own: 0.010, random: 0.004 }, Miner::RandomPages, Miner::Lazy, Miner::Noise];
+        for seed in 0..5 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut book = book_of(4);
+            for w in 0..60 {
+                for (uid, m) in miners.iter().enumerate() {
+                    book.record(w, uid as u16, hk(uid as u8), m.outcome(&mut rng), &p);
+                }
+            }
+            let z = |uid: u16| book.uids[&uid].indicator;
+            assert!(z(0) > GATE_Z_FULL && book.uids[&0].gate() == 1.0, "seed {seed}: honest z {}", z(0));
+            for uid in 1..4 {
+                assert!(z(uid) < GATE_Z_OPEN && book.uids[&uid].gate() == 0.0, "seed {seed}: uid {uid} z {}", z(uid));
+            }
+        }
+    }
+
+    #[test]
+    fn sybils_with_tiny_positive_improvements_move_no_honest_gate_or_order() {
+        let p = ScoringParams::default();
+        let honest = [(0.010, 0.004), (0.012, 0.005), (0.008, 0.003)];
+        let run = |sybils: u8| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let mut sybil_rng = rand::rngs::StdRng::seed_from_u64(8);
+            let mut book = book_of(3 + sybils);
+            for w in 0..60 {
+                for (uid, &(own, random)) in honest.iter().enumerate() {
+                    let m = Miner::Honest { own, random };
+                    book.record(w, uid as u16, hk(uid as u8), m.outcome(&mut rng), &p);
+                }
+                for s in 0..sybils {
+                    let d = 1e-5 * gaussian(&mut sybil_rng);
+                    book.record(w, 3 + u16::from(s), hk(3 + s), eval(2e-4 + 1e-4 + d, 1e-4), &p);
+                }
+            }
+            book
+        };
+        let (alone, crowded) = (run(0), run(10));
+        for uid in 0..3 {
+            assert_eq!(alone.uids[&uid].final_score(), crowded.uids[&uid].final_score(), "uid {uid}");
+        }
+        let (wa, wc) = (weights_of(&alone, &p), weights_of(&crowded, &p));
+        let order = |w: &BTreeMap<u16, f64>| {
+            let mut uids: Vec<u16> = (0..3).collect();
+            uids.sort_by(|a, b| w[b].total_cmp(&w[a]));
+            uids
+        };
+        assert_eq!(order(&wa), order(&wc));
+        let least_honest = (0..3).map(|u| wc[&u]).fold(f64::INFINITY, f64::min);
+        let most_sybil = (3..13).map(|u| wc.get(&u).copied().unwrap_or(0.0)).fold(0.0, f64::max);
+        assert!(least_honest >= most_sybil, "{wc:?}");
+    }
+
+    #[test]
+    fn a_copier_gate_shuts_and_one_copied_window_costs_an_honest_gate() {
         let p = ScoringParams::default();
         let mut book = book_of(2);
         for w in 0..30 {
-            book.record(w, 0, hk(0), eval(0.03, 0.01), &p);
-            book.record(w, 1, hk(1), eval(0.003, 0.001), &p);
+            let tilt = if w % 2 == 0 { 0.003 } else { -0.003 };
+            book.record(w, 0, hk(0), eval(0.010 + tilt, 0.004), &p);
+            book.record(w, 1, hk(1), WindowOutcome::Copier { original: 0 }, &p);
         }
-        let (a, b) = (book.uids[&0].indicator, book.uids[&1].indicator);
-        assert!((a - 0.5).abs() < 1e-9 && (b - 0.5).abs() < 1e-9, "{a} {b}");
-        // One window whose own improvement is tiny and below the random one.
-        book.record(30, 0, hk(0), eval(0.0005, 0.002), &p);
-        assert!(book.uids[&0].indicator > 0.4, "{}", book.uids[&0].indicator);
-        // Zero updates: no difference, no indicator.
-        let mut lazy = book_of(1);
-        lazy.record(1, 0, hk(0), eval(0.0, 0.0), &p);
-        assert_eq!(lazy.uids[&0].indicator, 0.0);
+        let copier = &book.uids[&1];
+        assert!(copier.indicator < -GATE_Z_FULL && copier.gate() == 0.0 && copier.windows_copied == 30);
+        let before = book.uids[&0].indicator;
+        book.record(30, 0, hk(0), WindowOutcome::Copier { original: 1 }, &p);
+        let after = book.uids[&0].indicator;
+        assert!(after < 0.7 * before, "{before} -> {after}");
+        assert_eq!(book.uids[&0].last_score, Some(0.0));
     }
 
     #[test]
-    fn honest_miners_clearly_specific_share_by_improvement_not_by_specificity() {
-        let p = ScoringParams::default();
-        let mut book = book_of(2);
-        for w in 0..40 {
-            book.record(w, 0, hk(0), eval(0.010, 0.002), &p); // very specific
-            book.record(w, 1, hk(1), eval(0.010, 0.007), &p); // specific enough
-        }
-        let weights: BTreeMap<u16, f64> = book.weights(&p).into_iter().collect();
-        assert!((weights[&0] - 0.5).abs() < 1e-6 && (weights[&1] - 0.5).abs() < 1e-6, "{weights:?}");
-    }
-
-    #[test]
-    fn without_a_measurable_specificity_miners_share_by_improvement_and_copiers_get_nothing() {
-        let p = ScoringParams::default();
-        let mut book = book_of(3);
-        for w in 0..40 {
-            // Own and random improvements nearly equal for everyone: no signal.
-            let tilt = if w % 2 == 0 { 0.0001 } else { -0.0001 };
-            book.record(w, 0, hk(0), eval(0.010 + tilt, 0.010), &p);
-            book.record(w, 1, hk(1), eval(0.010 - tilt, 0.010), &p);
-            book.record(w, 2, hk(2), WindowOutcome::Copier { original: 0 }, &p);
-        }
-        let weights: BTreeMap<u16, f64> = book.weights(&p).into_iter().collect();
-        assert!((weights[&0] - 0.5).abs() < 0.01 && (weights[&1] - 0.5).abs() < 0.01, "{weights:?}");
-        assert!(!weights.contains_key(&2), "{weights:?}");
-    }
-
-    #[test]
-    fn absence_decays_the_moving_score_instead_of_zeroing_it() {
+    fn absence_decays_the_moving_score_and_leaves_the_gate() {
         let p = ScoringParams::default();
         let mut book = book_of(1);
         for w in 0..20 {
-            book.record(w, 0, hk(0), eval(0.01, 0.0), &p);
+            let tilt = if w % 2 == 0 { 0.001 } else { -0.001 };
+            book.record(w, 0, hk(0), eval(0.01 + tilt, 0.002), &p);
         }
-        let before = book.uids[&0].moving;
+        let before = book.uids[&0].clone();
         book.record(20, 0, hk(0), WindowOutcome::Missing, &p);
-        let after = book.uids[&0].moving;
-        assert!(after > 0.0 && after < before, "{before} -> {after}");
-        assert!((after - before * (1.0 - p.moving_alpha)).abs() < 1e-12);
-        assert_eq!(book.uids[&0].windows_missing, 1);
-        // Missing says nothing about the data it trained on: the indicator stays.
-        assert!(book.uids[&0].indicator > 0.8);
+        let after = &book.uids[&0];
+        assert!((after.moving - before.moving * (1.0 - p.moving_alpha)).abs() < 1e-15);
+        assert_eq!((after.indicator, after.specificity), (before.indicator, before.specificity));
+        assert_eq!(after.windows_missing, 1);
     }
 
     #[test]
@@ -475,13 +498,13 @@ mod tests {
         let p = ScoringParams::default();
         let mut book = book_of(3);
         for uid in 0..3u16 {
-            book.record(1, uid, hk(uid as u8), eval(0.01, 0.0), &p);
+            book.record(1, uid, hk(uid as u8), eval(0.01, 0.01), &p);
         }
         let reset = book.sync_metagraph(&[hk(0), hk(9)]);
         assert_eq!(reset, vec![1]);
         assert_eq!(book.uids.len(), 2);
         assert_eq!(book.uids[&1].hotkey, hk(9));
-        assert_eq!(book.uids[&1].moving, 0.0);
+        assert_eq!((book.uids[&1].moving, book.uids[&1].specificity), (0.0, Specificity::default()));
         assert!(book.uids[&0].moving > 0.0);
         // A record under a new hotkey also starts over.
         book.record(2, 0, hk(7), eval(0.0, 0.0), &p);
@@ -493,12 +516,24 @@ mod tests {
         let p = ScoringParams::default();
         let mut book = book_of(3);
         assert!(book.weights(&p).is_empty(), "nobody earned anything");
-        book.record(1, 0, hk(0), eval(-0.5, 0.0), &p);
-        book.record(1, 1, hk(1), eval(f64::NAN, 0.0), &p);
-        book.record(1, 2, hk(2), eval(f64::INFINITY, 0.0), &p);
+        for w in 0..10 {
+            book.record(w, 0, hk(0), eval(0.5, -0.5), &p);
+            book.record(w, 1, hk(1), eval(f64::NAN, f64::NAN), &p);
+            book.record(w, 2, hk(2), eval(f64::INFINITY, f64::NEG_INFINITY), &p);
+        }
         assert!(book.weights(&p).is_empty(), "{:?}", book.weights(&p));
-        assert!(book.uids.values().all(|s| s.moving.is_finite()));
+        assert!(book.uids.values().all(|s| s.moving.is_finite() && s.indicator.is_finite()));
         assert_eq!(to_u16_weights(&[(1, f64::NAN), (2, -1.0), (3, 0.0)]), (vec![], vec![]));
+        // Honest miners share the weight; it sums to one.
+        let mut book = book_of(2);
+        for w in 0..30 {
+            let tilt = if w % 2 == 0 { 0.001 } else { -0.001 };
+            book.record(w, 0, hk(0), eval(0.01 + tilt, 0.004), &p);
+            book.record(w, 1, hk(1), eval(0.01 - tilt, 0.005), &p);
+        }
+        let weights = weights_of(&book, &p);
+        assert_eq!(weights.len(), 2, "{weights:?}");
+        assert!((weights.values().sum::<f64>() - 1.0).abs() < 1e-12, "{weights:?}");
     }
 
     #[test]
@@ -525,7 +560,9 @@ mod tests {
         let path = dir.path().join("scores.json");
         assert!(ScoreBook::load(&path).unwrap().is_none());
         let mut book = book_of(2);
-        book.record(7, 1, hk(1), eval(0.02, 0.01), &p);
+        for w in 0..7 {
+            book.record(w, 1, hk(1), eval(0.02 + 0.001 * w as f64, 0.01), &p);
+        }
         book.finish_window(7);
         book.save(&path).unwrap();
         let loaded = ScoreBook::load(&path).unwrap().unwrap();
@@ -533,7 +570,10 @@ mod tests {
         for (uid, s) in &book.uids {
             let l = &loaded.uids[uid];
             assert_eq!((l.hotkey, l.last_scored, l.windows_scored), (s.hotkey, s.last_scored, s.windows_scored));
-            assert!((l.moving - s.moving).abs() < 1e-15 && (l.indicator - s.indicator).abs() < 1e-15);
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * a.abs().max(b.abs()).max(1.0);
+            let (ls, ss) = (l.specificity, s.specificity);
+            assert!(close(l.moving, s.moving) && close(l.indicator, s.indicator), "{l:?}");
+            assert!(close(ls.weight, ss.weight) && close(ls.mean, ss.mean) && close(ls.m2, ss.m2), "{l:?}");
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&hk(1).to_ss58()), "hotkeys are readable: {text}");
@@ -541,12 +581,12 @@ mod tests {
         std::fs::write(&path, &text[..text.len() / 2]).unwrap();
         let err = ScoreBook::load(&path).unwrap_err().to_string();
         assert!(err.contains("scores.json") && err.contains("not a scores file"), "{err}");
-        std::fs::write(&path, text.replace("\"format\": 1", "\"format\": 9")).unwrap();
+        std::fs::write(&path, text.replace("\"format\": 2", "\"format\": 9")).unwrap();
         assert!(ScoreBook::load(&path).unwrap_err().to_string().contains("format 9"));
     }
 
     #[test]
-    fn a_damaged_scores_file_is_set_aside_and_scoring_starts_again() {
+    fn a_damaged_or_old_scores_file_is_set_aside_and_scoring_starts_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scores.json");
         assert_eq!(ScoreBook::load_or_set_aside(&path).unwrap(), (None, None));
@@ -559,5 +599,15 @@ mod tests {
         assert!(book.is_none() && !path.exists(), "the damaged file is no longer in the way");
         assert_eq!(std::fs::read(&aside).unwrap(), b"{ not json", "the damaged file is kept for the operator");
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("scores.json.damaged-"));
+        // A format-1 file (the median-gated scores) is not misread as this version's.
+        let old = format!(
+            r#"{{"format":1,"netuid":1,"window":3,"uids":{{"0":{{"hotkey":"{}","moving":0.1,"indicator":0.5,
+            "specific_diff":0.01,"specific_scale":0.02,"last_score":0.1,"last_scored":3,"windows_scored":3,
+            "windows_missing":0,"windows_copied":0}}}}}}"#,
+            hk(0).to_ss58()
+        );
+        std::fs::write(&path, old).unwrap();
+        let (book, aside) = ScoreBook::load_or_set_aside(&path).unwrap();
+        assert!(book.is_none() && aside.is_some() && !path.exists());
     }
 }
