@@ -247,13 +247,16 @@ pub struct DevnetArgs {
     #[arg(long = "no-validator")]
     pub no_validator: bool,
 
-    /// Add four misbehaving miners, as the Python network saw them: one republishes
-    /// miner1's delta, one publishes its state unchanged, one publishes noise, one trains
-    /// on random pages. With --check, every honest miner must end with more weight than
-    /// every adversary, and the adversaries with less than 10% in all. Runs with
-    /// --fixed-compute 1 unless another K is given.
-    #[arg(long)]
-    pub adversaries: bool,
+    /// Add misbehaving miners: `all`, `classic` (copier, lazy, noise, randompages; the
+    /// default of a bare --adversaries) or a comma list of copier, lazy, noise,
+    /// randompages, poisoner, scaledcopy, noisycopy, meanecho, overfitter, slowbucket,
+    /// timeliar, sybil (a sybil brings its twin, a second hotkey publishing its update).
+    /// With --check, every honest miner must end with more weight than every adversary
+    /// (a sybil pair together at most one honest miner's), and the adversaries with less
+    /// than 10% in all.
+    #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "classic",
+          value_parser = parse_adversaries)]
+    pub adversaries: Option<AdversaryList>,
 
     #[command(flatten)]
     pub logs: LogArgs,
@@ -595,4 +598,12 @@ mod tests {
         let c = MinerConfig::load(&sources).unwrap();
         assert_eq!((c.wallet.name.as_str(), c.metrics.listen, c.log_format), ("w", None, LogFormat::Json));
     }
+}
+
+/// The adversaries `--adversaries` selects (one value for clap, not many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdversaryList(pub Vec<tessera_actors::devnet::Adversary>);
+
+fn parse_adversaries(list: &str) -> Result<AdversaryList, String> {
+    tessera_actors::devnet::Adversary::parse_list(list).map(AdversaryList)
 }

@@ -44,6 +44,7 @@ impl Shared {
         let opts = TransferOptions {
             transfer_timeout: runtime.peer_deadline,
             progress_timeout: runtime.progress_timeout,
+            allow_private_endpoints: runtime.allow_private_endpoints,
             ..TransferOptions::default()
         };
         let peer_clients = PeerClients::new(config.s3.region(), opts)?;

@@ -448,9 +448,23 @@ impl MinerContext {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Time bounds in which an object of `(kind, window)` may have been uploaded:
-    /// `state-w` is written at the end of window `w-1`, `delta-w` at the end of `w`; the
-    /// end work runs into the next window, and clocks differ by up to `clock_skew`.
+    /// `window`'s span in unix ms (observed block times, extrapolated where not seen).
+    pub fn window_bounds(&self, window: Window) -> Option<(i64, i64)> {
+        let block_ms = self.settings.block_time.as_millis() as u64;
+        lock(&self.network.block_times).window_bounds(&self.network.schedule, window, block_ms)
+    }
+
+    /// A window's nominal length; `None` under fixed compute, where the clock waits for
+    /// the nodes and a window lasts as long as the slowest.
+    pub fn nominal_window(&self) -> Option<std::time::Duration> {
+        (self.settings.fixed_micro_batches == 0)
+            .then(|| self.settings.block_time * self.network.schedule.window_length() as u32)
+    }
+
+    /// Time bounds in which an object of `(kind, window)` may have been uploaded, by the
+    /// peer's own claim (`LastModified`): `state-w` is written at the end of window `w-1`,
+    /// `delta-w` at the end of `w`; the end work runs into the next window, and clocks
+    /// differ by up to `clock_skew`.
     pub fn upload_bounds(&self, kind: SliceKind, window: Window) -> Option<(i64, i64)> {
         let written_after = match kind {
             SliceKind::State => window.saturating_sub(1),
@@ -461,7 +475,11 @@ impl MinerContext {
         let (start, _) = times.window_bounds(&self.network.schedule, written_after, block_ms)?;
         let (_, end) = times.window_bounds(&self.network.schedule, written_after + 1, block_ms)?;
         let skew = self.settings.clock_skew.as_millis() as i64;
-        Some((start - skew, end + skew))
+        // While the upload's window is still open here its end is not observed (under
+        // fixed compute the clock waits, so an extrapolated end means nothing): no upper
+        // bound; lateness is judged by the reader's first sighting (`first_seen`).
+        let open = self.clock_now().window <= written_after + 1;
+        Some((start - skew, if open { i64::MAX } else { end + skew }))
     }
 
     /// The peers whose buckets this miner reads: every committed bucket with `--remote`,

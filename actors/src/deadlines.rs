@@ -19,6 +19,23 @@ const TRANSFERS_PER_AVERAGE: u32 = 6;
 /// The validator stops scoring this far into the window (tenths), so the window's own work
 /// (the model one window forward) fits in what is left.
 const SCORING_TENTHS: i64 = 7;
+/// One fetch (every listing and download of a window's slices) may take this share of a
+/// window (tenths): a slow bucket costs the others at most this, once per fetch, and not
+/// after it is skipped for slowness.
+const FETCH_BUDGET_TENTHS: u32 = 3;
+/// The least fetch budget, for very short windows (a devnet's).
+const MIN_FETCH_BUDGET: Duration = Duration::from_millis(500);
+/// A transfer that takes more than this share of the fetch budget (tenths) counts against
+/// its peer like a failure: answering just before the deadline is not being healthy.
+const SLOW_TENTHS: u32 = 5;
+/// A delta is on time when the reader first saw it by its window's end plus this share of
+/// a window (tenths): an honest miner's publish phase (gather, encode, upload) and the
+/// reader's polling fit in it; a copier has no more than it to copy.
+const DELTA_GRACE_TENTHS: i64 = 2;
+/// How many times a watcher lists the buckets per window.
+const WATCH_POLLS_PER_WINDOW: u32 = 20;
+const MIN_WATCH_POLL: Duration = Duration::from_millis(50);
+const MAX_WATCH_POLL: Duration = Duration::from_secs(5);
 
 /// The waits of one node, from its `peer_deadline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +63,33 @@ impl Deadlines {
         self.peer * TRANSFERS_PER_AVERAGE + AVERAGE_SLACK
     }
 
+    /// One fetch's budget in a window of `window`: a share of it, between
+    /// [`MIN_FETCH_BUDGET`] and one transfer deadline. `None` (fixed compute, where the
+    /// clock waits for the nodes): one transfer deadline.
+    pub fn fetch_budget(&self, window: Option<Duration>) -> Duration {
+        match window {
+            Some(window) => {
+                (window * FETCH_BUDGET_TENTHS / 10).clamp(MIN_FETCH_BUDGET, self.peer.max(MIN_FETCH_BUDGET))
+            }
+            None => self.peer,
+        }
+    }
+
+    /// Whether a transfer that took `took` of a fetch with `budget` was slow.
+    pub fn is_slow(took: Duration, budget: Duration) -> bool {
+        took > budget * SLOW_TENTHS / 10
+    }
+
+    /// The time after a window's end in which its deltas are on time (unix ms).
+    pub fn delta_grace_ms(start_ms: i64, end_ms: i64) -> i64 {
+        (end_ms - start_ms).max(0) * DELTA_GRACE_TENTHS / 10
+    }
+
+    /// Between a watcher's listings, in a window of `window`.
+    pub fn watch_poll(window: Duration) -> Duration {
+        (window / WATCH_POLLS_PER_WINDOW).clamp(MIN_WATCH_POLL, MAX_WATCH_POLL)
+    }
+
     /// When the validator stops scoring, in a window spanning `[start_ms, end_ms)`.
     pub fn scoring_cutoff_ms(start_ms: i64, end_ms: i64) -> i64 {
         start_ms + (end_ms - start_ms) * SCORING_TENTHS / 10
@@ -67,6 +111,19 @@ mod tests {
             // The fetch and the fold after it both fit in the averaging call.
             assert!(d.fetch() + d.transfer() <= d.average(), "peer_deadline {secs}s: the fetch outlasts the average");
         }
+    }
+
+    #[test]
+    fn a_fetch_budget_is_a_share_of_the_window_within_one_transfer() {
+        let d = Deadlines::new(Duration::from_secs(30));
+        assert_eq!(d.fetch_budget(Some(Duration::from_secs(60))), Duration::from_secs(18));
+        assert_eq!(d.fetch_budget(Some(Duration::from_secs(600))), Duration::from_secs(30), "at most one transfer");
+        assert_eq!(d.fetch_budget(Some(Duration::from_millis(100))), MIN_FETCH_BUDGET);
+        assert_eq!(d.fetch_budget(None), Duration::from_secs(30));
+        assert!(d.fetch_budget(Some(Duration::from_secs(60))) < d.fetch(), "inside the fetch call's deadline");
+        assert!(Deadlines::is_slow(Duration::from_secs(10), Duration::from_secs(18)));
+        assert!(!Deadlines::is_slow(Duration::from_secs(8), Duration::from_secs(18)));
+        assert_eq!(Deadlines::delta_grace_ms(10_000, 20_000), 2_000);
     }
 
     #[test]

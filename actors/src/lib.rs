@@ -27,6 +27,7 @@ pub mod devnet;
 pub mod engine;
 pub mod error;
 pub mod faults;
+pub mod first_seen;
 pub mod host;
 pub mod messages;
 pub mod observe;

@@ -86,7 +86,9 @@ pub struct ShutdownReport {
 /// To the StateSyncer.
 pub enum StateSyncerMsg {
     /// The mean of the valid `kind` slices of `window` (the own one included).
-    Average { kind: SliceKind, window: Window, reply: RpcReplyPort<AverageOutcome> },
+    /// `center`: what each slice's distance is measured from for the clip (the reader's
+    /// own values at the positions; `None`: zero, for updates).
+    Average { kind: SliceKind, window: Window, center: Option<Arc<Vec<f32>>>, reply: RpcReplyPort<AverageOutcome> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -95,6 +97,8 @@ pub struct AverageOutcome {
     pub mean: Option<Arc<Vec<f32>>>,
     pub accepted: u32,
     pub rejected: u32,
+    /// Slices pulled back to the clip radius.
+    pub clipped: u32,
 }
 
 /// To the SliceDownloader.
@@ -102,6 +106,9 @@ pub enum SliceDownloaderMsg {
     /// Every usable `kind` object of `window` in the buckets this miner reads, fetched into
     /// the cache; byte-level validation is the reader's.
     Fetch { kind: SliceKind, window: Window, reply: RpcReplyPort<FetchOutcome> },
+    /// List the deltas of `window` while it is open, recording when each is first seen
+    /// (a validator's, for on-time checks and copy order by its own clock).
+    Watch { window: Window },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +117,8 @@ pub struct FetchOutcome {
     /// Objects listed but not used (bad name, unregistered, wrong bucket, out of time).
     pub refused: u32,
     pub failed: u32,
+    /// Listings and downloads that overran the fetch budget (counted in `failed` too).
+    pub late: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -117,8 +126,12 @@ pub struct FetchedSlice {
     pub key: ObjectKey,
     pub path: PathBuf,
     pub bucket: String,
-    /// The bucket's `LastModified` (unix ms), for telling a copy from its original.
+    /// The bucket's `LastModified` (unix ms): the peer's claim, used only when this node
+    /// did not watch the window.
     pub last_modified_ms: Option<i64>,
+    /// When this node first listed it (unix ms, deltas only), for telling a copy from its
+    /// original by the reader's own clock.
+    pub first_seen_ms: Option<i64>,
 }
 
 /// To the SliceUploader.

@@ -256,6 +256,7 @@ fn record(m: &MinerContext) {
         ("tessera_evaluations_total", &s.evaluations),
         ("tessera_slice_cache_hits_total", &s.cache_hits),
         ("tessera_slices_averaged_total", &s.slices_averaged),
+        ("tessera_slices_clipped_total", &s.slices_clipped),
         ("tessera_upload_failures_total", &s.upload_failures),
         ("tessera_uploads_abandoned_total", &s.uploads_abandoned),
         ("tessera_download_failures_total", &s.download_failures),

@@ -1,8 +1,12 @@
 //! SliceDownloader: lists the buckets this miner reads, refuses objects that cannot be
 //! used (name, version, signer not registered or not the bucket's, uploaded outside the
-//! window's time, too large), and fetches the rest into the host's slice cache with
-//! bounded concurrency, a deadline per object, and peers that keep failing skipped for a
-//! while. Byte-level validation belongs to the reader (StateSyncer).
+//! window's time, first seen too late, too large), and fetches the rest into the host's
+//! slice cache with bounded concurrency. Time is the reader's, never a peer's: one fetch
+//! budget per window bounds every listing and download together (what overruns it is
+//! late for this window), a peer that answers slowly counts as failing, and a delta's
+//! time is when this node first listed it ([`crate::first_seen`]); a validator watches
+//! each window's deltas while it is open. Byte-level validation belongs to the reader
+//! (StateSyncer).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -18,6 +22,8 @@ use tessera_core::window::Window;
 use tracing::{debug, warn};
 
 use crate::context::{ActorKind, MinerContext, PeerView, lock};
+use crate::deadlines::Deadlines;
+use crate::first_seen::FirstSeen;
 use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg};
 use crate::stats::MinerStats;
 
@@ -25,7 +31,13 @@ pub struct SliceDownloader;
 
 pub struct SliceDownloaderState {
     ctx: Arc<MinerContext>,
-    health: Arc<Mutex<PeerHealth>>,
+    shared: Arc<Shared>,
+}
+
+/// What every fetch and watch of this node shares.
+struct Shared {
+    health: Mutex<PeerHealth>,
+    first_seen: Mutex<FirstSeen>,
 }
 
 impl Actor for SliceDownloader {
@@ -40,7 +52,8 @@ impl Actor for SliceDownloader {
     ) -> Result<Self::State, ActorProcessingErr> {
         ctx.telemetry.stats.record_start(ActorKind::SliceDownloader);
         let health = PeerHealth::new(ctx.settings.peer_failures_before_skip, ctx.settings.peer_skip);
-        Ok(SliceDownloaderState { ctx, health: Arc::new(Mutex::new(health)) })
+        let shared = Shared { health: Mutex::new(health), first_seen: Mutex::new(FirstSeen::default()) };
+        Ok(SliceDownloaderState { ctx, shared: Arc::new(shared) })
     }
 
     async fn handle(
@@ -52,25 +65,44 @@ impl Actor for SliceDownloader {
         match msg {
             SliceDownloaderMsg::Fetch { kind, window, reply } => {
                 state.ctx.faults.maybe_panic(ActorKind::SliceDownloader);
-                let (ctx, health) = (state.ctx.clone(), state.health.clone());
+                let (ctx, shared) = (state.ctx.clone(), state.shared.clone());
                 // Off the handler: a slow peer never delays the next request.
                 tokio::spawn(async move {
-                    let outcome = fetch_window(&ctx, &health, kind, window).await;
+                    let outcome = fetch_window(&ctx, &shared, kind, window).await;
                     let _ = reply.send(outcome);
                 });
+            }
+            SliceDownloaderMsg::Watch { window } => {
+                let (ctx, shared) = (state.ctx.clone(), state.shared.clone());
+                tokio::spawn(async move { watch(&ctx, &shared, window).await });
             }
         }
         Ok(())
     }
 }
 
-/// Consecutive failures per bucket; a bucket at the threshold is skipped until its time is up.
+/// Consecutive failures (or slow answers) per bucket. A bucket at the threshold is skipped
+/// for `skip_for`; once its skip is over it is on probation: one more failure skips it
+/// again, for twice as long each time (up to [`MAX_SKIP_DOUBLINGS`]), and only a prompt
+/// success clears its record. A peer that keeps answering just before the deadline thus
+/// costs the others a few fetches in all, not a few per skip period.
 #[derive(Debug)]
 pub struct PeerHealth {
     threshold: u32,
     skip_for: Duration,
-    peers: HashMap<String, (u32, Option<Instant>)>,
+    peers: HashMap<String, Record>,
 }
+
+/// One bucket's record: failures since the last skip, its skip, and skips in a row.
+#[derive(Debug, Default)]
+struct Record {
+    failures: u32,
+    until: Option<Instant>,
+    skips: u32,
+}
+
+/// A skip period doubles at most this many times (×64).
+const MAX_SKIP_DOUBLINGS: u32 = 6;
 
 impl PeerHealth {
     pub fn new(threshold: u32, skip_for: Duration) -> Self {
@@ -78,16 +110,18 @@ impl PeerHealth {
     }
 
     pub fn is_skipped(&self, bucket: &str, now: Instant) -> bool {
-        matches!(self.peers.get(bucket), Some((_, Some(until))) if now < *until)
+        self.peers.get(bucket).and_then(|r| r.until).is_some_and(|until| now < until)
     }
 
     /// Returns true when this failure starts a skip period.
     pub fn failed(&mut self, bucket: &str, now: Instant) -> bool {
-        let entry = self.peers.entry(bucket.to_owned()).or_insert((0, None));
-        entry.0 += 1;
-        if entry.0 >= self.threshold {
-            entry.0 = 0;
-            entry.1 = Some(now + self.skip_for);
+        let record = self.peers.entry(bucket.to_owned()).or_default();
+        record.failures += 1;
+        let threshold = if record.skips > 0 { 1 } else { self.threshold };
+        if record.failures >= threshold {
+            record.failures = 0;
+            record.until = Some(now + self.skip_for * 2u32.pow(record.skips.min(MAX_SKIP_DOUBLINGS)));
+            record.skips += 1;
             return true;
         }
         false
@@ -103,30 +137,100 @@ struct Candidate {
     client: BucketClient,
     key: ObjectKey,
     info: ObjectInfo,
+    first_seen_ms: Option<i64>,
 }
 
 /// Every usable `kind` object of `window`: the buckets listed, each object admitted or
-/// refused by name, signer, size and time, then fetched into the cache.
-async fn fetch_window(ctx: &MinerContext, health: &Mutex<PeerHealth>, kind: SliceKind, window: Window) -> FetchOutcome {
+/// refused by name, signer, size and time, then fetched into the cache — all within one
+/// fetch budget.
+async fn fetch_window(ctx: &MinerContext, shared: &Shared, kind: SliceKind, window: Window) -> FetchOutcome {
     let mut outcome = FetchOutcome::default();
-    let listings = list_buckets(ctx, health, &ObjectKey::prefix(kind, window)).await;
-    let mut candidates = admit_listed(ctx, health, kind, window, listings, &mut outcome);
+    let budget = ctx.deadlines().fetch_budget(ctx.nominal_window());
+    let deadline = tokio::time::Instant::now() + budget;
+    let concurrency = ctx.settings.download_concurrency as usize;
+    let listings = list_buckets(ctx, &shared.health, &ObjectKey::prefix(kind, window), deadline, concurrency).await;
+    let mut candidates = admit_listed(ctx, shared, kind, window, listings, &mut outcome);
     if let Some(k) = peer_bound(ctx.exchange(), ctx.network.hparams.exchange_max_peers, ctx.is_validator()) {
         let before = candidates.len();
         candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
         debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
     }
-    fetch_candidates(ctx, health, kind, window, candidates, &mut outcome).await;
+    fetch_candidates(ctx, &shared.health, kind, window, candidates, deadline, &mut outcome).await;
     // Same order for everyone: the mean does not depend on arrival order.
     outcome.slices.sort_by(|a, b| (a.key.hotkey.0, &a.bucket).cmp(&(b.key.hotkey.0, &b.bucket)));
     outcome
 }
 
-type Listing =
-    (BucketLocation, BucketClient, Result<Result<Vec<ObjectInfo>, StorageError>, tokio::time::error::Elapsed>);
+/// Lists the deltas of `window` again and again while it is open (and its grace), so the
+/// first-seen time of each is this node's own observation, to a poll's precision. Each
+/// bucket is polled on its own: a slow bucket delays only its own sightings. A sighting
+/// is stamped with the start of its poll slot, so two updates seen within one slot tie
+/// (`tessera_core::validator::sightings` orders them further where it can).
+async fn watch(ctx: &MinerContext, shared: &Shared, window: Window) {
+    let poll = Deadlines::watch_poll(ctx.settings.block_time * ctx.network.schedule.window_length() as u32);
+    let prefix = ObjectKey::prefix(SliceKind::Delta, window);
+    let own = ctx.own_location().clone();
+    let pollers = ctx.buckets_to_read().into_iter().map(|bucket| {
+        let client =
+            if bucket == own { ctx.storage.own_bucket.clone() } else { ctx.storage.peer_clients.client(&bucket) };
+        let (name, prefix) = (bucket.to_string(), prefix.clone());
+        async move {
+            loop {
+                if !lock(&shared.health).is_skipped(&name, Instant::now()) {
+                    let listed = tokio::time::timeout(ctx.deadlines().transfer(), client.list(&prefix)).await;
+                    let slot = slot_start(crate::context::unix_ms(), poll);
+                    if let Ok(Ok(objects)) = listed {
+                        let mut book = lock(&shared.first_seen);
+                        objects.iter().for_each(|o| {
+                            book.record(SliceKind::Delta, window, &name, &o.key, slot);
+                        });
+                    }
+                }
+                if delta_deadline_ms(ctx, window).is_some_and(|by| crate::context::unix_ms() > by) || ctx.is_stopping()
+                {
+                    return;
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }
+    });
+    lock(&shared.first_seen).mark_watched(window);
+    futures::future::join_all(pollers).await;
+}
 
-/// Lists `prefix` in every bucket this node reads, but peers skipped for failing.
-async fn list_buckets(ctx: &MinerContext, health: &Mutex<PeerHealth>, prefix: &str) -> Vec<Listing> {
+/// The start of the poll slot `now_ms` falls in.
+fn slot_start(now_ms: i64, poll: Duration) -> i64 {
+    let width = (poll.as_millis() as i64).max(1);
+    now_ms.div_euclid(width) * width
+}
+
+/// The latest first sighting of an on-time delta of `window` (unix ms): its end plus the
+/// grace, once the window has ended on this node's clock; `None` while it is open (its
+/// end not yet observed: under fixed compute the clock waits, so no extrapolated end
+/// means anything, and whatever is seen while it is open is on time).
+fn delta_deadline_ms(ctx: &MinerContext, window: Window) -> Option<i64> {
+    if ctx.clock_now().window <= window {
+        return None;
+    }
+    ctx.window_bounds(window).map(|(start, end)| end + Deadlines::delta_grace_ms(start, end))
+}
+
+type Listing = (BucketLocation, BucketClient, Result<Result<Vec<ObjectInfo>, StorageError>, Late>, i64);
+
+/// A transfer that overran its deadline or the fetch budget.
+#[derive(Debug)]
+struct Late;
+
+/// Lists `prefix` in every bucket this node reads, but peers skipped for failing, each
+/// within one transfer deadline and the fetch's `deadline`; a slow answer counts against
+/// its peer.
+async fn list_buckets(
+    ctx: &MinerContext,
+    health: &Mutex<PeerHealth>,
+    prefix: &str,
+    deadline: tokio::time::Instant,
+    concurrency: usize,
+) -> Vec<Listing> {
     let buckets: Vec<BucketLocation> = ctx
         .buckets_to_read()
         .into_iter()
@@ -139,30 +243,59 @@ async fn list_buckets(ctx: &MinerContext, health: &Mutex<PeerHealth>, prefix: &s
         })
         .collect();
     let own = ctx.own_location().clone();
+    let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
     futures::stream::iter(buckets.into_iter().map(|bucket| {
         let client =
             if bucket == own { ctx.storage.own_bucket.clone() } else { ctx.storage.peer_clients.client(&bucket) };
         let prefix = prefix.to_owned();
-        let deadline = ctx.deadlines().transfer();
+        let until = deadline.min(tokio::time::Instant::now() + ctx.deadlines().transfer());
         async move {
-            let listed = tokio::time::timeout(deadline, client.list(&prefix)).await;
-            (bucket, client, listed)
+            let started = Instant::now();
+            let listed = tokio::time::timeout_at(until, client.list(&prefix)).await.map_err(|_| Late);
+            if listed.is_ok() && Deadlines::is_slow(started.elapsed(), budget) {
+                peer_failed(ctx, health, &bucket.to_string(), "listing was slow");
+            }
+            (bucket, client, listed, crate::context::unix_ms())
         }
     }))
-    .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
+    .buffer_unordered(concurrency.max(1))
     .collect::<Vec<_>>()
     .await
+}
+
+/// Records when each listed delta was first seen; a listing of a window while it is open
+/// (by its end plus the grace) makes it watched.
+fn record_listed(ctx: &MinerContext, shared: &Shared, kind: SliceKind, window: Window, listings: &[Listing]) {
+    if kind != SliceKind::Delta {
+        return;
+    }
+    let mut book = lock(&shared.first_seen);
+    // Watched when listed while open (or in its grace): by the earliest answer of this round.
+    let earliest = listings.iter().map(|l| l.3).min().unwrap_or_else(crate::context::unix_ms);
+    if delta_deadline_ms(ctx, window).is_none_or(|by| earliest <= by) {
+        book.mark_watched(window);
+    }
+    for (bucket, _, listed, answered_ms) in listings {
+        if let Ok(Ok(objects)) = listed {
+            for info in objects {
+                book.record(kind, window, &bucket.to_string(), &info.key, *answered_ms);
+            }
+        }
+    }
 }
 
 /// The listed objects worth fetching; failed listings and refused objects are counted.
 fn admit_listed(
     ctx: &MinerContext,
-    health: &Mutex<PeerHealth>,
+    shared: &Shared,
     kind: SliceKind,
     window: Window,
     listings: Vec<Listing>,
     outcome: &mut FetchOutcome,
 ) -> Vec<Candidate> {
+    record_listed(ctx, shared, kind, window, &listings);
+    let health = &shared.health;
+    let first_seen = lock(&shared.first_seen);
     let rules = Admission {
         kind,
         window,
@@ -171,9 +304,13 @@ fn admit_listed(
         bounds: ctx.upload_bounds(kind, window),
         view: ctx.peer_view(),
         committers: ctx.settings.remote.then(|| ctx.committers_by_bucket()),
+        // Deltas of a window this node watched: on time by its own first sighting.
+        first_seen_by: (kind == SliceKind::Delta && first_seen.is_watched(window))
+            .then(|| delta_deadline_ms(ctx, window))
+            .flatten(),
     };
     let mut candidates = Vec::new();
-    for (bucket, client, listed) in listings {
+    for (bucket, client, listed, _) in listings {
         let name = bucket.to_string();
         let objects = match listed {
             Ok(Ok(objects)) => objects,
@@ -182,15 +319,23 @@ fn admit_listed(
                 outcome.failed += 1;
                 continue;
             }
-            Err(_) => {
-                peer_failed(ctx, health, &name, "listing passed its deadline");
+            Err(Late) => {
+                peer_failed(ctx, health, &name, "listing overran the fetch budget");
                 outcome.failed += 1;
+                outcome.late += 1;
                 continue;
             }
         };
         for info in objects {
-            match rules.admit(&name, &info) {
-                Ok(key) => candidates.push(Candidate { bucket: bucket.clone(), client: client.clone(), key, info }),
+            let seen = first_seen.get(window, &name, &info.key);
+            match rules.admit(&name, &info, seen) {
+                Ok(key) => candidates.push(Candidate {
+                    bucket: bucket.clone(),
+                    client: client.clone(),
+                    key,
+                    info,
+                    first_seen_ms: seen,
+                }),
                 Err(reason) => {
                     debug!(miner = %ctx.id.name, bucket = %name, key = %info.key, reason, "refusing a listed object");
                     ctx.telemetry.stats.reject(reason);
@@ -211,11 +356,13 @@ struct Admission {
     bounds: Option<(i64, i64)>,
     view: Arc<PeerView>,
     committers: Option<HashMap<String, HashSet<Hotkey>>>,
+    /// The latest first-seen time of an on-time delta (unix ms), for a watched window.
+    first_seen_by: Option<i64>,
 }
 
 impl Admission {
     /// The object's key, or why it is refused (a rejection reason of the stats).
-    fn admit(&self, bucket: &str, info: &ObjectInfo) -> Result<ObjectKey, &'static str> {
+    fn admit(&self, bucket: &str, info: &ObjectInfo, first_seen_ms: Option<i64>) -> Result<ObjectKey, &'static str> {
         let key = ObjectKey::from_str(&info.key).map_err(|_| "bad_key")?;
         if key.version != self.version {
             return Err("other_version");
@@ -234,6 +381,11 @@ impl Admission {
         if info.size > self.max_bytes {
             return Err("too_large");
         }
+        if let (Some(by), Some(seen)) = (self.first_seen_by, first_seen_ms)
+            && !crate::first_seen::on_time(seen, by, 0)
+        {
+            return Err("first_seen_late");
+        }
         match (self.bounds, info.last_modified_ms) {
             (Some((lo, hi)), Some(t)) if t < lo || t > hi => Err("outside_window_time"),
             (Some(_), None) => Err("outside_window_time"),
@@ -250,8 +402,10 @@ async fn fetch_candidates(
     kind: SliceKind,
     window: Window,
     candidates: Vec<Candidate>,
+    deadline: tokio::time::Instant,
     outcome: &mut FetchOutcome,
 ) {
+    let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
     let max_bytes = max_encoded_len(ctx.slice_value_count()) as u64;
     let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
     let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
@@ -268,19 +422,25 @@ async fn fetch_candidates(
             .storage
             .cache
             .get_or_fetch(&entry, move |dest| async move { client.get_to_file(&key, &dest, max_bytes).await });
-        let result = tokio::time::timeout(ctx.deadlines().transfer(), fetch).await;
+        let until = deadline.min(tokio::time::Instant::now() + ctx.deadlines().transfer());
+        let started = Instant::now();
+        let result = tokio::time::timeout_at(until, fetch).await;
         bar.inc(c.info.size);
-        (c, result)
+        (c, result, started.elapsed())
     }))
     .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
     .await;
     bar.finish_and_clear();
-    for (c, result) in fetched {
+    for (c, result, took) in fetched {
         let name = c.bucket.to_string();
         match result {
             Ok(Ok(cached)) => {
-                lock(health).succeeded(&name);
+                if cached.hit || !Deadlines::is_slow(took, budget) {
+                    lock(health).succeeded(&name);
+                } else {
+                    peer_failed(ctx, health, &name, "download was slow");
+                }
                 if cached.hit {
                     MinerStats::add(&ctx.telemetry.stats.cache_hits, 1);
                 } else {
@@ -292,6 +452,7 @@ async fn fetch_candidates(
                     path: cached.path,
                     bucket: name,
                     last_modified_ms: c.info.last_modified_ms,
+                    first_seen_ms: c.first_seen_ms,
                 });
             }
             Ok(Err(e)) => {
@@ -299,8 +460,9 @@ async fn fetch_candidates(
                 outcome.failed += 1;
             }
             Err(_) => {
-                peer_failed(ctx, health, &name, "download passed its deadline");
+                peer_failed(ctx, health, &name, "download overran the fetch budget");
                 outcome.failed += 1;
+                outcome.late += 1;
             }
         }
     }
@@ -389,5 +551,28 @@ mod tests {
         assert!(!health.is_skipped("b", t0 + Duration::from_secs(61)));
         health.succeeded("b");
         assert!(!health.is_skipped("b", t0));
+    }
+
+    #[test]
+    fn a_peer_on_probation_is_skipped_again_at_once_for_twice_as_long() {
+        let mut health = PeerHealth::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        (0..3).for_each(|_| {
+            health.failed("slow", t0);
+        });
+        let t1 = t0 + Duration::from_secs(11);
+        assert!(!health.is_skipped("slow", t1));
+        assert!(health.failed("slow", t1), "one failure after a skip skips again");
+        assert!(health.is_skipped("slow", t1 + Duration::from_secs(19)));
+        assert!(!health.is_skipped("slow", t1 + Duration::from_secs(21)));
+        let t2 = t1 + Duration::from_secs(21);
+        assert!(health.failed("slow", t2));
+        assert!(health.is_skipped("slow", t2 + Duration::from_secs(39)), "40 s the third time");
+        for _ in 0..20 {
+            health.failed("slow", t2);
+        }
+        assert!(!health.is_skipped("slow", t2 + Duration::from_secs(10 * 64 + 1)), "doubling stops at ×64");
+        health.succeeded("slow");
+        assert!(!health.failed("slow", t2), "a prompt success clears the record");
     }
 }

@@ -74,6 +74,8 @@ pub struct MinerStats {
     pub download_failures: AtomicU64,
     pub peers_skipped: AtomicU64,
     pub slices_averaged: AtomicU64,
+    /// Slices pulled back to the clip radius before averaging (a peer far from the others).
+    pub slices_clipped: AtomicU64,
     pub checkpoints_written: AtomicU64,
     pub block_stream_losses: AtomicU64,
     pub reconnects: AtomicU64,

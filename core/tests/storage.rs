@@ -31,6 +31,8 @@ fn opts() -> TransferOptions {
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(50),
         },
+        // The test servers are on 127.0.0.1.
+        allow_private_endpoints: true,
         ..TransferOptions::default()
     }
 }

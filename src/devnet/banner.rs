@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tessera_actors::devnet::DevnetOptions;
+use tessera_actors::devnet::{Adversary, DevnetOptions};
 
 use super::options::StateDir;
 use super::table;
@@ -19,7 +19,7 @@ pub fn print(
     state: &StateDir,
 ) -> Result<()> {
     writeln!(out, "{}", network_line(options, params))?;
-    if let Some(line) = scoring_line(validator, options.adversaries) {
+    if let Some(line) = scoring_line(validator, &options.adversaries) {
         writeln!(out, "{line}")?;
     }
     writeln!(out, "{}", compute_line(options))?;
@@ -46,17 +46,14 @@ fn network_line(options: &DevnetOptions, params: usize) -> String {
 }
 
 /// Whether a validator scores and which adversaries run; none when neither.
-fn scoring_line(validator: bool, adversaries: bool) -> Option<String> {
-    if !validator && !adversaries {
+fn scoring_line(validator: bool, adversaries: &[Adversary]) -> Option<String> {
+    if !validator && adversaries.is_empty() {
         return None;
     }
     let scoring =
         if validator { "a validator scores every miner's delta each window and sets weights" } else { "no validator" };
-    let adversaries = if adversaries {
-        "; adversaries: copier1 (republishes miner1's delta), lazy1 (state unchanged), noise1, randompages1"
-    } else {
-        ""
-    };
+    let names: Vec<String> = adversaries.iter().map(|a| format!("{}1", a.name())).collect();
+    let adversaries = if names.is_empty() { String::new() } else { format!("; adversaries: {}", names.join(", ")) };
     Some(format!("{scoring}{adversaries}"))
 }
 
@@ -110,11 +107,14 @@ mod tests {
 
     #[test]
     fn the_scoring_line_says_who_scores_and_who_cheats() {
-        assert_eq!(scoring_line(false, false), None);
+        assert_eq!(scoring_line(false, &[]), None);
         assert_eq!(
-            scoring_line(true, false).as_deref(),
+            scoring_line(true, &[]).as_deref(),
             Some("a validator scores every miner's delta each window and sets weights")
         );
-        assert!(scoring_line(false, true).unwrap().starts_with("no validator; adversaries: copier1"));
+        assert_eq!(
+            scoring_line(false, &Adversary::CLASSIC).unwrap(),
+            "no validator; adversaries: copier1, lazy1, noise1, randompages1"
+        );
     }
 }

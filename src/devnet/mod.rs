@@ -38,8 +38,7 @@ use validator::WeightRow;
 /// Window length of the devnet, in blocks (the live subnet's).
 const WINDOW_LENGTH: u64 = 2;
 
-pub async fn run(mut args: DevnetArgs) -> Result<()> {
-    options::judge_adversaries_under_fixed_compute(&mut args);
+pub async fn run(args: DevnetArgs) -> Result<()> {
     options::init_logging(&args.logs);
     let state = options::StateDir::open(args.state_dir.as_deref())?;
     let devnet_options = options::devnet_options(&args, &state.path)?;
@@ -182,7 +181,7 @@ fn conclude(
     bandwidth::print(out, &bandwidth, slice_bytes)?;
     watched.memory.print(out)?;
     for (name, rows) in weights {
-        validator::print_weights_and_verdict(out, name, rows, args.adversaries, &mut reasons)?;
+        validator::print_weights_and_verdict(out, name, rows, args.adversaries.is_some(), &mut reasons)?;
     }
     if watched.idle_windows > 0 {
         writeln!(out, "{} window line(s) trained nothing; the reason is on each line", watched.idle_windows)?;

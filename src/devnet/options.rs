@@ -40,19 +40,6 @@ impl ValueEnum for ExchangeFlag {
     }
 }
 
-/// Micro-batches per window the adversaries are judged under when `--fixed-compute` is not
-/// given: whether a miner trained on its own pages shows in the update of a few
-/// micro-batches, each of which the validator scores; under a real-time window of many
-/// micro-batches the signal drowns (DESIGN §2b).
-const ADVERSARY_FIXED_COMPUTE: u32 = 1;
-
-/// `--adversaries` without `--fixed-compute` runs under [`ADVERSARY_FIXED_COMPUTE`].
-pub fn judge_adversaries_under_fixed_compute(args: &mut DevnetArgs) {
-    if args.adversaries && args.fixed_compute == 0 {
-        args.fixed_compute = ADVERSARY_FIXED_COMPUTE;
-    }
-}
-
 /// Logs to stderr at warnings unless asked for (`--debug`, `--trace`, `RUST_LOG`): the table
 /// on stdout is the devnet's output.
 pub fn init_logging(logs: &LogArgs) {
@@ -101,7 +88,7 @@ pub fn devnet_options(args: &DevnetArgs, dir: &Path) -> Result<DevnetOptions> {
     options.lockstep = lockstep;
     options.lockstep_windows = (args.windows > 0).then_some(args.windows);
     options.validator = !args.no_validator;
-    options.adversaries = args.adversaries;
+    options.adversaries = args.adversaries.clone().map(|list| list.0).unwrap_or_default();
     options.settings = devnet_settings(args.block_time);
     options.settings.eval_every = args.eval_every;
     options.settings.fixed_micro_batches = args.fixed_compute as usize;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tessera_actors::devnet::{Devnet, Role};
+use tessera_actors::devnet::{Adversary, Devnet, Role};
 use tessera_actors::stats::ScoredWindow;
 use tessera_actors::{MinerContext, UidOutcome};
 
@@ -17,10 +17,11 @@ pub fn print_window(out: &mut impl Write, name: &str, w: &ScoredWindow, names: &
         .iter()
         .map(|u| match (u.outcome, u.score) {
             (UidOutcome::Scored, Some(s)) => format!(
-                "{} {:+.4} d{:+.5} w{:.2}",
+                "{} {:+.4} d{:+.5} z{:.1} w{:.2}",
                 label(u.uid),
                 s,
                 u.own_improvement.unwrap_or(0.0) - u.random_improvement.unwrap_or(0.0),
+                u.indicator,
                 u.weight
             ),
             (outcome, _) => format!("{} {outcome} w{:.2}", label(u.uid), u.weight),
@@ -98,7 +99,7 @@ pub fn print_weights_and_verdict(
     let before = reasons.len();
     judge(rows, adversaries, reasons);
     if reasons.len() == before && adversaries {
-        let share: f64 = rows.iter().filter(|r| r.role.is_adversary()).map(|r| r.share).sum();
+        let share = adversary_share(rows);
         writeln!(
             out,
             "every honest miner ends above every adversary; the adversaries hold {:.1}% of the weight",
@@ -109,7 +110,10 @@ pub fn print_weights_and_verdict(
 }
 
 /// The verdict on the weights: some were set; with adversaries, every honest miner ends
-/// with more weight than every adversary, and the adversaries with under 10% in all.
+/// with more weight than every adversary, and the adversaries with under 10% in all. A
+/// sybil trains honestly and its twin publishes the same update under a second hotkey:
+/// the pair together must hold no more than the strongest honest miner (one update, at
+/// most one miner's pay), and only the twin's weight counts in the adversaries' share.
 pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
     let total: u64 = rows.iter().map(|r| u64::from(r.weight)).sum();
     if total == 0 {
@@ -119,10 +123,11 @@ pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
     if !adversaries {
         return;
     }
+    let is_sybil = |r: &WeightRow| matches!(r.role, Role::Adversary(Adversary::Sybil | Adversary::SybilTwin));
     let honest: Vec<&WeightRow> = rows.iter().filter(|r| r.role == Role::Exchanging).collect();
-    let bad: Vec<&WeightRow> = rows.iter().filter(|r| r.role.is_adversary()).collect();
     let weakest_honest = honest.iter().map(|r| r.weight).min().unwrap_or(0);
-    for a in &bad {
+    let strongest_honest = honest.iter().map(|r| r.weight).max().unwrap_or(0);
+    for a in rows.iter().filter(|r| r.role.is_adversary() && !is_sybil(r)) {
         if a.weight >= weakest_honest {
             reasons.push(format!(
                 "adversary {} ended with weight {} ≥ the weakest honest miner's {}",
@@ -130,10 +135,21 @@ pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
             ));
         }
     }
-    let bad_share: f64 = bad.iter().map(|r| r.share).sum();
+    let pair: u64 = rows.iter().filter(|r| is_sybil(r)).map(|r| u64::from(r.weight)).sum();
+    if pair > u64::from(strongest_honest) {
+        reasons.push(format!(
+            "the sybil pair holds weight {pair} together, more than the strongest honest miner's {strongest_honest}"
+        ));
+    }
+    let bad_share = adversary_share(rows);
     if bad_share >= 0.10 {
         reasons.push(format!("the adversaries hold {:.1}% of the weight (must be under 10%)", bad_share * 100.0));
     }
+}
+
+/// The adversaries' share of the weights (a sybil's own, earned by honest training, left out).
+pub fn adversary_share(rows: &[WeightRow]) -> f64 {
+    rows.iter().filter(|r| r.role.is_adversary() && r.role != Role::Adversary(Adversary::Sybil)).map(|r| r.share).sum()
 }
 
 #[cfg(test)]

@@ -29,8 +29,10 @@ use crate::host::{Host, MinerShutdown};
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
 pub mod adversaries;
+pub mod hostile_s3;
 
 pub use self::adversaries::Adversary;
+use self::hostile_s3::HostileS3;
 
 #[derive(Debug, Error)]
 pub enum DevnetError {
@@ -79,8 +81,8 @@ pub struct DevnetOptions {
     pub name_prefix: String,
     /// Run a validator that scores the miners and sets weights on the dev chain.
     pub validator: bool,
-    /// Add one adversary of each kind ([`Adversary::ALL`]).
-    pub adversaries: bool,
+    /// One node of each of these adversaries ([`Adversary::parse_list`]).
+    pub adversaries: Vec<Adversary>,
 }
 
 impl DevnetOptions {
@@ -103,7 +105,7 @@ impl DevnetOptions {
             head_file: None,
             name_prefix: String::new(),
             validator: false,
-            adversaries: false,
+            adversaries: Vec::new(),
         })
     }
 }
@@ -123,6 +125,8 @@ pub fn devnet_settings(block_time: Duration) -> RuntimeSettings {
         restart_backoff_max: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(20),
         clock_skew: Duration::from_secs(2),
+        // Every devnet bucket is on 127.0.0.1.
+        allow_private_endpoints: true,
         eval_every: 1,
         block_time,
         remote: true,
@@ -204,14 +208,13 @@ impl std::fmt::Display for Role {
 /// The devnet's nodes, named by role: `miner1..`, `seedx1..`, `baseline1..`, then one of
 /// each adversary (`copier1`, `lazy1`, ...) and `validator1`.
 pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {
-    let adversaries = usize::from(options.adversaries);
     let groups = [
         (Role::Exchanging, options.miners),
         (Role::SeedExchange, options.seed_exchange_miners),
         (Role::Baseline, options.baseline_miners),
     ]
     .into_iter()
-    .chain(Adversary::ALL.into_iter().map(|a| (Role::Adversary(a), adversaries)))
+    .chain(options.adversaries.iter().map(|a| (Role::Adversary(*a), 1)))
     .chain([(Role::Validator, usize::from(options.validator))]);
     groups
         .flat_map(|(role, n)| (1..=n).map(move |i| (format!("{}{}{i}", options.name_prefix, role.stem()), role)))
@@ -332,12 +335,23 @@ async fn start_node(
     s3: &EmbeddedS3,
     name: &str,
     role: Role,
-) -> Result<Arc<MinerContext>, DevnetError> {
+) -> Result<(Arc<MinerContext>, Option<HostileS3>), DevnetError> {
     let dir = options.state_dir.join(name);
     let chain: Arc<dyn Chain> = common.chain.clone();
     let hotkey = dev_hotkey(name)?;
     let bucket = BucketName::parse(&format!("devnet-{}", name.to_lowercase())).map_err(setup("bucket name"))?;
-    let location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
+    let mut location = s3.create_bucket(bucket.as_str()).await.map_err(setup("creating a bucket"))?;
+    // An adversary with a hostile server of its own: its bucket is reached through it.
+    let front = match role {
+        Role::Adversary(adversary) => match adversary.hostility(&options.settings) {
+            Some(hostility) => Some(HostileS3::start(s3.addr(), hostility).await.map_err(setup("a hostile S3 front"))?),
+            None => None,
+        },
+        _ => None,
+    };
+    if let Some(front) = &front {
+        location = format!("{}/{}", front.endpoint(), bucket).parse().map_err(setup("the hostile front's location"))?;
+    }
     let uid = chain.register(options.netuid, hotkey.keypair(), &hotkey.hotkey()).await.map_err(setup("registering"))?;
     chain
         .set_commitment(options.netuid, hotkey.keypair(), &location.to_string())
@@ -386,7 +400,7 @@ async fn start_node(
         hparams_refresh: None,
     });
     info!(miner = %name, uid, bucket = %location, baseline, "devnet miner");
-    Ok(ctx)
+    Ok((ctx, front))
 }
 
 /// A node's runtime settings for its role, and what it publishes if it is an adversary.
@@ -406,8 +420,9 @@ fn node_settings(
     let misbehaviour = match role {
         Role::Adversary(adversary) => {
             // The honest node a copier copies: the first exchanging miner.
-            let victim = format!("{}{}1", options.name_prefix, Role::Exchanging.stem());
-            adversary.equip(&mut settings, || dev_hotkey(&victim).map(|k| k.hotkey()))?
+            let victim = dev_hotkey(&format!("{}{}1", options.name_prefix, Role::Exchanging.stem()))?.hotkey();
+            let sybil = dev_hotkey(&format!("{}{}1", options.name_prefix, Adversary::Sybil.name()))?.hotkey();
+            adversary.equip(&mut settings, victim, sybil)
         }
         _ => None,
     };
@@ -430,6 +445,8 @@ pub struct Devnet {
     _lockstep: Option<AbortOnDrop>,
     lockstep_held: Arc<AtomicBool>,
     roles: std::collections::HashMap<String, Role>,
+    /// The adversaries' hostile S3 fronts, alive as long as the devnet.
+    _fronts: Vec<HostileS3>,
 }
 
 impl Devnet {
@@ -469,6 +486,7 @@ impl Devnet {
             request_timeout: Duration::from_secs(5),
             transfer_timeout: options.settings.peer_deadline,
             progress_timeout: options.settings.progress_timeout,
+            allow_private_endpoints: options.settings.allow_private_endpoints,
             ..TransferOptions::default()
         };
         let peer_clients = PeerClients::new("us-east-1", opts.clone()).map_err(setup("peer clients"))?;
@@ -488,9 +506,11 @@ impl Devnet {
             schedule,
         };
         let roles: std::collections::HashMap<String, Role> = roster(&options).into_iter().collect();
-        let mut miners = Vec::new();
+        let (mut miners, mut fronts) = (Vec::new(), Vec::new());
         for (name, role) in roster(&options) {
-            miners.push(start_node(&options, &common, &s3, &name, role).await?);
+            let (node, front) = start_node(&options, &common, &s3, &name, role).await?;
+            miners.push(node);
+            fronts.extend(front);
         }
         let lockstep_held = Arc::new(AtomicBool::new(false));
         let lockstep = options.lockstep.then(|| {
@@ -516,6 +536,7 @@ impl Devnet {
             _lockstep: lockstep,
             lockstep_held,
             roles,
+            _fronts: fronts,
         })
     }
 

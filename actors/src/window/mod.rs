@@ -39,7 +39,7 @@ pub use self::train::token_batches;
 use crate::context::{ActorKind, MinerContext, lock, lookup};
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
-use crate::messages::{SliceUploaderMsg, StateSyncerMsg, WindowResult};
+use crate::messages::{SliceDownloaderMsg, SliceUploaderMsg, StateSyncerMsg, WindowResult};
 use crate::stats::MinerStats;
 
 /// What a node does with each window, decided once from its role and settings.
@@ -116,6 +116,11 @@ impl WindowRun {
         if let Some(from) = self.resync_from {
             self.replay_state(from).await?;
         }
+        // The deltas of this window, watched while it is open: their first-seen times
+        // decide what is on time and which of two copies came first, when it is scored.
+        if let Some(downloader) = lookup::<SliceDownloaderMsg>(&self.ctx.id.name, ActorKind::SliceDownloader) {
+            let _ = downloader.cast(SliceDownloaderMsg::Watch { window: self.window });
+        }
         let evaluated = self.window.checked_sub(offset);
         let mut advanced = advance::Advanced::default();
         if let Some(e) = evaluated {
@@ -167,13 +172,30 @@ impl WindowRun {
             warn!(miner = %ctx.id.name, %kind, window, "no state syncer running; skipping this average");
             return (None, 0);
         };
+        let center = match self.clip_center(kind, window).await {
+            Ok(center) => center,
+            Err(e) => {
+                warn!(miner = %ctx.id.name, %kind, window, error = %e, "cannot read the model's values; skipping this average");
+                return (None, 0);
+            }
+        };
         let deadline = ctx.deadlines().average();
-        match syncer.call(|reply| StateSyncerMsg::Average { kind, window, reply }, Some(deadline)).await {
+        match syncer.call(|reply| StateSyncerMsg::Average { kind, window, center, reply }, Some(deadline)).await {
             Ok(ractor::rpc::CallResult::Success(outcome)) => (outcome.mean, outcome.accepted),
             Ok(_) | Err(_) => {
                 warn!(miner = %ctx.id.name, %kind, window, "the state syncer did not answer; skipping this average");
                 (None, 0)
             }
+        }
+    }
+
+    /// What the peers' `kind` slices of `window` are clipped around: the own values at
+    /// their positions for values (state, and deltas of the seed exchange), zero for the
+    /// update exchange's updates.
+    async fn clip_center(&self, kind: SliceKind, window: Window) -> Result<Option<Arc<Vec<f32>>>, RuntimeError> {
+        match (kind, self.ctx.exchange()) {
+            (SliceKind::Delta, Exchange::Update) => Ok(None),
+            _ => Ok(Some(self.gather(window).await?)),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use futures::future::BoxFuture;
 use tessera_core::slice::{Exchange, SliceKind};
 use tessera_core::window::Window;
+use tessera_data::Batch;
 
 use super::WindowRun;
 use super::train::Trained;
@@ -35,6 +36,14 @@ pub trait Misbehaviour: Send + Sync + 'static {
         exchange: Exchange,
         honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>>;
+    /// The state slice to publish for `window`, given the honest one.
+    fn state(&self, _node: &MinerContext, _window: Window, honest: Arc<Vec<f32>>) -> Arc<Vec<f32>> {
+        honest
+    }
+    /// The micro-batches it trains on, given its assigned ones.
+    fn train_on(&self, assigned: Vec<Batch>) -> Vec<Batch> {
+        assigned
+    }
 }
 
 /// Returns how many peer deltas were averaged in (seed exchange).
@@ -65,7 +74,10 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange, trained: &Trained) 
             }
         }
     }
-    let state = run.gather(window + 1).await?;
+    let mut state = run.gather(window + 1).await?;
+    if let Some(m) = &ctx.misbehaviour {
+        state = m.state(ctx, window + 1, state);
+    }
     run.upload(SliceKind::State, window + 1, state);
     if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.id.name, ActorKind::SliceUploader) {
         let max_history = ctx.network.max_history.load(Ordering::Relaxed);

@@ -15,10 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
+use rand::SeedableRng;
+use std::str::FromStr;
 use tessera_core::hotkey::Hotkey;
-use tessera_core::slice::{Exchange, SliceIndices, SliceKind, decode};
+use tessera_core::slice::{
+    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, clip_radius, clip_scales, decode, deviation_norm,
+};
+
+use tessera_core::storage::BucketLocation;
 use tessera_core::validator::{
-    CopyCandidate, Evaluation, ScoreBook, ScoringParams, WindowOutcome, find_copies, sketch, sketch_positions,
+    CopyCandidate, Evaluation, ScoreBook, ScoringParams, Sighting, WindowOutcome, find_copies, order_keys, sketch,
+    sketch_positions,
 };
 use tessera_core::window::Window;
 use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
@@ -43,6 +50,7 @@ const SKETCH_LEN: usize = 4096;
 /// [`LoadedHotkey::private_seed`]: tessera_core::wallet::LoadedHotkey::private_seed
 const RANDOM_PAGES_PURPOSE: &str = "validator random pages";
 const SKETCH_PURPOSE: &str = "validator copy sketch";
+const OWN_SAMPLE_PURPOSE: &str = "validator own sample";
 
 /// At least this many random micro-batches per evaluation.
 const RANDOM_BATCHES_MIN: usize = 4;
@@ -60,6 +68,12 @@ struct Delta {
     uid: u16,
     hotkey: Hotkey,
     slice: FetchedSlice,
+    /// Its distance from the clip centre (as every miner's aggregate measures it).
+    distance: f64,
+    /// The clip's scale for it among the window's deltas: scored as miners apply it.
+    scale: f32,
+    /// Its distance over the window's median: paid per norm beyond 1 ([`Evaluation::per_norm`]).
+    norm_ratio: f64,
 }
 
 /// What every miner's update is measured against: the model at the positions of `e`,
@@ -109,12 +123,27 @@ async fn score(
     for uid in book.sync_metagraph(&neurons) {
         info!(miner = %ctx.id.name, uid, "a new hotkey holds this UID: its score starts from zero");
     }
-    let (deltas, candidates) = valid_deltas(run, e, &miners).await;
-    let copiers = find_copies(&candidates, params.copy_similarity);
-    let mut outcomes: BTreeMap<u16, WindowOutcome> =
-        copiers.iter().map(|(&copier, &original)| (copier, WindowOutcome::Copier { original })).collect();
     let reference = reference(run, e, params).await?;
-    let order = book.eval_order(&deltas.keys().copied().filter(|u| !copiers.contains_key(u)).collect::<Vec<_>>());
+    let center = (ctx.exchange() == Exchange::Seed).then(|| reference.theta.clone());
+    let (deltas, candidates) = valid_deltas(run, e, &miners, center).await;
+    let novelty = params.copy_novelty;
+    let seen: HashMap<u16, (i64, [u8; 32])> =
+        candidates.iter().map(|c| (c.uid, (c.first_seen_ms, c.body_hash))).collect();
+    let copiers = tokio::task::spawn_blocking(move || find_copies(&candidates, novelty)).await?;
+    let mut outcomes: BTreeMap<u16, WindowOutcome> = BTreeMap::new();
+    for (&copier, &original) in &copiers {
+        // The same bytes seen in the same round: which came first is not observed (a Sybil
+        // pair, or a copier as fast as the watcher). Neither is paid; neither is branded.
+        let tied = seen.get(&copier).is_some_and(|c| seen.get(&original) == Some(c));
+        if tied {
+            info!(miner = %ctx.id.name, window = e, copier, original, "identical updates first seen together: neither paid");
+            outcomes.insert(copier, WindowOutcome::Missing);
+            outcomes.insert(original, WindowOutcome::Missing);
+        } else {
+            outcomes.entry(copier).or_insert(WindowOutcome::Copier { original });
+        }
+    }
+    let order = book.eval_order(&deltas.keys().copied().filter(|u| !outcomes.contains_key(u)).collect::<Vec<_>>());
     let deadline = scoring_deadline(run);
     let (mut skipped, mut eval_secs) = (Vec::new(), 0.0f64);
     for uid in order {
@@ -235,7 +264,7 @@ fn book(ctx: &MinerContext, validator: &ValidatorState) -> Result<ScoreBook, Run
 /// noise is kept low (it is measured once per window before and once per miner after).
 async fn reference(run: &WindowRun, e: Window, params: &ScoringParams) -> Result<Reference, RuntimeError> {
     let ctx = &run.ctx;
-    let random_batches = params.eval_batches.max(RANDOM_BATCHES_MIN);
+    let random_batches = random_batches(params);
     let random_pages = PageSelection::Keyed(ctx.id.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]));
     let random = Arc::new(load_batches(ctx, random_pages, e, random_batches).await?);
     let indices = ctx.indices(e).await?;
@@ -251,6 +280,7 @@ async fn valid_deltas(
     run: &WindowRun,
     e: Window,
     miners: &[(u16, Hotkey)],
+    center: Option<Arc<Vec<f32>>>,
 ) -> (BTreeMap<u16, Delta>, Vec<CopyCandidate>) {
     let ctx = run.ctx.clone();
     let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.id.name, ActorKind::SliceDownloader) else {
@@ -266,16 +296,42 @@ async fn valid_deltas(
         _ => FetchOutcome::default(),
     };
     let uid_of: HashMap<Hotkey, u16> = miners.iter().map(|(u, h)| (*h, *u)).collect();
-    let checked =
-        tokio::task::spawn_blocking(move || check_deltas(&ctx, e, fetched, &uid_of)).await.unwrap_or_default();
+    let checked = tokio::task::spawn_blocking(move || check_deltas(&ctx, e, fetched, &uid_of, center.as_deref()))
+        .await
+        .unwrap_or_default();
     let mut deltas = BTreeMap::new();
     let mut candidates = Vec::new();
+    let mut sightings = Vec::new();
     for (delta, candidate) in checked {
         if deltas.contains_key(&delta.uid) {
             continue; // one delta per miner (a second bucket holding one is ignored)
         }
+        let origin = BucketLocation::from_str(&delta.slice.bucket).ok().and_then(|l| l.endpoint_origin());
+        sightings.push(Sighting {
+            first_seen_ms: candidate.first_seen_ms,
+            origin: origin.unwrap_or_else(|| "aws".into()),
+            last_modified_ms: delta.slice.last_modified_ms,
+        });
         candidates.push(candidate);
         deltas.insert(delta.uid, delta);
+    }
+    for ((candidate, key), sighting) in candidates.iter_mut().zip(order_keys(&sightings)).zip(&sightings) {
+        debug!(miner = %run.ctx.id.name, window = e, uid = candidate.uid, first_seen_ms = sighting.first_seen_ms, last_modified_ms = ?sighting.last_modified_ms, origin = %sighting.origin, "sighting");
+        candidate.first_seen_ms = key;
+    }
+    // Each update clipped as every miner's aggregate clips it among the same updates.
+    let distances: Vec<f64> = deltas.values().map(|d| d.distance).collect();
+    let (_, scales) = clip_scales(&distances, CLIP_FACTOR);
+    let median = clip_radius(&distances, 1.0);
+    for (delta, scale) in deltas.values_mut().zip(scales) {
+        delta.scale = scale;
+        delta.norm_ratio = if median > 0.0 { delta.distance / median } else { 1.0 };
+    }
+    // Copies are compared as applied too: a poisoner's huge update must not dominate the
+    // others' comparison.
+    for candidate in &mut candidates {
+        let scale = deltas.get(&candidate.uid).map_or(1.0, |d| d.scale);
+        candidate.sketch.iter_mut().for_each(|v| *v *= scale);
     }
     (deltas, candidates)
 }
@@ -286,6 +342,7 @@ fn check_deltas(
     e: Window,
     fetched: FetchOutcome,
     uid_of: &HashMap<Hotkey, u16>,
+    center: Option<&Vec<f32>>,
 ) -> Vec<(Delta, CopyCandidate)> {
     let [s0, s1, s2, s3, s4, s5, s6, s7, ..] = ctx.id.hotkey.private_seed(SKETCH_PURPOSE, &e.to_le_bytes());
     let positions =
@@ -304,13 +361,25 @@ fn check_deltas(
         };
         match decode(&bytes, &ctx.expected_slice(SliceKind::Delta, e, Some(slice.key.hotkey), registered)) {
             Ok(view) => {
+                let values = view.values();
+                // What the slice changes: its values less the centre (seed exchange), or the update.
+                let change = match center {
+                    Some(center) => values.iter().zip(center.iter()).map(|(v, c)| v - c).collect(),
+                    None => values.to_vec(),
+                };
                 let candidate = CopyCandidate {
                     uid,
                     body_hash: view.header.body_hash,
-                    last_modified_ms: slice.last_modified_ms,
-                    sketch: sketch(&view.values(), &positions),
+                    // The validator's own sighting (it watched the window); its claimed
+                    // upload time only when it did not.
+                    first_seen_ms: slice.first_seen_ms.or(slice.last_modified_ms).unwrap_or(0),
+                    sketch: sketch(&change, &positions),
                 };
-                out.push((Delta { uid, hotkey: slice.key.hotkey, slice }, candidate));
+                let distance = deviation_norm(&values, center.map(Vec::as_slice));
+                out.push((
+                    Delta { uid, hotkey: slice.key.hotkey, slice, distance, scale: 1.0, norm_ratio: 1.0 },
+                    candidate,
+                ));
             }
             Err(err) => {
                 debug!(miner = %ctx.id.name, uid, reason = err.reason(), error = %err, "rejected a delta: scored as missing");
@@ -331,7 +400,7 @@ async fn evaluate_one(
     reference: &Reference,
 ) -> Result<Evaluation, RuntimeError> {
     let ctx = &run.ctx;
-    let own = load_batches(ctx, PageSelection::Uid(delta.uid), e, params.eval_batches).await?;
+    let own = own_sample(ctx, delta.uid, e, random_batches(params)).await?;
     let (path, work, hotkey) = (delta.slice.path.clone(), ctx.clone(), delta.hotkey);
     let values: Vec<f32> = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, RuntimeError> {
         // One update in memory at a time: read back from the cache, checked again.
@@ -341,15 +410,23 @@ async fn evaluate_one(
     })
     .await??;
     let exchange = ctx.exchange();
+    let (scale, outer_lr) = (delta.scale, run.outer_lr());
     let (indices, theta, random) = (reference.indices.clone(), reference.theta.clone(), reference.random.clone());
     let (own_before, own_after, random_after) = run
         .engine
         .run(move |ops| -> Result<(f64, f64, f64), tessera_model::engine::EngineError> {
             let own = token_batches(&own);
             let own_before = ops.eval(&own)?;
+            // As miners apply it: clipped, and an update at the outer learning rate.
             match exchange {
-                Exchange::Update => ops.add(&indices, &values)?,
-                Exchange::Seed => ops.apply(&indices, &values)?,
+                Exchange::Update => {
+                    let step: Vec<f32> = values.iter().map(|u| outer_lr * scale * u).collect();
+                    ops.add(&indices, &step)?
+                }
+                Exchange::Seed => {
+                    let clipped: Vec<f32> = values.iter().zip(theta.iter()).map(|(v, t)| t + scale * (v - t)).collect();
+                    ops.apply(&indices, &clipped)?
+                }
             }
             let measured = ops.eval(&own).and_then(|own_after| Ok((own_after, ops.eval(&token_batches(&random))?)));
             // Restored whatever the measurement did.
@@ -359,11 +436,36 @@ async fn evaluate_one(
         })
         .await??;
     debug!(miner = %ctx.id.name, window = e, hotkey = %hotkey, own_before, own_after, random_after, "evaluated");
-    Ok(Evaluation { own_before, own_after, random_before: reference.random_before, random_after })
+    Ok(Evaluation { own_before, own_after, random_before: reference.random_before, random_after }
+        .per_norm(delta.norm_ratio))
 }
 
-/// The first `n` micro-batches of the pages `selection` gives for window `e` (a miner
-/// trains its micro-batches in order, so its first ones are those it surely trained).
+/// Random micro-batches per evaluation (own ones are as many, where the miner has them).
+fn random_batches(params: &ScoringParams) -> usize {
+    params.eval_batches.max(RANDOM_BATCHES_MIN)
+}
+
+/// `n` of the micro-batches miner `uid` was to train in window `e`, drawn with a seed only
+/// this validator knows: a miner cannot tell which it will be scored on, so only
+/// training on all of them pays. The micro-batches it was to train are the first
+/// `fixed_micro_batches` under fixed compute, else all of its pages'.
+async fn own_sample(ctx: &MinerContext, uid: u16, e: Window, n: usize) -> Result<Vec<Batch>, RuntimeError> {
+    let mut batches = load_batches(ctx, PageSelection::Uid(uid), e, usize::MAX).await?;
+    let fixed = ctx.settings.fixed_micro_batches;
+    if fixed > 0 {
+        batches.truncate(fixed);
+    }
+    if batches.len() <= n {
+        return Ok(batches);
+    }
+    let seed = ctx.id.hotkey.private_seed(OWN_SAMPLE_PURPOSE, &[&uid.to_le_bytes()[..], &e.to_le_bytes()[..]].concat());
+    let mut rng = rand::rngs::StdRng::from_seed(seed);
+    let mut chosen = rand::seq::index::sample(&mut rng, batches.len(), n).into_vec();
+    chosen.sort_unstable();
+    Ok(chosen.into_iter().map(|i| batches[i].clone()).collect())
+}
+
+/// The first `n` micro-batches of the pages `selection` gives for window `e`.
 async fn load_batches(
     ctx: &MinerContext,
     selection: PageSelection,

@@ -63,7 +63,11 @@ pub(super) async fn run(
     started: Started,
 ) -> Result<Trained, RuntimeError> {
     let (ctx, window) = (&run.ctx, run.window);
-    let batches = Arc::new(load_data(run).await?.batches);
+    let mut batches = load_data(run).await?.batches;
+    if let Some(m) = &ctx.misbehaviour {
+        batches = m.train_on(batches);
+    }
+    let batches = Arc::new(batches);
     let update_start = match exchange {
         Some(Exchange::Update) => Some(run.gather(window).await?),
         _ => None,

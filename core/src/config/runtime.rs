@@ -123,6 +123,9 @@ runtime_types! {
     #[serde(rename = "clock_skew_secs")]
     #[serde_as(as = "Secs<0>")]
     clock_skew: Duration,
+    /// Read peers' buckets at private, loopback or link-local addresses (refused by
+    /// default: a peer's bucket location is the peer's choice).
+    allow_private_endpoints: bool,
     /// Evaluate on held-out pages every this many windows (0: never; it costs GPU time).
     #[serde_as(deserialize_as = "Windows<0>")]
     eval_every: u64,

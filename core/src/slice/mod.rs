@@ -10,12 +10,14 @@ pub mod indices;
 pub mod key;
 pub mod wire;
 
-pub use aggregate::{AggregateError, MeanAccumulator};
+pub use aggregate::{
+    AggregateError, CLIP_FACTOR, MeanAccumulator, clip_radius, clip_scales, deviation_norm, scales_within,
+};
 pub use exchange::{Exchange, download_bytes_per_window};
 pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};
 pub use wire::{
-    Dtype, EncodeError, Expected, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode, encode_unchecked,
-    max_encoded_len,
+    Dtype, EncodeError, Expected, MAX_ABS_VALUE, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode,
+    encode_unchecked, max_encoded_len,
 };

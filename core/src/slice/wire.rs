@@ -118,7 +118,15 @@ pub enum SliceError {
     BodyHashMismatch,
     #[error("value {index} is not finite ({value})")]
     NonFiniteValue { index: usize, value: f32 },
+    #[error("value {index} ({value}) is beyond ±{MAX_ABS_VALUE}: no parameter or update is that large")]
+    ImplausibleValue { index: usize, value: f32 },
 }
+
+/// The largest magnitude a slice value may have. Trained parameters and their updates
+/// stay orders of magnitude below it; a hostile peer's values near the f32 limit (whose
+/// sums overflow to inf) are refused at decode, and the sum of up to 2^24 slices of
+/// admissible values stays finite.
+pub const MAX_ABS_VALUE: f32 = 1.0e4;
 
 impl SliceError {
     /// A short stable label for metrics and logs (`slices_rejected{reason=...}`).
@@ -142,6 +150,7 @@ impl SliceError {
             SliceError::BadSignature { .. } => "bad_signature",
             SliceError::BodyHashMismatch => "body_hash_mismatch",
             SliceError::NonFiniteValue { .. } => "non_finite_value",
+            SliceError::ImplausibleValue { .. } => "implausible_value",
         }
     }
 }
@@ -368,7 +377,7 @@ pub fn decode<'a>(bytes: &'a [u8], expected: &Expected<'_>) -> Result<SliceView<
         return Err(SliceError::BodyHashMismatch);
     }
     let view = SliceView { header, body };
-    check_finite(&view)?;
+    check_values(&view)?;
     Ok(view)
 }
 
@@ -401,23 +410,27 @@ fn check_expectations(header: &SliceHeader, expected: &Expected<'_>) -> Result<(
     Ok(())
 }
 
-fn check_finite(view: &SliceView<'_>) -> Result<(), SliceError> {
+/// Every value finite and within [`MAX_ABS_VALUE`].
+fn check_values(view: &SliceView<'_>) -> Result<(), SliceError> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    // Fast parallel scan on the raw bits; locate the first offender only when there is one.
-    let all_finite = match view.header.dtype {
-        Dtype::F32 => view.values().par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite())),
-        // bf16 is non-finite exactly when its 8 exponent bits are all ones.
-        Dtype::Bf16 => view
-            .body
-            .par_chunks(CHUNK * 2)
-            .all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80)),
+    let admissible = |v: f32| v.is_finite() && v.abs() <= MAX_ABS_VALUE;
+    // Fast parallel scan; locate the first offender only when there is one.
+    let all_admissible = match view.header.dtype {
+        Dtype::F32 => view.values().par_chunks(CHUNK).all(|c| c.iter().all(|v| admissible(*v))),
+        // A bf16 value is the upper half of an f32.
+        Dtype::Bf16 => view.body.par_chunks(CHUNK * 2).all(|c| {
+            c.chunks_exact(2).all(|b| admissible(f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)))
+        }),
     };
-    if all_finite {
+    if all_admissible {
         return Ok(());
     }
     let values = view.values();
-    let (index, &value) = values.iter().enumerate().find(|(_, v)| !v.is_finite()).unwrap_or((0, &f32::NAN));
+    let (index, &value) = values.iter().enumerate().find(|(_, v)| !admissible(**v)).unwrap_or((0, &f32::NAN));
+    if value.is_finite() {
+        return Err(SliceError::ImplausibleValue { index, value });
+    }
     Err(SliceError::NonFiniteValue { index, value })
 }
 

@@ -32,6 +32,7 @@ pub mod clip;
 pub mod copies;
 pub mod gate;
 pub mod scores;
+pub mod sightings;
 #[cfg(test)]
 mod simulation;
 
@@ -39,6 +40,7 @@ pub use clip::norm_clip_factors;
 pub use copies::{COPY_NOVELTY, CopyAssessment, CopyCandidate, assess_copies, find_copies, sketch, sketch_positions};
 pub use gate::{GATE_MIN_WINDOWS, GATE_Z_FULL, GATE_Z_OPEN, Specificity};
 pub use scores::{Evaluation, SCORE_LIMIT, ScoreBook, ScoreError, UidScore, WindowOutcome, to_u16_weights};
+pub use sightings::{Sighting, order_keys};
 
 use crate::hparams::Hparams;
 

@@ -30,6 +30,36 @@ impl Evaluation {
     pub fn random_improvement(&self) -> f64 {
         self.random_before - self.random_after
     }
+
+    /// The evaluation of an update `norm_ratio` times the window's median update norm:
+    /// both improvements divided by `max(1, norm_ratio)²`. An update inflated k times
+    /// beyond the typical one (an overfitter's, a scaled copy's) pulls the network's mean
+    /// by more than its share; its first-order gain grows at most k-fold, so it is paid at
+    /// most 1/k of it, and inflating never pays (measured on the devnet: an overfitter
+    /// publishing 4× its update kept 8.5% of the weight when paid per norm, k¹). A
+    /// typical or smaller update is unchanged.
+    pub fn per_norm(self, norm_ratio: f64) -> Self {
+        let k = if norm_ratio.is_finite() { norm_ratio.max(1.0).powi(2) } else { f64::INFINITY };
+        Self {
+            own_after: self.own_before - self.own_improvement() / k,
+            random_after: self.random_before - self.random_improvement() / k,
+            ..self
+        }
+    }
+}
+
+#[cfg(test)]
+mod per_norm_tests {
+    use super::Evaluation;
+
+    #[test]
+    fn an_update_beyond_the_median_norm_is_paid_per_norm_and_a_typical_one_in_full() {
+        let eval = Evaluation { own_before: 5.0, own_after: 4.0, random_before: 5.0, random_after: 4.6 };
+        assert_eq!(eval.per_norm(0.7), eval, "at or under the median: unchanged");
+        let big = eval.per_norm(2.0);
+        assert!((big.own_improvement() - 0.25).abs() < 1e-12 && (big.random_improvement() - 0.1).abs() < 1e-12);
+        assert_eq!(eval.per_norm(f64::NAN).random_improvement(), 0.0, "an unmeasurable norm earns nothing");
+    }
 }
 
 /// What the validator learnt of one miner in one window.

@@ -310,3 +310,21 @@ fn non_finite_bf16_values_are_rejected() {
     let err = decode(&bytes, &f.expected()).unwrap_err();
     assert!(matches!(err, SliceError::NonFiniteValue { index: 5, .. }), "{err}");
 }
+
+#[test]
+fn values_beyond_the_plausible_magnitude_are_refused_in_both_dtypes() {
+    let f = fixture();
+    let alice = dev_keypair("Alice").unwrap();
+    for (dtype, poison) in [(Dtype::F32, 3.0e38f32), (Dtype::F32, -2.0 * MAX_ABS_VALUE), (Dtype::Bf16, 1.0e30)] {
+        let mut values = f.values.clone();
+        values[5] = poison;
+        let bytes = encode(f.meta(dtype), &values, &alice).unwrap();
+        let err = decode(&bytes, &f.expected()).unwrap_err();
+        assert!(matches!(err, SliceError::ImplausibleValue { index: 5, .. }), "{dtype:?} {poison}: {err}");
+        assert_eq!(err.reason(), "implausible_value");
+    }
+    let mut values = f.values.clone();
+    values[5] = MAX_ABS_VALUE;
+    let bytes = encode(f.meta(Dtype::F32), &values, &alice).unwrap();
+    assert!(decode(&bytes, &f.expected()).is_ok(), "the bound itself is admissible");
+}
