@@ -252,7 +252,7 @@ pub struct DevnetArgs {
     /// randompages, poisoner, scaledcopy, noisycopy, meanecho, overfitter, slowbucket,
     /// timeliar, sybil (a sybil brings its twin, a second hotkey publishing its update).
     /// With --check, every honest miner must end with more weight than every adversary
-    /// (a sybil pair together at most one honest miner's), and the adversaries with less
+    /// (a sybil's twin included; the sybil itself trains honestly), and the adversaries with less
     /// than 10% in all.
     #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "classic",
           value_parser = parse_adversaries)]

@@ -202,13 +202,15 @@ fn the_validator_rewards_honest_miners_over_every_adversary() {
         let caught = scored.iter().filter(|l| l.contains(&format!("{copier} copier"))).count();
         assert!(caught >= scored.len() / 2, "{copier} caught in {caught} windows: {stdout}");
     }
-    // The slow bucket is late for the validator, and never the honest miners' victim.
-    assert!(scored.iter().filter(|l| l.contains("slowbucket1 missing")).count() >= scored.len() / 2, "{stdout}");
+    // The slow bucket is late, then skipped for slowness (not read, so scored neither way):
+    // never scored, however well it trains.
+    assert!(!scored.iter().any(|l| l.contains("slowbucket1 +") || l.contains("slowbucket1 -")), "{stdout}");
+    assert!(scored.iter().filter(|l| l.contains("slowbucket1 skipped")).count() >= scored.len() / 2, "{stdout}");
     for honest in ["miner1", "miner2", "miner3"] {
         assert!(!scored.iter().any(|l| l.contains(&format!("{honest} copier"))), "{honest} branded: {stdout}");
     }
-    // The weights on the dev chain: each adversary below every honest miner (a sybil pair
-    // together at most the strongest one), and the adversaries under 5% in all.
+    // The weights on the dev chain: each adversary below every honest miner (the sybil's
+    // update is paid once: its twin gets nothing), and the adversaries under 5% in all.
     let weight = |node: &str| -> u64 {
         let row = stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(node) && l.ends_with('%'));
         row.and_then(|r| r.split_whitespace().nth(3))
@@ -228,10 +230,10 @@ fn the_validator_rewards_honest_miners_over_every_adversary() {
         "overfitter1",
         "slowbucket1",
         "timeliar1",
+        "sybiltwin1",
     ] {
         assert!(honest.iter().all(|&h| h > weight(adversary)), "{adversary}: {stdout}");
     }
-    assert!(weight("sybil1") + weight("sybiltwin1") <= *honest.iter().max().unwrap_or(&0), "{stdout}");
     let share = stdout
         .lines()
         .find_map(|l| l.split("the adversaries hold ").nth(1))

@@ -119,6 +119,9 @@ pub struct FetchOutcome {
     pub failed: u32,
     /// Listings and downloads that overran the fetch budget (counted in `failed` too).
     pub late: u32,
+    /// Buckets not tried at all (skipped for failing or slowness): their miners were not
+    /// read, so a validator scores them neither way.
+    pub not_tried: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -145,6 +145,13 @@ struct Candidate {
 /// fetch budget.
 async fn fetch_window(ctx: &MinerContext, shared: &Shared, kind: SliceKind, window: Window) -> FetchOutcome {
     let mut outcome = FetchOutcome::default();
+    let now = Instant::now();
+    outcome.not_tried = ctx
+        .buckets_to_read()
+        .iter()
+        .map(ToString::to_string)
+        .filter(|b| lock(&shared.health).is_skipped(b, now))
+        .collect();
     let budget = ctx.deadlines().fetch_budget(ctx.nominal_window());
     let deadline = tokio::time::Instant::now() + budget;
     let concurrency = ctx.settings.download_concurrency as usize;

@@ -112,8 +112,8 @@ pub fn print_weights_and_verdict(
 /// The verdict on the weights: some were set; with adversaries, every honest miner ends
 /// with more weight than every adversary, and the adversaries with under 10% in all. A
 /// sybil trains honestly and its twin publishes the same update under a second hotkey:
-/// the pair together must hold no more than the strongest honest miner (one update, at
-/// most one miner's pay), and only the twin's weight counts in the adversaries' share.
+/// the update is to be paid once, so the sybil is judged as an honest miner would be
+/// (neither an adversary nor in their share) and its twin as an adversary.
 pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
     let total: u64 = rows.iter().map(|r| u64::from(r.weight)).sum();
     if total == 0 {
@@ -123,11 +123,9 @@ pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
     if !adversaries {
         return;
     }
-    let is_sybil = |r: &WeightRow| matches!(r.role, Role::Adversary(Adversary::Sybil | Adversary::SybilTwin));
     let honest: Vec<&WeightRow> = rows.iter().filter(|r| r.role == Role::Exchanging).collect();
     let weakest_honest = honest.iter().map(|r| r.weight).min().unwrap_or(0);
-    let strongest_honest = honest.iter().map(|r| r.weight).max().unwrap_or(0);
-    for a in rows.iter().filter(|r| r.role.is_adversary() && !is_sybil(r)) {
+    for a in rows.iter().filter(|r| is_judged_adversary(r)) {
         if a.weight >= weakest_honest {
             reasons.push(format!(
                 "adversary {} ended with weight {} ≥ the weakest honest miner's {}",
@@ -135,21 +133,21 @@ pub fn judge(rows: &[WeightRow], adversaries: bool, reasons: &mut Vec<String>) {
             ));
         }
     }
-    let pair: u64 = rows.iter().filter(|r| is_sybil(r)).map(|r| u64::from(r.weight)).sum();
-    if pair > u64::from(strongest_honest) {
-        reasons.push(format!(
-            "the sybil pair holds weight {pair} together, more than the strongest honest miner's {strongest_honest}"
-        ));
-    }
     let bad_share = adversary_share(rows);
     if bad_share >= 0.10 {
         reasons.push(format!("the adversaries hold {:.1}% of the weight (must be under 10%)", bad_share * 100.0));
     }
 }
 
+/// An adversary whose weight must stay below every honest miner's (all but the sybil,
+/// whose own training is honest).
+fn is_judged_adversary(row: &WeightRow) -> bool {
+    row.role.is_adversary() && row.role != Role::Adversary(Adversary::Sybil)
+}
+
 /// The adversaries' share of the weights (a sybil's own, earned by honest training, left out).
 pub fn adversary_share(rows: &[WeightRow]) -> f64 {
-    rows.iter().filter(|r| r.role.is_adversary() && r.role != Role::Adversary(Adversary::Sybil)).map(|r| r.share).sum()
+    rows.iter().filter(|r| is_judged_adversary(r)).map(|r| r.share).sum()
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ async fn score(
     }
     let reference = reference(run, e, params).await?;
     let center = (ctx.exchange() == Exchange::Seed).then(|| reference.theta.clone());
-    let (deltas, candidates) = valid_deltas(run, e, &miners, center).await;
+    let (deltas, candidates, not_read) = valid_deltas(run, e, &miners, center).await;
     let novelty = params.copy_novelty;
     let seen: HashMap<u16, (i64, [u8; 32])> =
         candidates.iter().map(|c| (c.uid, (c.first_seen_ms, c.body_hash))).collect();
@@ -145,7 +145,8 @@ async fn score(
     }
     let order = book.eval_order(&deltas.keys().copied().filter(|u| !outcomes.contains_key(u)).collect::<Vec<_>>());
     let deadline = scoring_deadline(run);
-    let (mut skipped, mut eval_secs) = (Vec::new(), 0.0f64);
+    // Miners whose bucket was not even tried (skipped for failing): not scored this window.
+    let (mut skipped, mut eval_secs) = (not_read, 0.0f64);
     for uid in order {
         if deadline.is_some_and(|d| Instant::now() >= d) || ctx.is_stopping() {
             skipped.push(uid);
@@ -281,11 +282,11 @@ async fn valid_deltas(
     e: Window,
     miners: &[(u16, Hotkey)],
     center: Option<Arc<Vec<f32>>>,
-) -> (BTreeMap<u16, Delta>, Vec<CopyCandidate>) {
+) -> (BTreeMap<u16, Delta>, Vec<CopyCandidate>, Vec<u16>) {
     let ctx = run.ctx.clone();
     let Some(downloader) = lookup::<SliceDownloaderMsg>(&ctx.id.name, ActorKind::SliceDownloader) else {
         warn!(miner = %ctx.id.name, "no slice downloader running; nothing scored this window");
-        return (BTreeMap::new(), Vec::new());
+        return (BTreeMap::new(), Vec::new(), Vec::new());
     };
     let deadline = ctx.deadlines().fetch();
     let fetched = match downloader
@@ -296,6 +297,16 @@ async fn valid_deltas(
         _ => FetchOutcome::default(),
     };
     let uid_of: HashMap<Hotkey, u16> = miners.iter().map(|(u, h)| (*h, *u)).collect();
+    let committers = ctx.committers_by_bucket();
+    let mut not_read: Vec<u16> = fetched
+        .not_tried
+        .iter()
+        .filter_map(|bucket| committers.get(bucket))
+        .flatten()
+        .filter_map(|hotkey| uid_of.get(hotkey).copied())
+        .collect();
+    not_read.sort_unstable();
+    not_read.dedup();
     let checked = tokio::task::spawn_blocking(move || check_deltas(&ctx, e, fetched, &uid_of, center.as_deref()))
         .await
         .unwrap_or_default();
@@ -333,7 +344,7 @@ async fn valid_deltas(
         let scale = deltas.get(&candidate.uid).map_or(1.0, |d| d.scale);
         candidate.sketch.iter_mut().for_each(|v| *v *= scale);
     }
-    (deltas, candidates)
+    (deltas, candidates, not_read)
 }
 
 /// Decodes and validates each fetched delta (off the async threads) and sketches it.

@@ -36,9 +36,9 @@ const STD_FLOOR_REL: f64 = 1e-2;
 
 /// A copier's window counts as `d = −max(rms(d), COPY_D_MIN)`: as far below zero as the
 /// miner's windows usually are from zero (so a habitual copier's mean is negative and an
-/// occasional one's z drops), and 1e-3 (a small loss difference, the scale the previous
-/// rule gave a miner without history) when it has none.
-const COPY_D_MIN: f64 = 1e-3;
+/// occasional one's z drops), and 0.05 when it has none (`d` is relative, in [−1, 1]: an
+/// honest miner's is ~0.05 on the devnet).
+const COPY_D_MIN: f64 = 0.05;
 
 /// The most `indicator_alpha` the decay takes: at 0.5 the test already remembers only
 /// 3 effective windows (`n_eff → (2 − α)/α`), above it too few for a deviation.
