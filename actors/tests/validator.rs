@@ -128,7 +128,8 @@ async fn a_lockstep_devnet_ends_its_windows_under_a_weights_rate_limit() {
     options.miners = 2;
     options.validator = true;
     options.lockstep = true;
-    options.lockstep_windows = Some(6);
+    // Enough windows for a significance gate to open (5 scored windows, offset 2).
+    options.lockstep_windows = Some(10);
     options.block_time = Duration::from_millis(20);
     options.settings = tessera_actors::devnet::devnet_settings(options.block_time);
     options.settings.fixed_micro_batches = 1;
@@ -137,10 +138,10 @@ async fn a_lockstep_devnet_ends_its_windows_under_a_weights_rate_limit() {
     net.chain.set_weights_rate_limit(5);
     wait_until("the lockstep clock to hold after its windows", || net.lockstep_held()).await;
     let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
-    assert!(nodes.iter().all(|m| MinerStats::get(&m.telemetry.stats.windows_completed) >= 6));
+    assert!(nodes.iter().all(|m| MinerStats::get(&m.telemetry.stats.windows_completed) >= 10));
     let validator = nodes.iter().find(|m| m.is_validator()).expect("a validator");
     let stats = validator.validator_stats().expect("a validator");
-    assert!(MinerStats::get(&stats.weights_set) >= 1, "no weights set in 6 windows");
+    assert!(MinerStats::get(&stats.weights_set) >= 1, "no weights set in 10 windows");
     assert!(MinerStats::get(&stats.weights_rate_limited) >= 1, "the rate limit never held the weights back");
     net.shutdown().await;
 }

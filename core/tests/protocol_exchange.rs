@@ -32,8 +32,9 @@ fn two_peers_converge_on_the_mean_at_the_window_positions_only() {
     let layout = ParamLayout::llama(&tiny_shape()).unwrap();
     let (alice, bob) = (dev_keypair("Alice").unwrap(), dev_keypair("Bob").unwrap());
     let registered: HashSet<_> = [alice.hotkey(), bob.hotkey()].into_iter().collect();
-    let mut model_a = model_with(&layout, |p, i| (p + i) as f32);
-    let mut model_b = model_with(&layout, |p, i| -((p * i) as f32));
+    // Distinct values per position, within the ±1e4 a slice may carry (`MAX_ABS_VALUE`).
+    let mut model_a = model_with(&layout, |p, i| (p + i) as f32 * 1e-3);
+    let mut model_b = model_with(&layout, |p, i| -((p * i) as f32) * 1e-3);
     let (orig_a, orig_b) = (model_a.clone(), model_b.clone());
 
     let window = 42;

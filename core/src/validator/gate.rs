@@ -185,8 +185,8 @@ mod tests {
 
     #[test]
     fn a_copy_penalty_is_as_negative_as_the_miner_usually_is_positive() {
-        let s = of(&[0.006; 8], 0.1);
-        assert!((s.copy_penalty() + 0.006).abs() < 1e-12);
+        let s = of(&[0.06; 8], 0.1);
+        assert!((s.copy_penalty() + 0.06).abs() < 1e-12);
         assert_eq!(Specificity::default().copy_penalty(), -COPY_D_MIN);
     }
 }
