@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_core::slice::{
-    CLIP_FACTOR, MeanAccumulator, SliceKind, clip_radius, decode, deviation_norm, scales_within,
+    CLIP_FACTOR, MeanAccumulator, SliceKind, Zeros, centred_cap, clip_radius, decode, deviation_norm, scales_within,
 };
 use tessera_core::window::Window;
 use tracing::{debug, warn};
@@ -109,7 +109,11 @@ fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> Averag
     let own = ctx.own_hotkey();
     let peers: Vec<f64> =
         valid.iter().filter(|(s, _)| center.is_none() || s.key.hotkey != own).map(|(_, d)| *d).collect();
-    let radius = clip_radius(&peers, CLIP_FACTOR);
+    let zeros = if center.is_some() { Zeros::Count } else { Zeros::Skip };
+    let radius = match center {
+        Some(center) => clip_radius(&peers, CLIP_FACTOR, zeros).min(centred_cap(center)),
+        None => clip_radius(&peers, CLIP_FACTOR, zeros),
+    };
     let scales = scales_within(&distances, radius);
     // Pass 2: each valid slice added, pulled back to the radius where it lies beyond.
     let mut acc = MeanAccumulator::new(ctx.slice_value_count());

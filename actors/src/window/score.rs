@@ -19,7 +19,8 @@ use rand::SeedableRng;
 use std::str::FromStr;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::slice::{
-    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, clip_radius, clip_scales, decode, deviation_norm,
+    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, Zeros, centred_cap, clip_radius, decode, deviation_norm,
+    scales_within,
 };
 
 use tessera_core::storage::BucketLocation;
@@ -307,6 +308,7 @@ async fn valid_deltas(
         .collect();
     not_read.sort_unstable();
     not_read.dedup();
+    let center_values = center.clone();
     let checked = tokio::task::spawn_blocking(move || check_deltas(&ctx, e, fetched, &uid_of, center.as_deref()))
         .await
         .unwrap_or_default();
@@ -332,8 +334,13 @@ async fn valid_deltas(
     }
     // Each update clipped as every miner's aggregate clips it among the same updates.
     let distances: Vec<f64> = deltas.values().map(|d| d.distance).collect();
-    let (_, scales) = clip_scales(&distances, CLIP_FACTOR);
-    let median = clip_radius(&distances, 1.0);
+    let zeros = if run.ctx.exchange() == Exchange::Seed { Zeros::Count } else { Zeros::Skip };
+    let mut radius = clip_radius(&distances, CLIP_FACTOR, zeros);
+    if let Some(center) = &center_values {
+        radius = radius.min(centred_cap(center));
+    }
+    let scales = scales_within(&distances, radius);
+    let median = clip_radius(&distances, 1.0, zeros);
     for (delta, scale) in deltas.values_mut().zip(scales) {
         delta.scale = scale;
         delta.norm_ratio = if median > 0.0 { delta.distance / median } else { 1.0 };

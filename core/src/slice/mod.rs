@@ -11,7 +11,8 @@ pub mod key;
 pub mod wire;
 
 pub use aggregate::{
-    AggregateError, CLIP_FACTOR, MeanAccumulator, clip_radius, clip_scales, deviation_norm, scales_within,
+    AggregateError, CENTRED_RADIUS_CAP, CLIP_FACTOR, MeanAccumulator, Zeros, centred_cap, clip_radius, clip_scales,
+    deviation_norm, scales_within,
 };
 pub use exchange::{Exchange, download_bytes_per_window};
 pub use extract::{ExtractError, apply, extract};

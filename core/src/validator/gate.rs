@@ -112,6 +112,16 @@ impl Specificity {
     }
 }
 
+/// The weak-signal gate: shut before [`GATE_MIN_WINDOWS`] measured windows, then linear in
+/// z from 0 (shut) to [`GATE_Z_OPEN`] (open): a miner whose own data fares no better than
+/// random data gets nothing, one with any positive evidence is paid in proportion.
+pub fn weak_gate(z: f64, windows: u64) -> f64 {
+    if windows < GATE_MIN_WINDOWS || !z.is_finite() {
+        return 0.0;
+    }
+    (z / GATE_Z_OPEN).clamp(0.0, 1.0)
+}
+
 /// The gate in [0, 1]: shut before [`GATE_MIN_WINDOWS`] measured windows, then linear in
 /// `z` from [`GATE_Z_OPEN`] (shut) to [`GATE_Z_FULL`] (open).
 pub fn gate(z: f64, windows: u64) -> f64 {
