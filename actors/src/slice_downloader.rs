@@ -159,8 +159,7 @@ async fn fetch_window(ctx: &MinerContext, shared: &Shared, kind: SliceKind, wind
         .collect();
     let budget = ctx.deadlines().fetch_budget(ctx.nominal_window());
     let deadline = tokio::time::Instant::now() + budget;
-    let concurrency = ctx.settings.download_concurrency as usize;
-    let listings = list_buckets(ctx, &shared.health, &ObjectKey::prefix(kind, window), deadline, concurrency).await;
+    let listings = list_buckets(ctx, &shared.health, &ObjectKey::prefix(kind, window), deadline).await;
     let mut candidates = admit_listed(ctx, shared, kind, window, listings, &mut outcome);
     if let Some(k) = peer_bound(ctx.exchange(), ctx.network.hparams.exchange_max_peers, ctx.is_validator()) {
         let before = candidates.len();
@@ -263,7 +262,6 @@ async fn list_buckets(
     health: &Mutex<PeerHealth>,
     prefix: &str,
     deadline: tokio::time::Instant,
-    concurrency: usize,
 ) -> Vec<Listing> {
     let buckets: Vec<BucketLocation> = ctx
         .buckets_to_read()
@@ -292,7 +290,7 @@ async fn list_buckets(
             (bucket, client, listed, crate::context::unix_ms())
         }
     }))
-    .buffer_unordered(concurrency.max(1))
+    .buffer_unordered((ctx.settings.download_concurrency as usize).max(1))
     .collect::<Vec<_>>()
     .await
 }

@@ -61,7 +61,12 @@ impl Misbehaviour for Copier {
     }
 
     fn idle_reason(&self) -> String {
-        idle("copier")
+        idle(match self.kind {
+            CopyKind::Exact => "copier",
+            CopyKind::Scaled => "scaled copier",
+            CopyKind::Noised => "noisy copier",
+            CopyKind::MeanEcho => "mean echo",
+        })
     }
 
     fn delta<'a>(
