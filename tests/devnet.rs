@@ -208,7 +208,16 @@ fn the_validator_rewards_honest_miners_over_every_adversary() {
     assert!(scored.iter().filter(|l| l.contains("slowbucket1 skipped")).count() >= scored.len() / 2, "{stdout}");
     for honest in ["miner1", "miner2", "miner3"] {
         assert!(!scored.iter().any(|l| l.contains(&format!("{honest} copier"))), "{honest} branded: {stdout}");
+        // An honest state slice is never far beyond the others' (nor withheld).
+        assert!(!scored.iter().any(|l| l.contains(&format!("{honest} state-fault"))), "{honest} faulted: {stdout}");
     }
+    // The poisoner's even-window updates lie beyond one AdamW step's bound: refused at
+    // decode; its odd-window (honest) updates are scored, but its poisoned state withholds
+    // the pay. It is never paid for a window.
+    let poisoned: Vec<&&str> = scored.iter().filter(|l| l.contains("poisoner1 missing")).collect();
+    let faulted: Vec<&&str> = scored.iter().filter(|l| l.contains("poisoner1 state-fault")).collect();
+    assert!(poisoned.len() >= scored.len() / 3 && faulted.len() >= scored.len() / 3, "{stdout}");
+    assert!(poisoned.len() + faulted.len() + 2 >= scored.len(), "{stdout}");
     // The weights on the dev chain: each adversary below every honest miner (the sybil's
     // update is paid once: its twin gets nothing), and the adversaries under 5% in all.
     let weight = |node: &str| -> u64 {

@@ -177,6 +177,7 @@ fn assert_state_is_sound(dir: &Path) {
                 compression: tiny.compression,
                 value_count,
                 version: 1,
+                max_abs: tessera_core::slice::MAX_ABS_VALUE,
             };
             tessera_core::slice::decode(&bytes, &expected)
                 .unwrap_or_else(|e| panic!("corrupt cached slice {}: {e}", path.display()));

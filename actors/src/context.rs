@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{ActorRef, Message};
+
+use crate::messages::SliceVerdict;
 use tessera_core::chain::{Chain, Metagraph};
 use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Exchange, Expected, SliceIndices, SliceKind, slice_len};
+use tessera_core::slice::{Exchange, Expected, MAX_ABS_VALUE, SliceIndices, SliceKind, slice_len, update_value_bound};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
 use tessera_core::validator::ScoreBook;
 use tessera_core::wallet::LoadedHotkey;
@@ -268,6 +270,9 @@ pub struct Telemetry {
 pub struct ValidatorState {
     pub scores: Mutex<Option<ScoreBook>>,
     pub stats: ValidatorStats,
+    /// What became of each miner's state slice in the state averages of the last few
+    /// windows, until the window is scored ([`crate::messages::SliceVerdict`]).
+    pub state_verdicts: Mutex<BTreeMap<Window, Vec<(Hotkey, SliceVerdict)>>>,
 }
 
 /// Everything one node's actors share, by concern. Built once per node; actors hold an `Arc`.
@@ -390,6 +395,19 @@ impl MinerContext {
             compression: self.network.hparams.compression,
             value_count: self.slice_value_count(),
             version: self.exchange().protocol_version(),
+            max_abs: self.value_bound(kind),
+        }
+    }
+
+    /// The largest magnitude a value of a `kind` slice may have on this network: one
+    /// AdamW step's bound for an update-exchange delta, [`MAX_ABS_VALUE`] otherwise.
+    pub fn value_bound(&self, kind: SliceKind) -> f32 {
+        let hp = &self.network.hparams;
+        match (kind, self.exchange()) {
+            (SliceKind::Delta, Exchange::Update) => {
+                update_value_bound(hp.learning_rate, hp.optimizer_beta1, hp.optimizer_beta2, hp.optimizer_weight_decay)
+            }
+            _ => MAX_ABS_VALUE,
         }
     }
 

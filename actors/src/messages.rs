@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ractor::RpcReplyPort;
 use tessera_core::chain::{BlockEvent, BlockInfo};
+use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::slice::{ObjectKey, SliceKind};
 use tessera_core::window::{Block, Window};
@@ -99,6 +100,17 @@ pub struct AverageOutcome {
     pub rejected: u32,
     /// Slices pulled back to the clip radius.
     pub clipped: u32,
+    /// What became of each sender's slice (a validator marks state faults by it).
+    pub verdicts: Vec<(Hotkey, SliceVerdict)>,
+}
+
+/// One peer's slice in an average.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SliceVerdict {
+    /// Averaged (pulled back to the clip radius if beyond it); its distance from the centre.
+    Counted { distance: f64 },
+    /// Refused at decode (forged, malformed, implausible values).
+    Rejected,
 }
 
 /// To the SliceDownloader.

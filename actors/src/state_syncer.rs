@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_core::slice::{
-    CLIP_FACTOR, MeanAccumulator, SliceKind, Zeros, centred_cap, clip_radius, decode, deviation_norm, scales_within,
+    CLIP_FACTOR, MeanAccumulator, SliceKind, Zeros, centred_radius, clip_radius, decode, deviation_norm, scales_within,
 };
 use tessera_core::window::Window;
 use tracing::{debug, warn};
 
 use crate::context::{ActorKind, MinerContext, lookup};
-use crate::messages::{AverageOutcome, FetchOutcome, FetchedSlice, SliceDownloaderMsg, StateSyncerMsg};
+use crate::messages::{AverageOutcome, FetchOutcome, FetchedSlice, SliceDownloaderMsg, SliceVerdict, StateSyncerMsg};
 use crate::stats::MinerStats;
 
 pub struct StateSyncer;
@@ -98,6 +98,7 @@ fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> Averag
         match read_valid(ctx, kind, window, slice, |values| deviation_norm(values, center)) {
             Ok(distance) => valid.push((slice, distance)),
             Err((reason, message)) => {
+                outcome.verdicts.push((slice.key.hotkey, SliceVerdict::Rejected));
                 warn!(miner = %ctx.id.name, bucket = %slice.bucket, key = %slice.key, reason, error = %message, "rejected a slice");
                 ctx.telemetry.stats.reject(reason);
                 outcome.rejected += 1;
@@ -109,10 +110,9 @@ fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> Averag
     let own = ctx.own_hotkey();
     let peers: Vec<f64> =
         valid.iter().filter(|(s, _)| center.is_none() || s.key.hotkey != own).map(|(_, d)| *d).collect();
-    let zeros = if center.is_some() { Zeros::Count } else { Zeros::Skip };
     let radius = match center {
-        Some(center) => clip_radius(&peers, CLIP_FACTOR, zeros).min(centred_cap(center)),
-        None => clip_radius(&peers, CLIP_FACTOR, zeros),
+        Some(center) => centred_radius(&peers, center),
+        None => clip_radius(&peers, CLIP_FACTOR, Zeros::Skip),
     };
     let scales = scales_within(&distances, radius);
     // Pass 2: each valid slice added, pulled back to the radius where it lies beyond.
@@ -128,6 +128,7 @@ fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> Averag
                 continue;
             }
         }
+        outcome.verdicts.push((slice.key.hotkey, SliceVerdict::Counted { distance: *distance }));
         if scale < 1.0 {
             outcome.clipped += 1;
             MinerStats::add(&ctx.telemetry.stats.slices_clipped, 1);

@@ -168,6 +168,9 @@ pub enum UidOutcome {
     Copier,
     /// No time left this window: neither rewarded nor penalised.
     Skipped,
+    /// Scored, but its state slice was refused or far beyond the others': the
+    /// window pays nothing.
+    StateFault,
 }
 
 impl std::fmt::Display for UidOutcome {
@@ -177,6 +180,7 @@ impl std::fmt::Display for UidOutcome {
             UidOutcome::Missing => "missing",
             UidOutcome::Copier => "copier",
             UidOutcome::Skipped => "skipped",
+            UidOutcome::StateFault => "state-fault",
         })
     }
 }
@@ -191,6 +195,8 @@ pub struct UidReport {
     /// Loss improvements on the miner's own data and on random data, when evaluated.
     pub own_improvement: Option<f64>,
     pub random_improvement: Option<f64>,
+    /// The gate's `d` of this window ([`tessera_core::validator::Evaluation::specificity`]).
+    pub specificity: Option<f64>,
     pub moving: f64,
     pub indicator: f64,
     /// The normalised weight after this window.

@@ -137,6 +137,7 @@ fn assert_no_partial_objects(root: &Path, hparams: &tessera_core::hparams::Hpara
                 compression: hparams.compression,
                 value_count: ctx.slice_value_count(),
                 version: ctx.exchange().protocol_version(),
+                max_abs: tessera_core::slice::MAX_ABS_VALUE,
             };
             decode(&bytes, &expected).unwrap_or_else(|e| panic!("{} is not a complete slice: {e}", path.display()));
             checked += 1;

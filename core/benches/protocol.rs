@@ -132,6 +132,7 @@ fn main() {
         compression: COMPRESSION,
         value_count: k,
         version: 1,
+        max_abs: tessera_core::slice::MAX_ABS_VALUE,
     };
     let (t, _) = time(reps, || decode(&encoded, &expected).map(|v| v.body_len()).expect("decode"));
     report("decode+verify f32", t, encoded.len(), "");

@@ -69,6 +69,7 @@ fn two_peers_converge_on_the_mean_at_the_window_positions_only() {
             compression: 10,
             value_count: indices.total_len(),
             version: 1,
+            max_abs: tessera_core::slice::MAX_ABS_VALUE,
         };
         mean.add(&decode(bytes, &expected).unwrap()).unwrap();
     }

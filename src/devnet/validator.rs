@@ -16,11 +16,12 @@ pub fn print_window(out: &mut impl Write, name: &str, w: &ScoredWindow, names: &
         .uids
         .iter()
         .map(|u| match (u.outcome, u.score) {
-            (UidOutcome::Scored, Some(s)) => format!(
-                "{} {:+.4} d{:+.5} z{:.1} w{:.2}",
+            (UidOutcome::Scored | UidOutcome::StateFault, Some(s)) => format!(
+                "{}{} {:+.4} d{:+.5} z{:.1} w{:.2}",
                 label(u.uid),
+                if u.outcome == UidOutcome::StateFault { " state-fault" } else { "" },
                 s,
-                u.own_improvement.unwrap_or(0.0) - u.random_improvement.unwrap_or(0.0),
+                u.specificity.unwrap_or(0.0),
                 u.indicator,
                 u.weight
             ),

@@ -19,6 +19,7 @@
 //! Every computation runs on the engine thread; phases only wait for it.
 
 mod advance;
+mod consensus;
 mod finish;
 mod publish;
 pub(crate) mod score;
@@ -181,7 +182,12 @@ impl WindowRun {
         };
         let deadline = ctx.deadlines().average();
         match syncer.call(|reply| StateSyncerMsg::Average { kind, window, center, reply }, Some(deadline)).await {
-            Ok(ractor::rpc::CallResult::Success(outcome)) => (outcome.mean, outcome.accepted),
+            Ok(ractor::rpc::CallResult::Success(outcome)) => {
+                if let (SliceKind::State, Some(validator)) = (kind, &ctx.validator) {
+                    score::note_state_verdicts(validator, window, outcome.verdicts);
+                }
+                (outcome.mean, outcome.accepted)
+            }
             Ok(_) | Err(_) => {
                 warn!(miner = %ctx.id.name, %kind, window, "the state syncer did not answer; skipping this average");
                 (None, 0)

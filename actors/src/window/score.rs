@@ -19,25 +19,27 @@ use rand::SeedableRng;
 use std::str::FromStr;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::slice::{
-    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, Zeros, centred_cap, clip_radius, decode, deviation_norm,
-    scales_within,
+    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, Zeros, centred_radius, clip_radius, decode, deviation_norm,
+    far_beyond, scales_within,
 };
 
 use tessera_core::storage::BucketLocation;
 use tessera_core::validator::{
-    CopyCandidate, Evaluation, ScoreBook, ScoringParams, Sighting, WindowOutcome, find_copies, order_keys, sketch,
-    sketch_positions,
+    Control, CopyCandidate, Evaluation, ScoreBook, ScoringParams, Sighting, WindowOutcome, find_copies, order_keys,
+    sketch, sketch_positions,
 };
 use tessera_core::window::Window;
 use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
+use tessera_model::engine::EngineError;
 use tracing::{debug, info, warn};
 
 use super::WindowRun;
+use super::consensus::{Consensus, applied_change, apply_change, consensus};
 use super::train::token_batches;
 use crate::context::{ActorKind, MinerContext, NodeRole, ValidatorState, lock, lookup};
 use crate::deadlines::{Deadlines, PAGE_FETCH_CONCURRENCY};
 use crate::error::RuntimeError;
-use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg, WeightSetterMsg};
+use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg, SliceVerdict, WeightSetterMsg};
 use crate::stats::{MinerStats, ScoredWindow, UidOutcome, UidReport};
 
 /// Values per update compared for copies.
@@ -65,25 +67,25 @@ pub fn scores_path(ctx: &MinerContext) -> Option<PathBuf> {
 }
 
 /// A miner's valid delta of the window, read back from the cache when evaluated.
-struct Delta {
-    uid: u16,
-    hotkey: Hotkey,
-    slice: FetchedSlice,
+pub(super) struct Delta {
+    pub(super) uid: u16,
+    pub(super) hotkey: Hotkey,
+    pub(super) slice: FetchedSlice,
     /// Its distance from the clip centre (as every miner's aggregate measures it).
-    distance: f64,
+    pub(super) distance: f64,
     /// The clip's scale for it among the window's deltas: scored as miners apply it.
-    scale: f32,
+    pub(super) scale: f32,
     /// Its distance over the window's median: paid per norm beyond 1 ([`Evaluation::per_norm`]).
-    norm_ratio: f64,
+    pub(super) norm_ratio: f64,
 }
 
 /// What every miner's update is measured against: the model at the positions of `e`,
 /// and the random micro-batches with their loss before any update.
-struct Reference {
-    indices: Arc<SliceIndices>,
-    theta: Arc<Vec<f32>>,
-    random: Arc<Vec<Batch>>,
-    random_before: f64,
+pub(super) struct Reference {
+    pub(super) indices: Arc<SliceIndices>,
+    pub(super) theta: Arc<Vec<f32>>,
+    pub(super) random: Arc<Vec<Batch>>,
+    pub(super) random_before: f64,
 }
 
 /// Scores window `e`, records and logs the report, and tells the WeightSetter.
@@ -127,6 +129,10 @@ async fn score(
     let reference = reference(run, e, params).await?;
     let center = (ctx.exchange() == Exchange::Seed).then(|| reference.theta.clone());
     let (deltas, candidates, not_read) = valid_deltas(run, e, &miners, center).await;
+    let mut candidates = candidates;
+    for candidate in &mut candidates {
+        candidate.vouched = book.uids.get(&candidate.uid).is_some_and(|s| s.gate() > 0.0);
+    }
     let novelty = params.copy_novelty;
     let seen: HashMap<u16, (i64, [u8; 32])> =
         candidates.iter().map(|c| (c.uid, (c.first_seen_ms, c.body_hash))).collect();
@@ -141,11 +147,19 @@ async fn score(
             outcomes.insert(copier, WindowOutcome::Missing);
             outcomes.insert(original, WindowOutcome::Missing);
         } else {
+            debug!(miner = %ctx.id.name, window = e, copier, original, "a copy");
             outcomes.entry(copier).or_insert(WindowOutcome::Copier { original });
         }
     }
     let order = book.eval_order(&deltas.keys().copied().filter(|u| !outcomes.contains_key(u)).collect::<Vec<_>>());
     let deadline = scoring_deadline(run);
+    let consensus = match consensus(run, e, &deltas, &order, &reference).await {
+        Ok(c) => c,
+        Err(err) => {
+            warn!(miner = %ctx.id.name, window = e, error = %err, "no consensus measured: own data against random only");
+            None
+        }
+    };
     // Miners whose bucket was not even tried (skipped for failing): not scored this window.
     let (mut skipped, mut eval_secs) = (not_read, 0.0f64);
     for uid in order {
@@ -154,7 +168,7 @@ async fn score(
             continue;
         }
         let started = Instant::now();
-        match evaluate_one(run, &deltas[&uid], e, params, &reference).await {
+        match evaluate_one(run, &deltas[&uid], e, params, &reference, consensus.as_ref()).await {
             Ok(eval) => {
                 outcomes.insert(uid, WindowOutcome::Scored(eval));
                 eval_secs += started.elapsed().as_secs_f64();
@@ -165,6 +179,21 @@ async fn score(
             }
         }
     }
+    let scored: Vec<u16> =
+        outcomes.iter().filter(|(_, o)| matches!(o, WindowOutcome::Scored(_))).map(|(uid, _)| *uid).collect();
+    // The scale: those whose update improved the random batches (they trained usefully);
+    // lazy and noise updates are scored too, but their senders' states sit near the validator.
+    let trained: Vec<u16> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, WindowOutcome::Scored(eval) if eval.random_improvement() > 0.0))
+        .map(|(uid, _)| *uid)
+        .collect();
+    for uid in state_faults(validator, e, &miners, &scored, &trained) {
+        if let Some(WindowOutcome::Scored(eval)) = outcomes.get(&uid).copied() {
+            info!(miner = %ctx.id.name, window = e, uid, "its state slice was withheld, refused or far beyond the others': the window pays nothing");
+            outcomes.insert(uid, WindowOutcome::StateFault(eval));
+        }
+    }
     let report = record(&mut book, e, params, &miners, &outcomes, &skipped, eval_secs);
     if let Some(path) = scores_path(ctx) {
         let saved = book.clone();
@@ -172,6 +201,65 @@ async fn score(
     }
     *lock(&validator.scores) = Some(book);
     Ok(report)
+}
+
+/// Windows of state verdicts a validator keeps until it scores them.
+const STATE_VERDICT_WINDOWS: usize = 8;
+
+/// Keeps what became of each miner's state slice of `window` in this validator's average.
+pub(super) fn note_state_verdicts(validator: &ValidatorState, window: Window, verdicts: Vec<(Hotkey, SliceVerdict)>) {
+    let mut kept = lock(&validator.state_verdicts);
+    kept.insert(window, verdicts);
+    while kept.len() > STATE_VERDICT_WINDOWS {
+        kept.pop_first();
+    }
+}
+
+/// The miners among `scored` whose state slice of window `e` was refused or lies
+/// [`far_beyond`] the median distance of the states of `trained` (scored miners whose
+/// update improved the random batches: the validator, which does not train, is farther
+/// from each of them by its training; lazy or noisy peers sit near it and would shrink
+/// the scale: measured, with them in the scale every trainer was a fault in 1–4 windows per
+/// real-time run); none when no average of `e` ran here.
+/// A state absent from the average is not a fault: in real time a slice not fetched in
+/// time looks the same as one withheld (measured: honest miners flagged at a run's end).
+fn state_faults(
+    validator: &ValidatorState,
+    e: Window,
+    miners: &[(u16, Hotkey)],
+    scored: &[u16],
+    trained: &[u16],
+) -> Vec<u16> {
+    let Some(verdicts) = lock(&validator.state_verdicts).remove(&e) else { return Vec::new() };
+    let verdict_of: HashMap<Hotkey, SliceVerdict> = verdicts.into_iter().collect();
+    let judged: Vec<(u16, SliceVerdict)> = miners
+        .iter()
+        .filter(|(uid, _)| scored.contains(uid))
+        .filter_map(|(uid, hotkey)| verdict_of.get(hotkey).map(|v| (*uid, *v)))
+        .collect();
+    let distances: Vec<f64> = judged
+        .iter()
+        .filter(|(uid, _)| trained.contains(uid))
+        .filter_map(|(_, v)| match v {
+            SliceVerdict::Counted { distance } => Some(*distance),
+            SliceVerdict::Rejected => None,
+        })
+        .collect();
+    let median = clip_radius(&distances, 1.0, Zeros::Count);
+    judged
+        .into_iter()
+        .filter(|(uid, verdict)| {
+            let fault = match verdict {
+                SliceVerdict::Counted { distance } => far_beyond(*distance, median),
+                SliceVerdict::Rejected => true,
+            };
+            if fault {
+                debug!(window = e, uid, ?verdict, median, "a state fault");
+            }
+            fault
+        })
+        .map(|(uid, _)| uid)
+        .collect()
 }
 
 /// Folds the window's outcomes into the score book and reports every miner's.
@@ -187,6 +275,7 @@ fn record(
     let outcome_of = |uid: u16| match outcomes.get(&uid) {
         _ if skipped.contains(&uid) => UidOutcome::Skipped,
         Some(WindowOutcome::Scored(_)) => UidOutcome::Scored,
+        Some(WindowOutcome::StateFault(_)) => UidOutcome::StateFault,
         Some(WindowOutcome::Copier { .. }) => UidOutcome::Copier,
         _ => UidOutcome::Missing,
     };
@@ -205,7 +294,9 @@ fn record(
         .filter_map(|&(uid, _)| {
             let entry = book.uids.get(&uid)?;
             let eval = match outcomes.get(&uid) {
-                Some(WindowOutcome::Scored(eval)) if !skipped.contains(&uid) => Some(*eval),
+                Some(WindowOutcome::Scored(eval) | WindowOutcome::StateFault(eval)) if !skipped.contains(&uid) => {
+                    Some(*eval)
+                }
                 _ => None,
             };
             Some(UidReport {
@@ -214,6 +305,7 @@ fn record(
                 score: window_scores.get(&uid).copied(),
                 own_improvement: eval.map(|v| v.own_improvement()),
                 random_improvement: eval.map(|v| v.random_improvement()),
+                specificity: eval.map(|v| v.specificity()),
                 moving: entry.moving,
                 indicator: entry.indicator,
                 weight: weights.get(&uid).copied().unwrap_or(0.0),
@@ -221,7 +313,7 @@ fn record(
         })
         .collect();
     let count = |o: UidOutcome| miners.iter().filter(|(uid, _)| outcome_of(*uid) == o).count() as u32;
-    let scored = count(UidOutcome::Scored);
+    let scored = count(UidOutcome::Scored) + count(UidOutcome::StateFault);
     ScoredWindow {
         window: e,
         scored,
@@ -334,11 +426,11 @@ async fn valid_deltas(
     }
     // Each update clipped as every miner's aggregate clips it among the same updates.
     let distances: Vec<f64> = deltas.values().map(|d| d.distance).collect();
-    let zeros = if run.ctx.exchange() == Exchange::Seed { Zeros::Count } else { Zeros::Skip };
-    let mut radius = clip_radius(&distances, CLIP_FACTOR, zeros);
-    if let Some(center) = &center_values {
-        radius = radius.min(centred_cap(center));
-    }
+    let zeros = if center_values.is_some() { Zeros::Count } else { Zeros::Skip };
+    let radius = match &center_values {
+        Some(center) => centred_radius(&distances, center),
+        None => clip_radius(&distances, CLIP_FACTOR, zeros),
+    };
     let scales = scales_within(&distances, radius);
     let median = clip_radius(&distances, 1.0, zeros);
     for (delta, scale) in deltas.values_mut().zip(scales) {
@@ -392,6 +484,7 @@ fn check_deltas(
                     // upload time only when it did not.
                     first_seen_ms: slice.first_seen_ms.or(slice.last_modified_ms).unwrap_or(0),
                     sketch: sketch(&change, &positions),
+                    vouched: false,
                 };
                 let distance = deviation_norm(&values, center.map(Vec::as_slice));
                 out.push((
@@ -408,53 +501,50 @@ fn check_deltas(
     out
 }
 
-/// Losses before and after one miner's update on its own and on random micro-batches;
-/// the model's positions of `e` are restored afterwards.
+/// Losses before and after one miner's update on its own and on random micro-batches,
+/// and on its own under the others' consensus; the model's positions of `e` are restored
+/// afterwards.
 async fn evaluate_one(
     run: &WindowRun,
     delta: &Delta,
     e: Window,
     params: &ScoringParams,
     reference: &Reference,
+    consensus: Option<&Consensus>,
 ) -> Result<Evaluation, RuntimeError> {
     let ctx = &run.ctx;
     let own = own_sample(ctx, delta.uid, e, random_batches(params)).await?;
-    let (path, work, hotkey) = (delta.slice.path.clone(), ctx.clone(), delta.hotkey);
-    let values: Vec<f32> = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, RuntimeError> {
-        // One update in memory at a time: read back from the cache, checked again.
-        let bytes = std::fs::read(&path).map_err(|source| RuntimeError::CachedSlice { path: path.clone(), source })?;
-        let view = decode(&bytes, &work.expected_slice(SliceKind::Delta, e, Some(hotkey), None))?;
-        Ok(view.values().into_owned())
-    })
-    .await??;
-    let exchange = ctx.exchange();
-    let (scale, outer_lr) = (delta.scale, run.outer_lr());
+    let change = applied_change(ctx, delta, e, &reference.theta).await?;
+    let others = consensus.and_then(|c| c.others(delta.uid, &change));
+    let (exchange, outer_lr, hotkey) = (ctx.exchange(), run.outer_lr(), delta.hotkey);
     let (indices, theta, random) = (reference.indices.clone(), reference.theta.clone(), reference.random.clone());
-    let (own_before, own_after, random_after) = run
+    let (own_before, own_after, random_after, control) = run
         .engine
-        .run(move |ops| -> Result<(f64, f64, f64), tessera_model::engine::EngineError> {
+        .run(move |ops| -> Result<(f64, f64, f64, Option<Control>), EngineError> {
             let own = token_batches(&own);
             let own_before = ops.eval(&own)?;
             // As miners apply it: clipped, and an update at the outer learning rate.
-            match exchange {
-                Exchange::Update => {
-                    let step: Vec<f32> = values.iter().map(|u| outer_lr * scale * u).collect();
-                    ops.add(&indices, &step)?
-                }
-                Exchange::Seed => {
-                    let clipped: Vec<f32> = values.iter().zip(theta.iter()).map(|(v, t)| t + scale * (v - t)).collect();
-                    ops.apply(&indices, &clipped)?
-                }
-            }
+            apply_change(ops, exchange, &indices, &theta, &change, outer_lr)?;
             let measured = ops.eval(&own).and_then(|own_after| Ok((own_after, ops.eval(&token_batches(&random))?)));
             // Restored whatever the measurement did.
             ops.apply(&indices, &theta)?;
             let (own_after, random_after) = measured?;
-            Ok((f64::from(own_before), f64::from(own_after), f64::from(random_after)))
+            // The control: the same batches under the mean of the others' updates.
+            let control = match others {
+                Some(others) => {
+                    apply_change(ops, exchange, &indices, &theta, &others, outer_lr)?;
+                    let measured = ops.eval(&own).and_then(|o| Ok((o, ops.eval(&token_batches(&random))?)));
+                    ops.apply(&indices, &theta)?;
+                    let (own_after, random_after) = measured?;
+                    Some(Control { own_after: f64::from(own_after), random_after: f64::from(random_after) })
+                }
+                None => None,
+            };
+            Ok((f64::from(own_before), f64::from(own_after), f64::from(random_after), control))
         })
         .await??;
-    debug!(miner = %ctx.id.name, window = e, hotkey = %hotkey, own_before, own_after, random_after, "evaluated");
-    Ok(Evaluation { own_before, own_after, random_before: reference.random_before, random_after }
+    debug!(miner = %ctx.id.name, window = e, hotkey = %hotkey, own_before, own_after, random_after, ?control, "evaluated");
+    Ok(Evaluation { own_before, own_after, random_before: reference.random_before, random_after, control }
         .per_norm(delta.norm_ratio))
 }
 
@@ -539,4 +629,48 @@ fn log_report(ctx: &MinerContext, report: &ScoredWindow) {
         scores = scores.join(" "),
         "validator scored a window"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_withheld_refused_or_far_beyond_is_a_fault_and_an_unjudged_window_none() {
+        let validator = ValidatorState::default();
+        let miners: Vec<(u16, Hotkey)> = (0..6u8).map(|i| (u16::from(i), Hotkey([i; 32]))).collect();
+        let counted = |distance: f64| SliceVerdict::Counted { distance };
+        let verdicts = vec![
+            (Hotkey([0; 32]), counted(1.0)),
+            (Hotkey([1; 32]), counted(1.2)),
+            (Hotkey([2; 32]), counted(0.9)),
+            (Hotkey([3; 32]), counted(1e6)),
+            (Hotkey([4; 32]), SliceVerdict::Rejected),
+            // UID 5's state is not among them (withheld, or not fetched in time).
+        ];
+        let all: Vec<u16> = (0..6).collect();
+        note_state_verdicts(&validator, 5, verdicts.clone());
+        assert_eq!(
+            state_faults(&validator, 4, &miners, &all, &all),
+            Vec::<u16>::new(),
+            "no average of window 4 ran here"
+        );
+        assert_eq!(state_faults(&validator, 5, &miners, &all, &all), vec![3, 4], "far and refused; UID 5's is absent");
+        assert_eq!(state_faults(&validator, 5, &miners, &all, &all), Vec::<u16>::new(), "each window judged once");
+        // Only scored miners are judged, and only they set the scale: many non-training
+        // peers near the validator (distance ~0) do not make the trainers "far".
+        let mut crowd = verdicts;
+        crowd.extend((10..30u8).map(|i| (Hotkey([i; 32]), counted(0.001))));
+        note_state_verdicts(&validator, 6, crowd);
+        assert_eq!(state_faults(&validator, 6, &miners, &[0, 1, 2, 3], &[0, 1, 2, 3]), vec![3]);
+        // Scored but untrained peers (lazy, noise) near the validator do not set the scale.
+        let mut lazy = vec![(Hotkey([0; 32]), counted(1.0)), (Hotkey([1; 32]), counted(1.1))];
+        lazy.extend((2..6u8).map(|i| (Hotkey([i; 32]), counted(0.001))));
+        note_state_verdicts(&validator, 7, lazy);
+        assert_eq!(state_faults(&validator, 7, &miners, &all, &[0, 1]), Vec::<u16>::new());
+        for w in 0..20 {
+            note_state_verdicts(&validator, w, Vec::new());
+        }
+        assert_eq!(lock(&validator.state_verdicts).len(), STATE_VERDICT_WINDOWS, "bounded");
+    }
 }

@@ -113,16 +113,45 @@ impl MeanAccumulator {
 /// peer.
 pub const CLIP_FACTOR: f64 = 2.0;
 
-/// Around the reader's own values, the radius is also at most this share of their norm. The
-/// median is no bound when few peers' slices have arrived (a real-time window whose only
-/// peer slice so far is a poisoner's: it *is* the median, and every honest loss went to
-/// 1e7 in a measured devnet run); honest peers' values at a window's positions differ from
-/// the reader's by a few steps, far under a tenth of their norm.
+/// Around the reader's own values, while fewer than [`CLIP_QUORUM`] peers' slices are at
+/// hand, the radius is also at most this share of their norm: the median is no bound among
+/// so few (a real-time window whose only peer slice so far is a poisoner's: it *is* the
+/// median, and every honest loss went to 1e7 in a measured devnet run).
 pub const CENTRED_RADIUS_CAP: f64 = 0.1;
+
+/// Peers' slices from which their median distance alone sets the radius around the
+/// reader's own values. With fewer the cap above applies too. Not always: a reader that
+/// does not train (a validator, a node catching up) is farther from every training peer
+/// each window, by their training; capped at a tenth of the norm, a validator's distance
+/// from the miners grew from 0.28 to 1.68 over 18 windows at fixed compute 8, its radius
+/// 0.07 — it no longer followed the network it scores.
+pub const CLIP_QUORUM: usize = 3;
+
+/// A state slice farther from the centre than this many clip radii measured among the
+/// peers that trained is a fault of its sender, not a disagreement: honest state slices
+/// sit within ~1.1 radii on the devnet (the radius being twice their median distance), a
+/// poisoner's at 10⁶. Clipped, it moved the mean no more than a near one; the fault is
+/// what lets a validator make it cost weight.
+pub const FAULT_RADII: f64 = 10.0;
+
+/// Whether a slice at `distance` lies beyond [`FAULT_RADII`] radii of [`CLIP_FACTOR`]
+/// times `median` (the training peers' median distance); never when the median is 0
+/// (nothing to measure by).
+pub fn far_beyond(distance: f64, median: f64) -> bool {
+    median > 0.0 && distance > FAULT_RADII * CLIP_FACTOR * median
+}
 
 /// [`CENTRED_RADIUS_CAP`] times the norm of the centre.
 pub fn centred_cap(center: &[f32]) -> f64 {
     CENTRED_RADIUS_CAP * deviation_norm(center, None)
+}
+
+/// The clip radius around the reader's own values `center` given the peers' distances
+/// from them (the reader's own slice left out): [`CLIP_FACTOR`] times their lower median,
+/// agreeing peers counted, and within [`centred_cap`] below [`CLIP_QUORUM`] peers.
+pub fn centred_radius(peer_distances: &[f64], center: &[f32]) -> f64 {
+    let radius = clip_radius(peer_distances, CLIP_FACTOR, Zeros::Count);
+    if peer_distances.len() < CLIP_QUORUM { radius.min(centred_cap(center)) } else { radius }
 }
 
 /// Euclidean distance of `values` from `center` (from zero when `None`), in f64.
@@ -214,6 +243,7 @@ mod tests {
             compression: 10,
             value_count: N,
             version: 1,
+            max_abs: crate::slice::MAX_ABS_VALUE,
         }
     }
 

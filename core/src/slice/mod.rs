@@ -11,8 +11,8 @@ pub mod key;
 pub mod wire;
 
 pub use aggregate::{
-    AggregateError, CENTRED_RADIUS_CAP, CLIP_FACTOR, MeanAccumulator, Zeros, centred_cap, clip_radius, clip_scales,
-    deviation_norm, scales_within,
+    AggregateError, CENTRED_RADIUS_CAP, CLIP_FACTOR, CLIP_QUORUM, FAULT_RADII, MeanAccumulator, Zeros, centred_cap,
+    centred_radius, clip_radius, clip_scales, deviation_norm, far_beyond, scales_within,
 };
 pub use exchange::{Exchange, download_bytes_per_window};
 pub use extract::{ExtractError, apply, extract};
@@ -20,5 +20,5 @@ pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};
 pub use wire::{
     Dtype, EncodeError, Expected, MAX_ABS_VALUE, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode,
-    encode_unchecked, max_encoded_len,
+    encode_unchecked, max_encoded_len, update_value_bound,
 };

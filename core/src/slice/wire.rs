@@ -77,6 +77,9 @@ pub struct Expected<'a> {
     pub value_count: usize,
     /// The protocol version (exchange) the reader follows; others are rejected.
     pub version: u16,
+    /// The largest magnitude a value may have: [`MAX_ABS_VALUE`], or less where the kind
+    /// of slice implies a tighter bound (an update: [`update_value_bound`]).
+    pub max_abs: f32,
 }
 
 /// Why a slice was rejected. Every variant is a peer's fault or a corruption, never ours.
@@ -118,8 +121,8 @@ pub enum SliceError {
     BodyHashMismatch,
     #[error("value {index} is not finite ({value})")]
     NonFiniteValue { index: usize, value: f32 },
-    #[error("value {index} ({value}) is beyond ±{MAX_ABS_VALUE}: no parameter or update is that large")]
-    ImplausibleValue { index: usize, value: f32 },
+    #[error("value {index} ({value}) is beyond ±{limit}: no honest slice of this kind holds one that large")]
+    ImplausibleValue { index: usize, value: f32, limit: f32 },
 }
 
 /// The largest magnitude a slice value may have. Trained parameters and their updates
@@ -127,6 +130,46 @@ pub enum SliceError {
 /// sums overflow to inf) are refused at decode, and the sum of up to 2^24 slices of
 /// admissible values stays finite.
 pub const MAX_ABS_VALUE: f32 = 1.0e4;
+
+/// The largest parameter magnitude the update bound allows for in AdamW's decoupled weight
+/// decay (`lr·wd·θ`): trained weights sit orders of magnitude below it.
+const UPDATE_BOUND_PARAM: f64 = 100.0;
+
+/// Steps over which [`update_value_bound`] takes the largest moment ratio (the ratio
+/// settles within a few hundred steps for any β2 ≤ 0.999).
+const UPDATE_BOUND_STEPS: u32 = 4096;
+
+/// The largest magnitude a value of an update-exchange delta (one AdamW step at a learning
+/// rate of at most `lr`) may have; [`MAX_ABS_VALUE`] when the betas give no finite bound
+/// (`β1² ≥ β2`).
+///
+/// One AdamW step moves a parameter by `lr·(m̂/(√v̂+ε) + wd·θ)`. By Cauchy–Schwarz over the
+/// moments' exponential sums, after `t` steps
+/// `|m̂/√v̂| ≤ (1−β1)/(1−β1^t) · √((1−β2^t)/(1−β2)) · √(Σ_{k<t} (β1²/β2)^k)` (1 at the first
+/// step; at most 1.17 at the default β = (0.9, 0.95)); the bound is twice its largest
+/// value plus one, plus `wd·`[`UPDATE_BOUND_PARAM`]: 13.3·lr at the defaults, where an
+/// honest step is at most ~1.2·lr. Without it a lone hostile update, in a window where no
+/// honest update has arrived yet, is the median its own clip is measured by (measured: a
+/// real-time devnet whose first window's only non-zero updates were a poisoner's and its
+/// echo sent every honest loss to 2.6e7).
+pub fn update_value_bound(lr: f64, beta1: f64, beta2: f64, weight_decay: f64) -> f32 {
+    let ratio = beta1 * beta1 / beta2;
+    let sane = lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2);
+    if !(sane && ratio < 1.0) {
+        return MAX_ABS_VALUE;
+    }
+    let (mut b1t, mut b2t, mut ratio_k, mut sum, mut most) = (1.0f64, 1.0f64, 1.0f64, 0.0f64, 0.0f64);
+    for _ in 0..UPDATE_BOUND_STEPS {
+        sum += ratio_k;
+        ratio_k *= ratio;
+        b1t *= beta1;
+        b2t *= beta2;
+        let moments = (1.0 - beta1) / (1.0 - b1t) * ((1.0 - b2t) / (1.0 - beta2)).sqrt() * sum.sqrt();
+        most = most.max(moments);
+    }
+    let per_lr = 2.0 * most + 1.0 + weight_decay.abs() * UPDATE_BOUND_PARAM;
+    ((lr * per_lr) as f32).min(MAX_ABS_VALUE)
+}
 
 impl SliceError {
     /// A short stable label for metrics and logs (`slices_rejected{reason=...}`).
@@ -377,7 +420,7 @@ pub fn decode<'a>(bytes: &'a [u8], expected: &Expected<'_>) -> Result<SliceView<
         return Err(SliceError::BodyHashMismatch);
     }
     let view = SliceView { header, body };
-    check_values(&view)?;
+    check_values(&view, expected.max_abs.min(MAX_ABS_VALUE))?;
     Ok(view)
 }
 
@@ -410,11 +453,11 @@ fn check_expectations(header: &SliceHeader, expected: &Expected<'_>) -> Result<(
     Ok(())
 }
 
-/// Every value finite and within [`MAX_ABS_VALUE`].
-fn check_values(view: &SliceView<'_>) -> Result<(), SliceError> {
+/// Every value finite and within `limit`.
+fn check_values(view: &SliceView<'_>, limit: f32) -> Result<(), SliceError> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let admissible = |v: f32| v.is_finite() && v.abs() <= MAX_ABS_VALUE;
+    let admissible = |v: f32| v.is_finite() && v.abs() <= limit;
     // Fast parallel scan; locate the first offender only when there is one.
     let all_admissible = match view.header.dtype {
         Dtype::F32 => view.values().par_chunks(CHUNK).all(|c| c.iter().all(|v| admissible(*v))),
@@ -429,7 +472,7 @@ fn check_values(view: &SliceView<'_>) -> Result<(), SliceError> {
     let values = view.values();
     let (index, &value) = values.iter().enumerate().find(|(_, v)| !admissible(**v)).unwrap_or((0, &f32::NAN));
     if value.is_finite() {
-        return Err(SliceError::ImplausibleValue { index, value });
+        return Err(SliceError::ImplausibleValue { index, value, limit });
     }
     Err(SliceError::NonFiniteValue { index, value })
 }

@@ -30,6 +30,7 @@
 mod basis;
 pub mod clip;
 pub mod copies;
+pub mod evaluation;
 pub mod gate;
 pub mod scores;
 pub mod sightings;
@@ -38,8 +39,9 @@ mod simulation;
 
 pub use clip::norm_clip_factors;
 pub use copies::{COPY_NOVELTY, CopyAssessment, CopyCandidate, assess_copies, find_copies, sketch, sketch_positions};
+pub use evaluation::{Control, Evaluation, SCORE_LIMIT, relative_specificity};
 pub use gate::{GATE_MIN_WINDOWS, GATE_Z_FULL, GATE_Z_OPEN, Specificity};
-pub use scores::{Evaluation, SCORE_LIMIT, ScoreBook, ScoreError, UidScore, WindowOutcome, to_u16_weights};
+pub use scores::{ScoreBook, ScoreError, UidScore, WindowOutcome, to_u16_weights};
 pub use sightings::{Sighting, order_keys};
 
 use crate::hparams::Hparams;

@@ -8,74 +8,20 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ScoringParams;
+use super::evaluation::{Evaluation, clamp_score};
 use super::gate::{Specificity, gate, weak_gate};
 use crate::hotkey::Hotkey;
 use crate::window::Window;
-
-/// The losses measured for one miner's update of one window, before and after applying
-/// it to the validator's model, on the miner's own data and on random data.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Evaluation {
-    pub own_before: f64,
-    pub own_after: f64,
-    pub random_before: f64,
-    pub random_after: f64,
-}
-
-impl Evaluation {
-    pub fn own_improvement(&self) -> f64 {
-        self.own_before - self.own_after
-    }
-
-    pub fn random_improvement(&self) -> f64 {
-        self.random_before - self.random_after
-    }
-
-    /// The evaluation of an update `norm_ratio` times the window's median update norm:
-    /// both improvements divided by `max(1, norm_ratio)²`. An update inflated k times
-    /// beyond the typical one (an overfitter's, a scaled copy's) pulls the network's mean
-    /// by more than its share; its first-order gain grows at most k-fold, so it is paid at
-    /// most 1/k of it, and inflating never pays (measured on the devnet: an overfitter
-    /// publishing 4× its update kept 8.5% of the weight when paid per norm, k¹). A
-    /// typical or smaller update is unchanged.
-    pub fn per_norm(self, norm_ratio: f64) -> Self {
-        let k = if norm_ratio.is_finite() { norm_ratio.max(1.0).powi(2) } else { f64::INFINITY };
-        Self {
-            own_after: self.own_before - self.own_improvement() / k,
-            random_after: self.random_before - self.random_improvement() / k,
-            ..self
-        }
-    }
-}
-
-#[cfg(test)]
-mod per_norm_tests {
-    use super::Evaluation;
-
-    #[test]
-    fn an_update_beyond_the_median_norm_is_paid_per_norm_and_a_typical_one_in_full() {
-        let eval = Evaluation { own_before: 5.0, own_after: 4.0, random_before: 5.0, random_after: 4.6 };
-        assert_eq!(eval.per_norm(0.7), eval, "at or under the median: unchanged");
-        let big = eval.per_norm(2.0);
-        assert!((big.own_improvement() - 0.25).abs() < 1e-12 && (big.random_improvement() - 0.1).abs() < 1e-12);
-        assert_eq!(eval.per_norm(f64::NAN).random_improvement(), 0.0, "an unmeasurable norm earns nothing");
-    }
-}
-
-/// How much more an update improved the miner's own batches than random ones, relative to
-/// both, in [−1, 1]: a scale-free `d` for the gate. Raw differences shrink tenfold as the
-/// loss flattens over training, so early windows' large ones would dominate the variance
-/// and hold an honest miner's z down (measured on the devnet, seed 3: honest z 2.0 and a
-/// random-pages miner 1.6 after 18 windows on raw differences).
-pub fn relative_specificity(own: f64, random: f64) -> f64 {
-    let scale = own.abs() + random.abs();
-    if scale > f64::EPSILON { ((own - random) / scale).clamp(-1.0, 1.0) } else { 0.0 }
-}
 
 /// What the validator learnt of one miner in one window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WindowOutcome {
     Scored(Evaluation),
+    /// Scored, but its state slice of the window was refused or far beyond every other's
+    /// ([`crate::slice::far_beyond`]): the gate learns from the update as usual and the
+    /// window pays nothing (a loss still counts), so poisoning state costs a window's pay
+    /// each time.
+    StateFault(Evaluation),
     /// No valid delta: none uploaded, uploaded outside the window's time, or rejected.
     Missing,
     /// Its delta copies UID `original`'s, first seen earlier by the validator (or at the
@@ -83,17 +29,6 @@ pub enum WindowOutcome {
     Copier {
         original: u16,
     },
-}
-
-/// A window score is a loss difference; one update cannot honestly move the loss by more
-/// than this, so larger values (or non-finite ones, which count as −this) are clamped
-/// rather than allowed to dominate the moving average.
-pub const SCORE_LIMIT: f64 = 1.0;
-
-/// `x` clamped to ±[`SCORE_LIMIT`]; a non-finite `x` is −[`SCORE_LIMIT`] (an update whose
-/// loss cannot be measured is treated as the worst one).
-fn clamp_score(x: f64) -> f64 {
-    if x.is_finite() { x.clamp(-SCORE_LIMIT, SCORE_LIMIT) } else { -SCORE_LIMIT }
 }
 
 /// One UID's standing.
@@ -222,17 +157,12 @@ impl ScoreBook {
             *entry = UidScore::new(hotkey);
         }
         let (score, d) = match outcome {
-            WindowOutcome::Scored(eval) => {
+            WindowOutcome::Scored(eval) | WindowOutcome::StateFault(eval) => {
                 entry.windows_scored += 1;
                 entry.last_scored = Some(window);
                 let random = clamp_score(eval.random_improvement());
-                let own = clamp_score(eval.own_improvement());
-                let d = if eval.own_improvement().is_finite() && eval.random_improvement().is_finite() {
-                    relative_specificity(own, random)
-                } else {
-                    -1.0
-                };
-                (random, Some(d))
+                let paid = if matches!(outcome, WindowOutcome::StateFault(_)) { random.min(0.0) } else { random };
+                (paid, Some(eval.specificity()))
             }
             WindowOutcome::Missing => {
                 entry.windows_missing += 1;
@@ -395,6 +325,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::validator::SCORE_LIMIT;
     use crate::validator::gate::{GATE_MIN_WINDOWS, GATE_Z_FULL, GATE_Z_OPEN};
     use crate::validator::simulation::{Miner, gaussian};
 
@@ -408,6 +339,7 @@ mod tests {
             own_after: 3.0 - own,
             random_before: 3.0,
             random_after: 3.0 - random,
+            control: None,
         })
     }
 
@@ -555,6 +487,27 @@ mod tests {
         assert!((after.moving - before.moving * (1.0 - p.moving_alpha)).abs() < 1e-15);
         assert_eq!((after.indicator, after.specificity), (before.indicator, before.specificity));
         assert_eq!(after.windows_missing, 1);
+    }
+
+    #[test]
+    fn a_state_fault_pays_nothing_for_the_window_but_a_loss_still_counts() {
+        let p = ScoringParams::default();
+        let (mut honest, mut faulty) = (book_of(1), book_of(1));
+        for w in 0..20 {
+            let tilt = if w % 2 == 0 { 0.001 } else { -0.001 };
+            let outcome = eval(0.01 + tilt, 0.002);
+            honest.record(w, 0, hk(0), outcome, &p);
+            let WindowOutcome::Scored(e) = outcome else { unreachable!() };
+            let fault = if w >= 10 { WindowOutcome::StateFault(e) } else { outcome };
+            let paid = faulty.record(w, 0, hk(0), fault, &p);
+            assert!((paid - if w >= 10 { 0.0 } else { 0.002 }).abs() < 1e-12, "{w}: {paid}");
+        }
+        let (h, f) = (&honest.uids[&0], &faulty.uids[&0]);
+        assert!(f.moving < 0.5 * h.moving, "{} against {}", f.moving, h.moving);
+        assert_eq!(f.specificity, h.specificity, "the gate learns from the update either way");
+        let WindowOutcome::Scored(worse) = eval(0.01, -0.003) else { unreachable!() };
+        let paid = faulty.record(20, 0, hk(0), WindowOutcome::StateFault(worse), &p);
+        assert!((paid + 0.003).abs() < 1e-12, "a loss still counts: {paid}");
     }
 
     #[test]

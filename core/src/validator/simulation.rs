@@ -8,7 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::ScoringParams;
-use super::scores::{Evaluation, ScoreBook, WindowOutcome};
+use super::evaluation::Evaluation;
+use super::scores::{ScoreBook, WindowOutcome};
 use crate::hotkey::Hotkey;
 
 /// Spread of the own-data improvement measured in one window (2 micro-batches).
@@ -54,6 +55,7 @@ impl Miner {
             own_after: 3.0 - own,
             random_before: 3.0,
             random_after: 3.0 - random,
+            control: None,
         })
     }
 

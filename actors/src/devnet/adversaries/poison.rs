@@ -81,9 +81,12 @@ impl Misbehaviour for Noise {
     }
 }
 
-/// Trains nothing and publishes ±[`MAX_ABS_VALUE`] (alternating) in both its delta and its
-/// state: the largest values a reader admits, whose sum over two peers would be far
-/// beyond anything a model survives unclipped.
+/// Publishes ±[`MAX_ABS_VALUE`] (alternating), the largest values a reader admits, whose
+/// sum over two peers would be far beyond anything a model survives unclipped: in its
+/// state every window, and in its delta every even window. In odd windows it publishes the
+/// update it honestly trained, so a validator scores it and must find the poisoned state
+/// to withhold the pay (a `state-fault`); its even-window deltas lie beyond one AdamW
+/// step's bound and are refused at decode.
 pub struct Poisoner;
 
 fn poison(len: usize) -> Arc<Vec<f32>> {
@@ -92,7 +95,7 @@ fn poison(len: usize) -> Arc<Vec<f32>> {
 
 impl Misbehaviour for Poisoner {
     fn trains(&self) -> bool {
-        false
+        true
     }
 
     fn idle_reason(&self) -> String {
@@ -102,11 +105,12 @@ impl Misbehaviour for Poisoner {
     fn delta<'a>(
         &'a self,
         node: &'a MinerContext,
-        _window: Window,
+        window: Window,
         _exchange: Exchange,
-        _honest: Option<Arc<Vec<f32>>>,
+        honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>> {
-        futures::future::ready(Some(poison(node.slice_value_count()))).boxed()
+        let published = if window % 2 == 1 { honest } else { Some(poison(node.slice_value_count())) };
+        futures::future::ready(published).boxed()
     }
 
     fn state(&self, node: &MinerContext, _window: Window, _honest: Arc<Vec<f32>>) -> Arc<Vec<f32>> {

@@ -53,6 +53,7 @@ impl Fixture {
             compression: 4,
             value_count: self.indices.total_len(),
             version: 1,
+            max_abs: crate::slice::MAX_ABS_VALUE,
         }
     }
 
@@ -327,4 +328,32 @@ fn values_beyond_the_plausible_magnitude_are_refused_in_both_dtypes() {
     values[5] = MAX_ABS_VALUE;
     let bytes = encode(f.meta(Dtype::F32), &values, &alice).unwrap();
     assert!(decode(&bytes, &f.expected()).is_ok(), "the bound itself is admissible");
+}
+
+#[test]
+fn an_update_bound_sits_above_any_adamw_step_and_is_enforced_at_decode() {
+    let lr = 1e-4;
+    let bound = f64::from(update_value_bound(lr, 0.9, 0.95, 0.1));
+    // 2 × 1.165 (the moment ratio's limit) + 1 + 0.1 × 100.
+    assert!((bound / lr - 13.33).abs() < 0.01, "{}", bound / lr);
+    let slow = f64::from(update_value_bound(lr, 0.9, 0.999, 0.0));
+    assert!(slow / lr > 14.0 && slow / lr < 16.0, "β2 0.999: {}", slow / lr);
+    for (b1, b2) in [(0.99, 0.95), (0.9, 1.0), (f64::NAN, 0.9)] {
+        assert_eq!(update_value_bound(lr, b1, b2, 0.1), MAX_ABS_VALUE, "no finite bound for {b1}, {b2}");
+    }
+    assert_eq!(update_value_bound(0.0, 0.9, 0.95, 0.1), MAX_ABS_VALUE);
+
+    let f = fixture();
+    let alice = dev_keypair("Alice").unwrap();
+    let limit = 0.5;
+    let expected = Expected { max_abs: limit, ..f.expected() };
+    let mut values = f.values.clone();
+    values.iter_mut().for_each(|v| *v = v.clamp(-limit, limit));
+    values[7] = -0.75;
+    let bytes = encode(f.meta(Dtype::F32), &values, &alice).unwrap();
+    let err = decode(&bytes, &expected).unwrap_err();
+    assert!(matches!(err, SliceError::ImplausibleValue { index: 7, limit: 0.5, .. }), "{err}");
+    values[7] = -limit;
+    let bytes = encode(f.meta(Dtype::F32), &values, &alice).unwrap();
+    assert!(decode(&bytes, &expected).is_ok(), "the bound itself is admissible");
 }
