@@ -15,6 +15,7 @@ pub mod hotkey;
 pub mod hparams;
 pub mod model;
 pub mod slice;
+pub mod sparseloco;
 pub mod storage;
 pub mod validator;
 pub mod wallet;

@@ -1,0 +1,221 @@
+//! SparseLoCo compression at the seed's 1.2B shape (chunks of 4096, 64×64 tiles, k = 64,
+//! 2-bit codes) and the decompress-aggregate of 64 peers.
+//!
+//! `cargo bench -p tessera-core --bench sparseloco` — prints one line per stage: median
+//! time over `TESSERA_BENCH_REPS` runs (default 3), plus the payload's size against the
+//! dense f32 pseudo-gradient and the peak heap. `TESSERA_BENCH_SHAPE=tiny` runs a small
+//! shape as a smoke test. Peak heap is about 2.4 GB at 1.2B: compression runs tensor by
+//! tensor ([`compress_tensor`], one tensor's Δ and error buffer at a time), and the
+//! aggregate keeps the 64 payloads (~34 MB each) and one tensor's output.
+//!
+//! The 63 other peers are synthetic: payload bytes written to the documented layout with
+//! random in-chunk indices (one per stratum of chunk_len/k, so ascending and distinct) and
+//! codes, and the real payload's lookup tables scaled per peer (so the median clip bites).
+//! They go through `from_bytes` like any download.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_core::model::{ModelShape, ParamLayout};
+use tessera_core::sparseloco::{
+    ChunkPlan, CompressSettings, FORMAT_VERSION, MAGIC, Payload, aggregate_tensor, clip, compress_tensor, pack_codes,
+    pack_indices,
+};
+
+struct CountingAlloc;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+const PEERS: usize = 64;
+/// Lookup values beyond this are refused at decode (pseudo-gradients are ~1e-3 here).
+const MAX_ABS: f32 = 1.0;
+
+/// SplitMix64: fast, seedable, good enough for bench data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Roughly normal (sum of two uniforms), scaled.
+    fn value(&mut self, scale: f32) -> f32 {
+        let r = self.next();
+        let (a, b) = ((r >> 40) as f32, ((r >> 16) & 0xff_ffff) as f32);
+        (a + b - 16_777_216.0) / 8_388_608.0 * scale
+    }
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut runs = Vec::with_capacity(reps);
+    let mut last = None;
+    for _ in 0..reps {
+        let start = Instant::now();
+        let out = std::hint::black_box(f());
+        runs.push(start.elapsed());
+        last = Some(out);
+    }
+    (median(runs), last.expect("reps >= 1"))
+}
+
+fn report(stage: &str, t: Duration, bytes: usize, note: &str) {
+    let gbs = bytes as f64 / t.as_secs_f64() / 1e9;
+    println!("{stage:<30} {:>9.1} ms  {gbs:>7.2} GB/s  {note}", t.as_secs_f64() * 1e3);
+}
+
+/// Compresses one random Δ tensor by tensor; returns the summed per-tensor medians.
+fn compress_all(plan: &ChunkPlan, reps: usize, rng: &mut Rng) -> (Duration, Payload) {
+    let max = plan.tensors().iter().map(|t| t.numel()).max().unwrap_or(0);
+    let (mut delta, mut start, mut error) = (vec![0f32; max], vec![0f32; max], vec![0f32; max]);
+    let mut total = Duration::ZERO;
+    let mut tensors = Vec::with_capacity(plan.tensors().len());
+    for (t, chunks) in plan.tensors().iter().enumerate() {
+        let n = chunks.numel();
+        delta[..n].iter_mut().for_each(|v| *v = rng.value(1e-3));
+        start[..n].iter_mut().for_each(|v| *v = rng.value(1e-4));
+        let mut runs = Vec::with_capacity(reps);
+        let mut last = None;
+        for _ in 0..reps {
+            error[..n].copy_from_slice(&start[..n]);
+            let begin = Instant::now();
+            let out = compress_tensor(plan, t, &delta[..n], &mut error[..n]).expect("compress");
+            runs.push(begin.elapsed());
+            last = Some(out);
+        }
+        total += median(runs);
+        tensors.push(last.expect("reps >= 1"));
+    }
+    (total, Payload::from_tensors(plan, tensors).expect("assemble"))
+}
+
+/// A synthetic peer's payload bytes, in the module's documented layout.
+fn synthetic_peer(plan: &ChunkPlan, real: &Payload, peer: usize, rng: &mut Rng) -> Vec<u8> {
+    let s = plan.settings();
+    let mut out = Vec::with_capacity(plan.max_encoded_len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(s.chunk as u16).to_le_bytes());
+    out.extend_from_slice(&(s.tile as u16).to_le_bytes());
+    out.extend_from_slice(&(s.top_k as u32).to_le_bytes());
+    out.extend_from_slice(&(plan.tensors().len() as u32).to_le_bytes());
+    let gain = 0.5 + peer as f32 / PEERS as f32;
+    for (chunks, tp) in plan.tensors().iter().zip(real.tensors()) {
+        tp.lookup().iter().for_each(|v| out.extend_from_slice(&(v * gain).to_le_bytes()));
+        let (mut indices, mut codes) = (Vec::new(), Vec::new());
+        for c in 0..chunks.chunk_count() {
+            let (len, k) = (chunks.chunk_len(c), chunks.chunk_k(c, s.top_k));
+            out.extend_from_slice(&(k as u16).to_le_bytes());
+            let stride = len / k;
+            for j in 0..k {
+                let r = rng.next();
+                indices.push((j * stride + (r as usize) % stride) as u16);
+                codes.push((r >> 32) as u8 & 3);
+            }
+        }
+        out.extend_from_slice(&pack_indices(&indices));
+        out.extend_from_slice(&pack_codes(&codes));
+    }
+    out
+}
+
+fn main() {
+    let reps: usize = std::env::var("TESSERA_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let tiny = std::env::var("TESSERA_BENCH_SHAPE").is_ok_and(|v| v == "tiny");
+    let shape = if tiny {
+        ModelShape {
+            vocab_size: 4096,
+            hidden_size: 256,
+            intermediate_size: 1024,
+            num_hidden_layers: 4,
+            ..ModelShape::seed_1b2()
+        }
+    } else {
+        ModelShape::seed_1b2()
+    };
+    let layout = ParamLayout::llama(&shape).expect("valid shape");
+    let settings = CompressSettings::default();
+    let plan = ChunkPlan::new(layout.params(), &settings).expect("valid settings");
+    println!(
+        "shape: {} parameters in {} tensors, chunk {} tile {} k {}, {} cores (rayon {} threads), {reps} reps",
+        plan.total_numel(),
+        layout.len(),
+        settings.chunk,
+        settings.tile,
+        settings.top_k,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rayon::current_num_threads(),
+    );
+    let mut rng = Rng(1234);
+    let dense = plan.dense_bytes();
+
+    // 1. Compress: e ← β·e + Δ, top-k per chunk, 2-bit quantisation, packing, e update.
+    let (t, payload) = compress_all(&plan, reps, &mut rng);
+    report("compress (tensor by tensor)", t, dense, &format!("{} kept", payload.kept()));
+    let size = payload.encoded_len();
+    println!(
+        "payload: {size} bytes ({:.1} MB) vs dense f32 {dense} bytes ({:.1} MB): 1/{:.1}, {:.2} bits per kept value",
+        size as f64 / 1e6,
+        dense as f64 / 1e6,
+        dense as f64 / size as f64,
+        size as f64 * 8.0 / payload.kept() as f64,
+    );
+
+    // 2. Serialise and decode (full validation) one payload.
+    let (t, bytes) = time(reps, || payload.to_bytes());
+    report("to_bytes", t, bytes.len(), "");
+    let (t, _) = time(reps, || Payload::from_bytes_with_plan(&bytes, &plan, MAX_ABS).expect("valid"));
+    report("from_bytes (validate)", t, bytes.len(), "");
+
+    // 3. 64 peers' uploads, decoded as downloads are.
+    let mut peers = vec![Payload::from_bytes_with_plan(&bytes, &plan, MAX_ABS).expect("valid")];
+    drop(bytes);
+    for p in 1..PEERS {
+        let b = synthetic_peer(&plan, &payload, p, &mut rng);
+        peers.push(Payload::from_bytes_with_plan(&b, &plan, MAX_ABS).expect("synthetic peer is valid"));
+    }
+    drop(payload);
+    let received: usize = peers.iter().map(Payload::encoded_len).sum();
+
+    // 4. Median-norm clip and contributor mean, one tensor's output at a time.
+    let (t_clip, c) = time(reps, || clip(&peers));
+    report(&format!("clip ({PEERS} norms)"), t_clip, received, &format!("median {:.4e}", c.median.unwrap_or(0.0)));
+    let (t, finite) = time(reps, || {
+        (0..plan.tensors().len()).all(|tensor| {
+            let out = aggregate_tensor(&peers, &c.scales, &plan, tensor).expect("aggregate");
+            out.iter().all(|v| v.is_finite())
+        })
+    });
+    report(&format!("aggregate {PEERS} peers"), t, received, &format!("dense output {:.1} MB", dense as f64 / 1e6));
+    report(&format!("decompress-aggregate {PEERS}"), t + t_clip, received, "clip + aggregate");
+    assert!(finite);
+    println!("peak heap {:.1} MB", PEAK.load(Ordering::Relaxed) as f64 / 1e6);
+}
