@@ -134,14 +134,18 @@ async fn score(
         candidate.vouched = book.uids.get(&candidate.uid).is_some_and(|s| s.gate() > 0.0);
     }
     let novelty = params.copy_novelty;
-    let seen: HashMap<u16, (i64, [u8; 32])> =
-        candidates.iter().map(|c| (c.uid, (c.first_seen_ms, c.body_hash))).collect();
+    // The validator's own poll slot (not the order key, whose same-server rank does not
+    // order two servers: a time liar on its own server would rank first in a slot it shares
+    // with its victim, measured branding `miner1` a copier in 3–11 of 18 real-time windows).
+    let slot = |uid: u16| deltas.get(&uid).and_then(|d| d.slice.first_seen_ms.or(d.slice.last_modified_ms));
+    let seen: HashMap<u16, (Option<i64>, [u8; 32])> =
+        candidates.iter().map(|c| (c.uid, (slot(c.uid), c.body_hash))).collect();
     let copiers = tokio::task::spawn_blocking(move || find_copies(&candidates, novelty)).await?;
     let mut outcomes: BTreeMap<u16, WindowOutcome> = BTreeMap::new();
     for (&copier, &original) in &copiers {
-        // The same bytes seen in the same round: which came first is not observed (a Sybil
-        // pair, or a copier as fast as the watcher). Neither is paid; neither is branded.
-        let tied = seen.get(&copier).is_some_and(|c| seen.get(&original) == Some(c));
+        // The same bytes seen in the same poll slot: which came first is not observed (a
+        // Sybil pair, or a copier as fast as the watcher). Neither is paid; neither is branded.
+        let tied = seen.get(&copier).is_some_and(|c| c.0.is_some() && seen.get(&original) == Some(c));
         if tied {
             info!(miner = %ctx.id.name, window = e, copier, original, "identical updates first seen together: neither paid");
             outcomes.insert(copier, WindowOutcome::Missing);
