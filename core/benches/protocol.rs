@@ -6,9 +6,8 @@
 //! test. A bench binary rather than criterion: one 1.2B iteration takes seconds and
 //! needs ~6 GB, and the streaming mean's memory is a figure too.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tessera_core::hotkey::{HotkeySigner, dev_keypair};
@@ -17,26 +16,9 @@ use tessera_core::slice::{
     Dtype, Expected, MeanAccumulator, SliceIndices, SliceKind, SliceMeta, decode, encode, extract,
 };
 
-/// Counts live heap bytes so the streaming mean's peak can be reported.
-struct CountingAlloc;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+#[path = "support/alloc.rs"]
+mod counting;
+use counting::{CountingAlloc, LIVE, PEAK};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;

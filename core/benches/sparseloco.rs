@@ -13,8 +13,7 @@
 //! codes, and the real payload's lookup tables scaled per peer (so the median clip bites).
 //! They go through `from_bytes` like any download.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tessera_core::model::{ModelShape, ParamLayout};
@@ -23,25 +22,9 @@ use tessera_core::sparseloco::{
     pack_indices,
 };
 
-struct CountingAlloc;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+#[path = "support/alloc.rs"]
+mod counting;
+use counting::{CountingAlloc, PEAK};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
