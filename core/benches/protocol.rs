@@ -8,17 +8,19 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use tessera_core::hotkey::{HotkeySigner, dev_keypair};
-use tessera_core::model::{ModelShape, ParamLayout};
+use tessera_core::model::ParamLayout;
 use tessera_core::slice::{
     Dtype, Expected, MeanAccumulator, SliceIndices, SliceKind, SliceMeta, decode, encode, extract,
 };
 
 #[path = "support/alloc.rs"]
 mod counting;
+#[path = "support/timing.rs"]
+mod timing;
 use counting::{CountingAlloc, LIVE, PEAK};
+use timing::{report, time};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -26,42 +28,8 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 const COMPRESSION: u32 = 100;
 const PEERS: usize = 32;
 
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut runs = Vec::with_capacity(reps);
-    let mut last = None;
-    for _ in 0..reps {
-        let start = Instant::now();
-        let out = std::hint::black_box(f());
-        runs.push(start.elapsed());
-        last = Some(out);
-    }
-    (median(runs), last.expect("reps >= 1"))
-}
-
-fn report(stage: &str, t: Duration, bytes: usize, note: &str) {
-    let gbs = bytes as f64 / t.as_secs_f64() / 1e9;
-    println!("{stage:<28} {:>9.1} ms  {gbs:>7.2} GB/s  {note}", t.as_secs_f64() * 1e3);
-}
-
 fn main() {
-    let reps: usize = std::env::var("TESSERA_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let tiny = std::env::var("TESSERA_BENCH_SHAPE").is_ok_and(|v| v == "tiny");
-    let shape = if tiny {
-        ModelShape {
-            vocab_size: 4096,
-            hidden_size: 256,
-            intermediate_size: 1024,
-            num_hidden_layers: 4,
-            ..ModelShape::seed_1b2()
-        }
-    } else {
-        ModelShape::seed_1b2()
-    };
+    let (reps, shape) = (timing::reps(), timing::shape());
     let layout = ParamLayout::llama(&shape).expect("valid shape");
     let total = layout.total_numel();
     println!(

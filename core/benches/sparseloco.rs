@@ -16,7 +16,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tessera_core::model::{ModelShape, ParamLayout};
+use tessera_core::model::ParamLayout;
 use tessera_core::sparseloco::{
     ChunkPlan, CompressSettings, FORMAT_VERSION, MAGIC, Payload, aggregate_tensor, clip, compress_tensor, pack_codes,
     pack_indices,
@@ -24,7 +24,10 @@ use tessera_core::sparseloco::{
 
 #[path = "support/alloc.rs"]
 mod counting;
+#[path = "support/timing.rs"]
+mod timing;
 use counting::{CountingAlloc, PEAK};
+use timing::{median, report, time};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -51,28 +54,6 @@ impl Rng {
         let (a, b) = ((r >> 40) as f32, ((r >> 16) & 0xff_ffff) as f32);
         (a + b - 16_777_216.0) / 8_388_608.0 * scale
     }
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut runs = Vec::with_capacity(reps);
-    let mut last = None;
-    for _ in 0..reps {
-        let start = Instant::now();
-        let out = std::hint::black_box(f());
-        runs.push(start.elapsed());
-        last = Some(out);
-    }
-    (median(runs), last.expect("reps >= 1"))
-}
-
-fn report(stage: &str, t: Duration, bytes: usize, note: &str) {
-    let gbs = bytes as f64 / t.as_secs_f64() / 1e9;
-    println!("{stage:<30} {:>9.1} ms  {gbs:>7.2} GB/s  {note}", t.as_secs_f64() * 1e3);
 }
 
 /// Compresses one random Δ tensor by tensor; returns the summed per-tensor medians.
@@ -131,19 +112,7 @@ fn synthetic_peer(plan: &ChunkPlan, real: &Payload, peer: usize, rng: &mut Rng) 
 }
 
 fn main() {
-    let reps: usize = std::env::var("TESSERA_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let tiny = std::env::var("TESSERA_BENCH_SHAPE").is_ok_and(|v| v == "tiny");
-    let shape = if tiny {
-        ModelShape {
-            vocab_size: 4096,
-            hidden_size: 256,
-            intermediate_size: 1024,
-            num_hidden_layers: 4,
-            ..ModelShape::seed_1b2()
-        }
-    } else {
-        ModelShape::seed_1b2()
-    };
+    let (reps, shape) = (timing::reps(), timing::shape());
     let layout = ParamLayout::llama(&shape).expect("valid shape");
     let settings = CompressSettings::default();
     let plan = ChunkPlan::new(layout.params(), &settings).expect("valid settings");
