@@ -179,6 +179,12 @@ pub struct DevnetArgs {
     #[arg(long = "baseline-miner")]
     pub baseline_miner: bool,
 
+    /// Add one miner that trains alone on all the exchanging miners' data: each step on
+    /// N× the micro-batch (N = --miners), as many steps per window. The data-parallel
+    /// ideal the exchange is measured against.
+    #[arg(long = "ideal-miner")]
+    pub ideal_miner: bool,
+
     /// Keep the state (checkpoints, buckets, cache) here and reuse it on the next run
     /// [default: a temporary directory, removed at exit].
     #[arg(long = "state-dir", value_name = "DIR")]
@@ -215,6 +221,21 @@ pub struct DevnetArgs {
     /// is applied scaled by this factor.
     #[arg(long = "outer-lr", value_name = "LR")]
     pub outer_lr: Option<f64>,
+
+    /// The devnet network's `exchange_outer_momentum` hparam (SparseLoCo): Nesterov
+    /// momentum of the outer step [default: none].
+    #[arg(long = "outer-momentum", value_name = "MU")]
+    pub outer_momentum: Option<f64>,
+
+    /// The devnet network's `exchange_top_k` hparam (SparseLoCo): entries kept per chunk
+    /// of 4096 [default: 64].
+    #[arg(long = "top-k", value_name = "K")]
+    pub top_k: Option<u32>,
+
+    /// The devnet network's `micro_batches_per_step` hparam: an optimizer step every M
+    /// micro-batches of a window [default: one step per window].
+    #[arg(long = "micro-batches-per-step", value_name = "M")]
+    pub micro_batches_per_step: Option<u32>,
 
     /// The devnet network's `exchange_max_peers` hparam (update exchange): read the own
     /// slice and at most K − 1 peers' per window and kind.

@@ -299,3 +299,60 @@ fn status_shows_each_node_of_a_running_devnet_and_says_when_nothing_listens() {
     assert!(miner1.contains(" miner ") && miner1.contains("devnet-miner1"), "{miner1}");
     assert!(screen.contains("miner1: rejected none; restarts none"), "{screen}");
 }
+
+/// SparseLoCo end to end: four miners on 8 inner steps a window hold the same model after
+/// every outer step (their fingerprints), end below a baseline with the same compute and
+/// within the check's margin of the data-parallel ideal, the validator pays them for their
+/// payloads, and a devnet resumed from its state directory continues in step.
+#[test]
+fn sparseloco_miners_hold_one_model_beat_the_baseline_and_resume_in_step() {
+    let state = tempfile::tempdir().unwrap();
+    let (report, resumed_report, state_dir) =
+        (state.path().join("report"), state.path().join("resumed"), state.path().join("state"));
+    let common = [
+        "--miners",
+        "4",
+        "--exchange",
+        "sparseloco",
+        "--ideal-miner",
+        "--fixed-compute",
+        "8",
+        "--micro-batches-per-step",
+        "1",
+        "--block-time",
+        "50ms",
+        "--eval-every",
+        "2",
+        "--check",
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--windows", "40", "--report", report.to_str().unwrap()]);
+    let (_, stdout) = devnet(&args);
+    assert!(stdout.contains("models: the exchanging miners held the same model in 40 of 40 windows"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap()).unwrap();
+    let comparisons = &summary["comparisons"];
+    assert!(comparisons["ideal"]["ratio"].is_number(), "the ideal against the baseline: {summary}");
+    assert!(comparisons["exchanging"]["ratio"].is_number(), "SparseLoCo reached the baseline's loss: {summary}");
+    assert!(comparisons["exchanging"]["ratio_to_ideal"].is_number(), "{summary}");
+    assert_eq!(summary["models"]["windows_differing"], serde_json::json!([]), "{summary}");
+    // Payloads of a few KB, not slices of values; every peer's delta read, no state.
+    let bandwidth = stdout.lines().find(|l| l.starts_with("exchanging (sparseloco)")).expect("bandwidth line");
+    assert!(bandwidth.contains("peers' deltas of"), "{bandwidth}");
+    // The validator scored the payloads and paid the four miners.
+    let weights: Vec<&serde_json::Value> =
+        summary["weights"][0]["uids"].as_array().unwrap().iter().filter(|u| u["role"] == "exchanging").collect();
+    assert_eq!(weights.len(), 4, "{summary}");
+    assert!(weights.iter().filter(|u| u["weight"].as_u64().unwrap_or(0) > 0).count() >= 3, "{summary}");
+    // The error buffer and the window's start were saved beside each checkpoint.
+    assert!(state_dir.join("miner1/checkpoints/sparseloco-state.bin").is_file());
+
+    // Resumed: the outer step continues from the saved start, and the models stay one.
+    let mut args = common.to_vec();
+    args.extend(["--windows", "4", "--report", resumed_report.to_str().unwrap()]);
+    let (_, stdout) = devnet(&args);
+    assert!(!stdout.contains("CHECK FAILED"), "{stdout}");
+    assert!(stdout.contains("models: the exchanging miners held the same model in 4 of 4 windows"), "{stdout}");
+}

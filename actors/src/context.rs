@@ -254,6 +254,8 @@ pub struct ModelSlot {
     /// The held-out micro-batches, loaded at the first evaluation.
     pub held_out: tokio::sync::OnceCell<Arc<Vec<Batch>>>,
     pub index_cache: Mutex<VecDeque<(Window, Arc<SliceIndices>)>>,
+    /// SparseLoCo's error buffer and outer momentum (`crate::sparse`).
+    pub sparse: Mutex<crate::sparse::SparseState>,
 }
 
 /// Counters and the per-window telemetry hook.
@@ -331,6 +333,7 @@ impl MinerContext {
                 own_updates: Mutex::new(VecDeque::new()),
                 held_out: tokio::sync::OnceCell::new(),
                 index_cache: Mutex::new(VecDeque::new()),
+                sparse: Mutex::new(Default::default()),
             },
             telemetry: Telemetry::default(),
             validator,
@@ -393,7 +396,7 @@ impl MinerContext {
             registered,
             fingerprint: self.model.spec.layout.fingerprint(),
             compression: self.network.hparams.compression,
-            value_count: self.slice_value_count(),
+            value_count: self.envelope_count(kind),
             version: self.exchange().protocol_version(),
             max_abs: self.value_bound(kind),
         }
@@ -407,6 +410,7 @@ impl MinerContext {
             (SliceKind::Delta, Exchange::Update) => {
                 update_value_bound(hp.learning_rate, hp.optimizer_beta1, hp.optimizer_beta2, hp.optimizer_weight_decay)
             }
+            (SliceKind::Delta, exchange) if exchange.is_compressed() => self.sparse_value_bound(),
             _ => MAX_ABS_VALUE,
         }
     }
@@ -416,7 +420,8 @@ impl MinerContext {
         self.network.hparams.exchange
     }
 
-    /// Keeps the own update of `window` (update exchange) for the next few windows.
+    /// Keeps the own update of `window` (update exchange; SparseLoCo: the values the window
+    /// started from) for the next few windows.
     pub fn remember_own_update(&self, window: Window, update: Arc<Vec<f32>>) {
         let mut kept = lock(&self.model.own_updates);
         kept.retain(|(w, _)| *w != window);

@@ -24,6 +24,10 @@ pub enum RuntimeError {
     Encode(#[from] EncodeError),
     #[error("a cached slice: {0}")]
     Slice(#[from] SliceError),
+    #[error("a cached delta: {0}")]
+    Delta(#[from] crate::sparse::DeltaError),
+    #[error("compressing the own update: {0}")]
+    Compress(#[from] tessera_core::sparseloco::SparseError),
     #[error("reading the cached slice {path}: {source}")]
     CachedSlice { path: PathBuf, source: std::io::Error },
     #[error("validator scores: {0}")]

@@ -34,6 +34,7 @@ pub mod observe;
 pub mod progress;
 pub mod slice_downloader;
 pub mod slice_uploader;
+pub mod sparse;
 pub mod state_syncer;
 pub mod stats;
 pub mod supervisor;

@@ -152,7 +152,7 @@ pub struct FetchedSlice {
 /// To the SliceUploader.
 pub enum SliceUploaderMsg {
     /// Publish the own slice; queued, never blocks the sender.
-    Upload { kind: SliceKind, window: Window, values: Arc<Vec<f32>> },
+    Upload { kind: SliceKind, window: Window, body: crate::sparse::ObjectBody },
     /// Delete own objects (bucket and cache) of windows before this one.
     Prune { before: Window },
     /// Retry the head of the queue (after a backoff).

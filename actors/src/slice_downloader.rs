@@ -332,7 +332,7 @@ fn admit_listed(
         kind,
         window,
         version: ctx.exchange().protocol_version(),
-        max_bytes: max_encoded_len(ctx.slice_value_count()) as u64,
+        max_bytes: max_encoded_len(ctx.envelope_count(kind)) as u64,
         bounds: ctx.upload_bounds(kind, window),
         view: ctx.peer_view(),
         committers: ctx.settings.remote.then(|| ctx.committers_by_bucket()),
@@ -438,7 +438,7 @@ async fn fetch_candidates(
     outcome: &mut FetchOutcome,
 ) {
     let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let max_bytes = max_encoded_len(ctx.slice_value_count()) as u64;
+    let max_bytes = max_encoded_len(ctx.envelope_count(kind)) as u64;
     let total_bytes: u64 = candidates.iter().map(|c| c.info.size).sum();
     let bar = if total_bytes >= crate::progress::LARGE_DOWNLOAD_BYTES {
         crate::progress::bar(total_bytes, format!("{}: {kind}-{window} slices", ctx.id.name), true)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tessera_core::slice::{ObjectKey, SliceKind, SliceMeta, encode};
+use tessera_core::slice::{ObjectKey, SliceKind};
 use tessera_core::storage::CacheEntry;
 use tessera_core::window::Window;
 use tracing::{debug, info, warn};
@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::context::{ActorKind, MinerContext};
 use crate::error::RuntimeError;
 use crate::messages::SliceUploaderMsg;
+use crate::sparse::ObjectBody;
 use crate::stats::MinerStats;
 use crate::task::AbortOnDrop;
 
@@ -31,7 +32,7 @@ pub struct SliceUploader;
 struct Job {
     kind: SliceKind,
     window: Window,
-    values: Arc<Vec<f32>>,
+    body: ObjectBody,
     attempts: u32,
 }
 
@@ -78,9 +79,9 @@ impl Actor for SliceUploader {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SliceUploaderMsg::Upload { kind, window, values } => {
+            SliceUploaderMsg::Upload { kind, window, body } => {
                 state.ctx.faults.maybe_panic(ActorKind::SliceUploader);
-                state.queue.push_back(Job { kind, window, values, attempts: 0 });
+                state.queue.push_back(Job { kind, window, body, attempts: 0 });
                 state.drop_stale();
                 state.start_next(&myself);
             }
@@ -157,11 +158,11 @@ impl SliceUploaderState {
         }
         let Some(job) = self.queue.front() else { return };
         let ctx = self.ctx.clone();
-        let (kind, window, values) = (job.kind, job.window, job.values.clone());
+        let (kind, window, body) = (job.kind, job.window, job.body.clone());
         let key = job.key(&ctx);
         let me = myself.clone();
         self.in_flight = Some(AbortOnDrop(tokio::spawn(async move {
-            let result = upload(&ctx, kind, window, values, &key).await.map_err(|e| e.to_string());
+            let result = upload(&ctx, kind, window, body, &key).await.map_err(|e| e.to_string());
             let _ = me.cast(SliceUploaderMsg::Finished { key, result });
         })));
     }
@@ -176,22 +177,14 @@ impl SliceUploaderState {
 }
 
 async fn upload(
-    ctx: &MinerContext,
+    ctx: &Arc<MinerContext>,
     kind: SliceKind,
     window: Window,
-    values: Arc<Vec<f32>>,
+    body: ObjectBody,
     key: &str,
 ) -> Result<(), RuntimeError> {
-    let meta = SliceMeta {
-        kind,
-        window,
-        fingerprint: ctx.model.spec.layout.fingerprint(),
-        compression: ctx.network.hparams.compression,
-        dtype: ctx.settings.upload_dtype,
-        version: ctx.exchange().protocol_version(),
-    };
-    let signer = ctx.id.hotkey.clone();
-    let bytes = tokio::task::spawn_blocking(move || encode(meta, &values, signer.as_ref())).await??;
+    let encoder = ctx.clone();
+    let bytes = tokio::task::spawn_blocking(move || encoder.encode_object(kind, window, &body)).await??;
     let bytes = Bytes::from(bytes);
     ctx.storage.own_bucket.put(key, bytes.clone()).await?;
     // The own slice counts in the mean without being downloaded back.

@@ -11,11 +11,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_core::slice::{
     CLIP_FACTOR, MeanAccumulator, SliceKind, Zeros, centred_radius, clip_radius, decode, deviation_norm, scales_within,
 };
+use tessera_core::sparseloco;
 use tessera_core::window::Window;
 use tracing::{debug, warn};
 
 use crate::context::{ActorKind, MinerContext, lookup};
 use crate::messages::{AverageOutcome, FetchOutcome, FetchedSlice, SliceDownloaderMsg, SliceVerdict, StateSyncerMsg};
+use crate::sparse::delta_payload;
 use crate::stats::MinerStats;
 
 pub struct StateSyncer;
@@ -86,6 +88,9 @@ async fn average(ctx: Arc<MinerContext>, request: Request, reply: RpcReplyPort<A
 
 fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> AverageOutcome {
     let (kind, window) = (request.kind, request.window);
+    if kind == SliceKind::Delta && ctx.exchange().is_compressed() {
+        return fold_payloads(ctx, window, fetched);
+    }
     let center = request.center.as_deref().map(Vec::as_slice);
     let mut outcome = AverageOutcome::default();
     // In hotkey order, not arrival order: f32 sums depend on their order, and every node
@@ -146,6 +151,66 @@ fn fold(ctx: &MinerContext, request: &Request, fetched: &FetchOutcome) -> Averag
             None
         }
     };
+    outcome
+}
+
+/// SparseLoCo's average of the payloads of `window`: each checked, then every peer's
+/// contribution pulled back to the median norm and each position averaged over the peers
+/// that sent it ([`tessera_core::sparseloco::aggregate`]), in hotkey order (every reader
+/// of the same payloads gets the same bits).
+fn fold_payloads(ctx: &MinerContext, window: Window, fetched: &FetchOutcome) -> AverageOutcome {
+    let mut outcome = AverageOutcome::default();
+    let mut ordered: Vec<_> = fetched.slices.iter().collect();
+    ordered.sort_by_key(|slice| (slice.key.hotkey.0, slice.key.to_string()));
+    let view = ctx.peer_view();
+    let registered = (view.refreshed_ms > 0).then_some(&view.registered);
+    let (mut senders, mut payloads) = (Vec::new(), Vec::new());
+    for slice in ordered {
+        let read = std::fs::read(&slice.path).map_err(|e| ("cache_read", e.to_string())).and_then(|bytes| {
+            delta_payload(ctx, &bytes, window, Some(slice.key.hotkey), registered)
+                .map_err(|e| (e.reason(), e.to_string()))
+        });
+        match read {
+            Ok(payload) => {
+                senders.push(slice);
+                payloads.push(payload);
+            }
+            Err((reason, message)) => {
+                outcome.verdicts.push((slice.key.hotkey, SliceVerdict::Rejected));
+                warn!(miner = %ctx.id.name, bucket = %slice.bucket, key = %slice.key, reason, error = %message, "rejected a payload");
+                ctx.telemetry.stats.reject(reason);
+                outcome.rejected += 1;
+            }
+        }
+    }
+    let clip = sparseloco::clip(&payloads);
+    for ((slice, norm), scale) in senders.iter().zip(&clip.norms).zip(&clip.scales) {
+        outcome.verdicts.push((slice.key.hotkey, SliceVerdict::Counted { distance: *norm }));
+        match scale {
+            Some(scale) if *scale < 1.0 => {
+                outcome.clipped += 1;
+                MinerStats::add(&ctx.telemetry.stats.slices_clipped, 1);
+                debug!(miner = %ctx.id.name, window, peer = %slice.key.hotkey.to_ss58(), norm, median = ?clip.median, "pulled a peer's payload back to the median norm");
+            }
+            Some(_) => {}
+            None => {
+                debug!(miner = %ctx.id.name, window, peer = %slice.key.hotkey.to_ss58(), norm, "a payload of zero or non-finite norm: left out")
+            }
+        }
+    }
+    outcome.accepted = clip.scales.iter().filter(|s| s.is_some()).count() as u32;
+    MinerStats::add(&ctx.telemetry.stats.slices_averaged, u64::from(outcome.accepted));
+    if outcome.accepted == 0 {
+        return outcome;
+    }
+    match sparseloco::aggregate(&payloads, ctx.model.spec.layout.params(), &ctx.sparse_settings()) {
+        Ok(mean) if mean.iter().all(|v| v.is_finite()) => outcome.mean = Some(Arc::new(mean)),
+        Ok(_) => {
+            warn!(miner = %ctx.id.name, window, "refused a non-finite aggregate");
+            ctx.telemetry.stats.reject("non_finite_mean");
+        }
+        Err(e) => warn!(miner = %ctx.id.name, window, error = %e, "the payloads could not be aggregated"),
+    }
     outcome
 }
 

@@ -29,6 +29,9 @@ pub struct WindowSummary {
     pub eval_loss: Option<f32>,
     /// Bytes of peers' slices downloaded during this window (cache misses).
     pub bytes_downloaded: u64,
+    /// SparseLoCo: the model's fingerprint after the window's outer step (before training),
+    /// equal on every honest miner that read the same payloads.
+    pub model_hash: Option<u64>,
 }
 
 impl WindowSummary {
@@ -49,6 +52,7 @@ impl WindowSummary {
             idle_reason: Some(reason),
             eval_loss: None,
             bytes_downloaded: 0,
+            model_hash: None,
         }
     }
 }

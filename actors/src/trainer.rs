@@ -81,8 +81,9 @@ impl Actor for Trainer {
                 let engine = EngineHandle::start(engine_spec(&ctx)).await?;
                 let history_start =
                     ctx.clock_now().window.saturating_sub(ctx.network.max_history.load(Ordering::Relaxed));
-                if engine.start.resumed.is_some() {
+                if let Some(meta) = &engine.start.resumed {
                     ctx.telemetry.stats.resumed_from_checkpoint.store(true, Ordering::Relaxed);
+                    ctx.restore_sparse_state(meta.window);
                 }
                 let resync_from = match &engine.start.resumed {
                     Some(meta) => Some((meta.window + 1).max(history_start)),

@@ -145,6 +145,20 @@ pub struct Hparams {
     /// learning rate, as DiLoCo's); absent: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange_outer_lr: Option<f64>,
+    /// SparseLoCo exchange: Nesterov momentum of the outer step (DiLoCo's outer optimiser;
+    /// the step is `outer_lr · (g + μ·m)` with `m ← μ·m + g`, `g` the aggregate); absent
+    /// or 0: a plain step, as SparseLoCo's paper.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_outer_momentum: Option<f64>,
+    /// SparseLoCo exchange: entries kept per chunk of 4096 (or 64×64 tile); absent: 64,
+    /// the paper's. It sets the payload's size: ~1/144 of the dense update at 64, ~1/1100 at 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_top_k: Option<u32>,
+    /// Micro-batches per optimizer step within a window (tessera's addition); absent or 0:
+    /// one step per window over all its micro-batches, as the seed. With SparseLoCo, the
+    /// window's steps are the inner steps H between two outer steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batches_per_step: Option<u32>,
     /// Update exchange: read the slices of at most this many peers per window and kind
     /// (own included; each miner draws its own subset every window), which bounds a
     /// miner's download whatever the network's size; absent or 0: every peer.
@@ -426,6 +440,16 @@ impl Hparams {
             && !(lr.is_finite() && lr > 0.0 && lr <= 10.0)
         {
             return Err(invalid("exchange_outer_lr", lr, "a number in (0, 10]"));
+        }
+        if let Some(m) = self.exchange_outer_momentum
+            && !(0.0..1.0).contains(&m)
+        {
+            return Err(invalid("exchange_outer_momentum", m, "a number in [0, 1)"));
+        }
+        if let Some(k) = self.exchange_top_k
+            && !(1..=4096).contains(&k)
+        {
+            return Err(invalid("exchange_top_k", k, "an integer in 1..=4096"));
         }
         for (field, beta) in [("optimizer_beta1", self.optimizer_beta1), ("optimizer_beta2", self.optimizer_beta2)] {
             if !(0.0..1.0).contains(&beta) {
@@ -903,6 +927,10 @@ mod tests {
             ("validator_eval_batches", json!(0), "validator_eval_batches"),
             ("validator_eval_offset", json!(0), "validator_eval_offset"),
             ("mixed_precision_param", json!("int4"), "mixed_precision_param"),
+            ("exchange_outer_lr", json!(0.0), "exchange_outer_lr"),
+            ("exchange_outer_momentum", json!(1.0), "exchange_outer_momentum"),
+            ("exchange_top_k", json!(0), "exchange_top_k"),
+            ("exchange_top_k", json!(4097), "exchange_top_k"),
         ];
         for (field, value, named) in cases {
             let err = with(field, value.clone()).validate().expect_err(field).to_string();

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         compression: 10,
         value_count: VALUES,
         version: 1,
+        max_abs: tessera_core::slice::MAX_ABS_VALUE,
     };
     if let Ok(view) = decode(data, &expected) {
         let values = view.values();

@@ -16,7 +16,10 @@ use crate::backend::{BackendError, BackendInfo, WithBackend, compute_caps, dispa
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
 use crate::init::initialize;
 use crate::ops::TrainBackend;
-use crate::train::{OptimSettings, SampleRate, TokenBatch, TrainError, Trainer, WindowReport, evaluate, train_window};
+use crate::train::{
+    OptimSettings, SampleRate, StepReport, TokenBatch, TrainError, Trainer, WindowReport, accumulate_window, evaluate,
+    train_window,
+};
 use crate::{Llama, LlamaConfig};
 
 #[derive(Debug, Error)]
@@ -55,6 +58,19 @@ pub trait ModelOps {
         coin: &mut dyn FnMut() -> f64,
         window_ended: &dyn Fn() -> bool,
     ) -> Result<WindowReport, EngineError>;
+    /// [`Self::train`] without the step: the gradients stay accumulated (gradient exchange).
+    fn accumulate(
+        &mut self,
+        batches: &[TokenBatch<'_>],
+        rate: &mut SampleRate,
+        coin: &mut dyn FnMut() -> f64,
+        window_ended: &dyn Fn() -> bool,
+    ) -> Result<WindowReport, EngineError>;
+    /// The gradient accumulated since the last step (every parameter, canonical order),
+    /// emptied; `None` when nothing is pending.
+    fn take_gradient(&mut self) -> Option<Vec<f32>>;
+    /// One optimizer step on `gradient` (an aggregate of the peers' gradients).
+    fn step_with(&mut self, gradient: &[f32], micro_batches: usize) -> Result<StepReport, EngineError>;
     /// Mean loss per target token on `batches`, without gradients or any change.
     fn eval(&self, batches: &[TokenBatch<'_>]) -> Result<f32, EngineError>;
     fn checkpoint(&self, window: u64) -> Result<CheckpointMeta, EngineError>;
@@ -119,6 +135,24 @@ impl<B: TrainBackend> ModelOps for Engine<B> {
         window_ended: &dyn Fn() -> bool,
     ) -> Result<WindowReport, EngineError> {
         Ok(train_window(&mut self.trainer, batches.iter().copied(), rate, coin, window_ended)?)
+    }
+
+    fn accumulate(
+        &mut self,
+        batches: &[TokenBatch<'_>],
+        rate: &mut SampleRate,
+        coin: &mut dyn FnMut() -> f64,
+        window_ended: &dyn Fn() -> bool,
+    ) -> Result<WindowReport, EngineError> {
+        Ok(accumulate_window(&mut self.trainer, batches.iter().copied(), rate, coin, window_ended)?)
+    }
+
+    fn take_gradient(&mut self) -> Option<Vec<f32>> {
+        self.trainer.take_gradient().map(|(gradient, _)| gradient)
+    }
+
+    fn step_with(&mut self, gradient: &[f32], micro_batches: usize) -> Result<StepReport, EngineError> {
+        self.trainer.step_with_gradient(gradient, micro_batches).map_err(|e| EngineError::Param(e.to_string()))
     }
 
     fn eval(&self, batches: &[TokenBatch<'_>]) -> Result<f32, EngineError> {

@@ -14,6 +14,8 @@ use thiserror::Error;
 
 use crate::llama::Llama;
 
+mod gradient;
+
 /// Smallest sample rate the window loop goes down to (the seed's floor).
 pub const MIN_SAMPLE_RATE: f64 = 0.0001;
 
@@ -191,8 +193,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.pending == 0 {
             return None;
         }
+        let grads = self.accum.grads();
+        let pending = self.pending;
+        self.apply_step(grads, pending)
+    }
+
+    /// Clips `grads` to the global norm and applies AdamW at the scheduled learning rate;
+    /// the step counter advances and pending gradients are dropped.
+    fn apply_step(&mut self, mut grads: GradientsParams, micro_batches: usize) -> Option<StepReport> {
         let model = self.model.take()?;
-        let mut grads = self.accum.grads();
         let grad_norm = global_norm::<B>(&model, &grads);
         let clipped = match self.settings.grad_clip {
             Some(max) if grad_norm > max && grad_norm.is_finite() => {
@@ -203,9 +212,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let lr = self.current_lr();
         self.model = Some(self.optim.step(lr, model, grads));
-        let report = StepReport { step: self.step, lr, grad_norm, clipped, micro_batches: self.pending };
+        let report = StepReport { step: self.step, lr, grad_norm, clipped, micro_batches };
         self.step += 1;
         self.pending = 0;
+        self.accum = GradientsAccumulator::new();
         Some(report)
     }
 
@@ -353,6 +363,20 @@ pub fn train_window<'a, B: TrainBackend>(
     trainer: &mut Trainer<B>,
     batches: impl IntoIterator<Item = TokenBatch<'a>>,
     sample_rate: &mut SampleRate,
+    coin: impl FnMut() -> f64,
+    window_ended: impl Fn() -> bool,
+) -> Result<WindowReport, TrainError> {
+    let mut report = accumulate_window(trainer, batches, sample_rate, coin, window_ended)?;
+    report.step = trainer.step();
+    Ok(report)
+}
+
+/// [`train_window`] without the step: the gradients stay accumulated in the trainer (the
+/// gradient exchange sends them; [`Trainer::take_gradient`]).
+pub fn accumulate_window<'a, B: TrainBackend>(
+    trainer: &mut Trainer<B>,
+    batches: impl IntoIterator<Item = TokenBatch<'a>>,
+    sample_rate: &mut SampleRate,
     mut coin: impl FnMut() -> f64,
     window_ended: impl Fn() -> bool,
 ) -> Result<WindowReport, TrainError> {
@@ -371,7 +395,6 @@ pub fn train_window<'a, B: TrainBackend>(
         tokens += batch.target_tokens();
         trained += 1;
     }
-    let step = trainer.step();
     sample_rate.adapt(exhausted);
     Ok(WindowReport {
         micro_batches: trained,
@@ -379,7 +402,7 @@ pub fn train_window<'a, B: TrainBackend>(
         mean_loss: if trained > 0 { (loss_sum / trained as f64) as f32 } else { f32::NAN },
         tokens,
         exhausted,
-        step,
+        step: None,
         sample_rate: sample_rate.0,
     })
 }

@@ -181,3 +181,45 @@ fn a_training_step_is_bit_reproducible_whatever_the_allocator_hands_out() {
         );
     }
 }
+
+/// The gradient exchange's two halves: the gradient taken out of one trainer and stepped
+/// back in through `step_with_gradient` gives the model a plain step gives (to rounding);
+/// the mean of two miners' gradients stepped on both leaves them equal to the bit.
+#[test]
+fn a_gradient_taken_out_and_stepped_back_in_is_a_plain_step() {
+    use tessera_core::model::ParamLayout;
+    use tessera_core::slice::SliceIndices;
+    let config = LlamaConfig::new(32, 32, 64, 2, 4, 2, 64);
+    let all = SliceIndices::all(&ParamLayout::llama(&config.shape()).unwrap());
+    let trainer = || Trainer::new(initialize::<B>(&config, 3, &Default::default()).unwrap(), settings(3e-3, Some(1.0)));
+    let batch = |seed| counting_batch(32, 2, 16, seed);
+    let (mut plain, mut exchanged) = (trainer(), trainer());
+    for step in 0..3u32 {
+        let (tokens, mask) = batch(step);
+        let tb = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: 2, seq_len: 16 };
+        plain.accumulate(tb).unwrap();
+        plain.step().unwrap();
+        exchanged.accumulate(tb).unwrap();
+        let (gradient, micro_batches) = exchanged.take_gradient().unwrap();
+        assert_eq!((gradient.len(), micro_batches), (all.total_len(), 1));
+        assert!(exchanged.take_gradient().is_none(), "taken: nothing pending");
+        let report = exchanged.step_with_gradient(&gradient, micro_batches).unwrap();
+        assert_eq!(report.step, u64::from(step));
+        let (p, e) = (plain.model().gather(&all).unwrap(), exchanged.model().gather(&all).unwrap());
+        // Equal up to the rounding of the norm's sum (the backward's gradients may be strided
+        // views, summed in another order than the contiguous copies stepped back in).
+        let worst = p.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "step {step}: a value differs by {worst}");
+    }
+    // Two miners on different batches, each stepping on the mean of both gradients.
+    let (mut a, mut b) = (trainer(), trainer());
+    let ((ta, ma), (tb, mb)) = (batch(7), batch(8));
+    a.accumulate(TokenBatch { tokens: &ta, loss_mask: &ma, batch_size: 2, seq_len: 16 }).unwrap();
+    b.accumulate(TokenBatch { tokens: &tb, loss_mask: &mb, batch_size: 2, seq_len: 16 }).unwrap();
+    let (ga, gb) = (a.take_gradient().unwrap().0, b.take_gradient().unwrap().0);
+    let mean: Vec<f32> = ga.iter().zip(&gb).map(|(x, y)| (x + y) / 2.0).collect();
+    a.step_with_gradient(&mean, 1).unwrap();
+    b.step_with_gradient(&mean, 1).unwrap();
+    assert_eq!(a.model().gather(&all).unwrap(), b.model().gather(&all).unwrap());
+    assert!(a.step_with_gradient(&mean[1..], 1).is_err(), "a gradient of another length is refused");
+}

@@ -5,8 +5,10 @@ use std::io::Write;
 
 use anyhow::Result;
 use tessera_actors::devnet::Role;
+use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Exchange, download_bytes_per_window, max_encoded_len, slice_len};
+use tessera_core::slice::{Exchange, ObjectBytes, download_bytes_per_window, max_encoded_len, slice_len};
+use tessera_core::sparseloco::{CompressSettings, delta_object_bytes};
 
 use super::report::{MinerRun, exchange_of};
 
@@ -17,6 +19,21 @@ const GROUPS: [Role; 2] = [Role::Exchanging, Role::SeedExchange];
 pub fn slice_bytes(layout: &ParamLayout, compression: u32) -> u64 {
     let values: u64 = layout.params().iter().map(|p| slice_len(p.numel() as u64, compression)).sum();
     max_encoded_len(values as usize) as u64
+}
+
+/// The objects of the network's exchange: a state slice, and a delta slice or (SparseLoCo)
+/// payload object.
+pub fn object_bytes(layout: &ParamLayout, hparams: &Hparams) -> Result<ObjectBytes> {
+    let state = slice_bytes(layout, hparams.compression);
+    let delta = match hparams.exchange {
+        exchange if exchange.is_compressed() => {
+            let defaults = CompressSettings::default();
+            let top_k = hparams.exchange_top_k.map_or(defaults.top_k, |k| k as usize);
+            delta_object_bytes(layout.params(), &CompressSettings { top_k, ..defaults })?
+        }
+        _ => state,
+    };
+    Ok(ObjectBytes { state, delta })
 }
 
 /// One group's downloads: measured, and as the exchange implies.
@@ -33,12 +50,12 @@ pub struct GroupBandwidth {
 
 /// Each exchanging group that trained a window: what it downloaded and what it should have.
 /// `exchange` and `max_peers` are the network's hparams (`exchange_max_peers` applies to the
-/// update exchange's group only).
+/// update exchange's group only); the seed-exchange group reads slices of `bytes.state`.
 pub fn per_group(
     runs: &[MinerRun],
     exchange: Exchange,
     max_peers: Option<u32>,
-    slice_bytes: u64,
+    bytes: ObjectBytes,
 ) -> Vec<GroupBandwidth> {
     GROUPS
         .into_iter()
@@ -48,14 +65,17 @@ pub fn per_group(
             if windows == 0 {
                 return None;
             }
-            let bytes: u64 = group.iter().flat_map(|r| r.windows.iter()).map(|w| w.bytes_downloaded).sum();
-            let max_peers = (role == Role::Exchanging && exchange == Exchange::Update).then_some(max_peers).flatten();
+            let downloaded: u64 = group.iter().flat_map(|r| r.windows.iter()).map(|w| w.bytes_downloaded).sum();
             let peers = publishing(runs, role).saturating_sub(1);
+            let (exchange, objects) = match role {
+                Role::SeedExchange => (Exchange::Seed, ObjectBytes { state: bytes.state, delta: bytes.state }),
+                _ => (exchange, bytes),
+            };
             Some(GroupBandwidth {
                 role,
                 exchange: exchange_of(runs, role),
-                measured: bytes as f64 / windows as f64,
-                computed: download_bytes_per_window(peers, max_peers.map(u64::from), slice_bytes),
+                measured: downloaded as f64 / windows as f64,
+                computed: download_bytes_per_window(exchange, peers, max_peers.map(u64::from), objects),
             })
         })
         .collect()
@@ -69,15 +89,20 @@ fn publishing(runs: &[MinerRun], role: Role) -> u64 {
 }
 
 /// A line per group.
-pub fn print(out: &mut impl Write, groups: &[GroupBandwidth], slice_bytes: u64) -> Result<()> {
+pub fn print(out: &mut impl Write, groups: &[GroupBandwidth], bytes: ObjectBytes) -> Result<()> {
     for g in groups {
+        let compressed = [Exchange::SparseLoco, Exchange::Gradient].iter().any(|e| g.exchange == e.as_str());
+        let objects = if compressed {
+            format!("peers' deltas of {:.1} KB", bytes.delta as f64 / 1e3)
+        } else {
+            format!("peers' state + delta slices of {:.1} KB", bytes.state as f64 / 1e3)
+        };
         writeln!(
             out,
-            "{} ({}): downloaded {:.1} KB per miner and window (peers' state + delta slices of {:.1} KB: {:.1} KB expected)",
+            "{} ({}): downloaded {:.1} KB per miner and window ({objects}: {:.1} KB expected)",
             g.role,
             g.exchange,
             g.measured / 1e3,
-            slice_bytes as f64 / 1e3,
             g.computed as f64 / 1e3
         )?;
     }
@@ -129,22 +154,26 @@ mod tests {
             run("copier1", Role::Adversary(Adversary::Copier), "update", &[0]),
             run("lazy1", Role::Adversary(Adversary::Lazy), "update", &[0]),
         ];
-        let groups = per_group(&runs, Exchange::Update, None, 100);
+        let bytes = ObjectBytes { state: 100, delta: 100 };
+        let groups = per_group(&runs, Exchange::Update, None, bytes);
         // Two exchanging miners and two adversaries publish: three peers, a state and a delta slice each.
         let update =
             GroupBandwidth { role: Role::Exchanging, exchange: "update".into(), measured: 2000.0, computed: 600 };
         let seed = GroupBandwidth { role: Role::SeedExchange, exchange: "seed".into(), measured: 0.0, computed: 0 };
         assert_eq!(groups, [update, seed]);
         // `exchange_max_peers` 2: the own slice and one peer's.
-        assert_eq!(per_group(&runs, Exchange::Update, Some(2), 100)[0].computed, 200);
+        assert_eq!(per_group(&runs, Exchange::Update, Some(2), bytes)[0].computed, 200);
         // Under the seed exchange it does not apply.
-        assert_eq!(per_group(&runs, Exchange::Seed, Some(2), 100)[0].computed, 600);
+        assert_eq!(per_group(&runs, Exchange::Seed, Some(2), bytes)[0].computed, 600);
+        // SparseLoCo: every peer's delta, no state.
+        let sparse = ObjectBytes { state: 100, delta: 40 };
+        assert_eq!(per_group(&runs, Exchange::SparseLoco, Some(2), sparse)[0].computed, 120);
         let mut out = Vec::new();
-        print(&mut out, &groups[..1], 100).unwrap();
+        print(&mut out, &groups[..1], bytes).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "exchanging (update): downloaded 2.0 KB per miner and window (peers' state + delta slices of 0.1 KB: 0.6 KB expected)\n"
         );
-        assert!(per_group(&runs[3..4], Exchange::Update, None, 100).is_empty(), "no group, no line");
+        assert!(per_group(&runs[3..4], Exchange::Update, None, bytes).is_empty(), "no group, no line");
     }
 }

@@ -35,8 +35,13 @@ fn network_line(options: &DevnetOptions, params: usize) -> String {
         n => format!(" + {n} on the seed exchange"),
     };
     let baseline = if options.baseline_miners > 0 { " + 1 baseline (trains alone)" } else { "" };
+    let ideal = if options.ideal_miner {
+        format!(" + 1 ideal (trains alone on {} miners' data per step)", options.miners)
+    } else {
+        String::new()
+    };
     format!(
-        "tessera devnet: {} miner{} ({} exchange){seed_exchange}{baseline}, a {params}-parameter Llama on CPU, windows of {} blocks x {:?}",
+        "tessera devnet: {} miner{} ({} exchange){seed_exchange}{baseline}{ideal}, a {params}-parameter Llama on CPU, windows of {} blocks x {:?}",
         options.miners,
         plural(options.miners as u64),
         options.hparams.exchange,

@@ -43,7 +43,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let state = options::StateDir::open(args.state_dir.as_deref())?;
     let devnet_options = options::devnet_options(&args, &state.path)?;
     let layout = ParamLayout::llama(&devnet_options.hparams.model_shape())?;
-    let slice_bytes = bandwidth::slice_bytes(&layout, devnet_options.hparams.compression);
+    let object_bytes = bandwidth::object_bytes(&layout, &devnet_options.hparams)?;
     let started = Instant::now();
     let net = Devnet::start(devnet_options).await?;
     // Weights every window: the dev chain's rate limit is one window.
@@ -59,7 +59,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let weights = weights_on_chain(&net, &nodes).await?;
     net.shutdown().await;
 
-    let conclusion = conclude(&mut std::io::stdout().lock(), &args, &runs, &weights, &watched, elapsed, slice_bytes)?;
+    let conclusion = conclude(&mut std::io::stdout().lock(), &args, &runs, &weights, &watched, elapsed, object_bytes)?;
     if let Some(dir) = &args.report {
         let outcome = report::Outcome {
             params: layout.total_numel(),
@@ -75,6 +75,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
                 .sum(),
             check_ok: conclusion.reasons.is_empty(),
             elapsed,
+            models: verdict::fingerprints(&runs),
         };
         report::write(dir, &runs, &report::summary_json(&args, &outcome)?)?;
         println!("report: {}", dir.display());
@@ -169,7 +170,7 @@ fn conclude(
     weights: &[(String, Vec<WeightRow>)],
     watched: &Watched,
     elapsed: Duration,
-    slice_bytes: u64,
+    object_bytes: tessera_core::slice::ObjectBytes,
 ) -> Result<Conclusion> {
     summary::print_table(out, runs)?;
     let mut reasons = verdict::judge_miners(runs);
@@ -177,8 +178,18 @@ fn conclude(
     summary::print_comparisons(out, &comparisons)?;
     let fresh = !runs.iter().any(|r| r.resumed);
     reasons.extend(verdict::judge_against_baseline(&comparisons, fresh));
-    let bandwidth = bandwidth::per_group(runs, args.exchange.0, args.max_peers, slice_bytes);
-    bandwidth::print(out, &bandwidth, slice_bytes)?;
+    reasons.extend(verdict::judge_against_ideal(&comparisons, fresh));
+    let (differing, compared) = verdict::fingerprints(runs);
+    if compared > 0 {
+        writeln!(
+            out,
+            "models: the exchanging miners held the same model in {} of {compared} windows",
+            compared - differing.len()
+        )?;
+    }
+    reasons.extend(verdict::judge_fingerprints(runs));
+    let bandwidth = bandwidth::per_group(runs, args.exchange.0, args.max_peers, object_bytes);
+    bandwidth::print(out, &bandwidth, object_bytes)?;
     watched.memory.print(out)?;
     for (name, rows) in weights {
         validator::print_weights_and_verdict(out, name, rows, args.adversaries.is_some(), &mut reasons)?;

@@ -28,13 +28,24 @@ impl Default for ExchangeFlag {
 
 impl ValueEnum for ExchangeFlag {
     fn value_variants<'a>() -> &'a [Self] {
-        &[ExchangeFlag(Exchange::Update), ExchangeFlag(Exchange::Seed)]
+        &[
+            ExchangeFlag(Exchange::Update),
+            ExchangeFlag(Exchange::Seed),
+            ExchangeFlag(Exchange::SparseLoco),
+            ExchangeFlag(Exchange::Gradient),
+        ]
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
         let help = match self.0 {
             Exchange::Update => "each window's update, averaged in place of the own one (protocol v2)",
             Exchange::Seed => "the seed's exchange of parameter values (protocol v1)",
+            Exchange::SparseLoco => {
+                "SparseLoCo: whole updates, top-k compressed with error feedback, one outer step (protocol v3)"
+            }
+            Exchange::Gradient => {
+                "whole gradients, compressed as SparseLoCo's; every miner steps AdamW on the aggregate (protocol v4)"
+            }
         };
         Some(PossibleValue::new(self.0.as_str()).help(help))
     }
@@ -81,7 +92,9 @@ pub fn devnet_options(args: &DevnetArgs, dir: &Path) -> Result<DevnetOptions> {
     let lockstep = args.fixed_compute > 0;
     let mut options = DevnetOptions::new(dir)?;
     options.miners = usize::from(args.miners);
-    options.baseline_miners = usize::from(args.baseline_miner);
+    // The ideal miner is measured against the baseline: it brings one.
+    options.baseline_miners = usize::from(args.baseline_miner || args.ideal_miner);
+    options.ideal_miner = args.ideal_miner;
     options.seed_exchange_miners = usize::from(args.seed_exchange_miners);
     options.block_time = args.block_time;
     options.seed = args.seed;
@@ -96,6 +109,9 @@ pub fn devnet_options(args: &DevnetArgs, dir: &Path) -> Result<DevnetOptions> {
     options.hparams.exchange = args.exchange.0;
     options.hparams.compression = args.compression;
     options.hparams.exchange_outer_lr = args.outer_lr;
+    options.hparams.exchange_outer_momentum = args.outer_momentum;
+    options.hparams.exchange_top_k = args.top_k;
+    options.hparams.micro_batches_per_step = args.micro_batches_per_step;
     options.hparams.exchange_max_peers = args.max_peers;
     if let Some(lr) = args.learning_rate {
         options.hparams.learning_rate = lr;
@@ -133,6 +149,6 @@ mod tests {
         use clap::Parser;
         let err = crate::cli::Cli::try_parse_from(["tessera", "devnet", "--exchange", "foo"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
-        assert!(err.to_string().contains("[possible values: update, seed]"), "{err}");
+        assert!(err.to_string().contains("[possible values: update, seed, sparseloco, gradient]"), "{err}");
     }
 }

@@ -76,6 +76,10 @@ pub struct Comparison {
     pub group_final: f32,
     /// Evaluated windows after the first `WARMUP` at which the group was worse than the baseline.
     pub windows_worse: usize,
+    /// With an ideal miner (`--ideal-miner`): the windows it needed to reach the target,
+    /// and `group_windows / ideal_windows` (at most 1: as good as data parallelism).
+    pub ideal_windows: Option<u64>,
+    pub ratio_to_ideal: Option<f64>,
 }
 
 /// Windows at the start in which a group may trail the baseline (replicas still meeting).
@@ -84,22 +88,51 @@ pub const WARMUP: u64 = 5;
 pub fn compare(group: &BTreeMap<u64, f32>, baseline: &BTreeMap<u64, f32>) -> Option<Comparison> {
     let (_, &target) = baseline.last_key_value()?;
     let (_, &group_final) = group.last_key_value()?;
-    let reached = |curve: &BTreeMap<u64, f32>| curve.iter().find(|(_, l)| **l <= target).map(|(i, _)| i + 1);
-    let baseline_windows = reached(baseline)?;
-    let group_windows = reached(group);
+    let baseline_windows = windows_to(baseline, target)?;
+    let group_windows = windows_to(group, target);
     let ratio = group_windows.map(|g| g as f64 / baseline_windows as f64);
     let windows_worse =
         group.iter().filter(|(i, l)| **i >= WARMUP && baseline.get(i).is_some_and(|b| **l > *b)).count();
-    Some(Comparison { target, baseline_windows, group_windows, ratio, group_final, windows_worse })
+    Some(Comparison {
+        target,
+        baseline_windows,
+        group_windows,
+        ratio,
+        group_final,
+        windows_worse,
+        ideal_windows: None,
+        ratio_to_ideal: None,
+    })
+}
+
+/// Windows trained until `curve` first reached `target` (held-out loss at or below it).
+pub fn windows_to(curve: &BTreeMap<u64, f32>, target: f32) -> Option<u64> {
+    curve.iter().find(|(_, l)| **l <= target).map(|(i, _)| i + 1)
+}
+
+impl Comparison {
+    /// Adds how the group compares with the ideal miner's curve on the same target.
+    pub fn against_ideal(mut self, ideal: &BTreeMap<u64, f32>) -> Self {
+        self.ideal_windows = windows_to(ideal, self.target);
+        self.ratio_to_ideal = match (self.group_windows, self.ideal_windows) {
+            (Some(g), Some(i)) => Some(g as f64 / i as f64),
+            _ => None,
+        };
+        self
+    }
 }
 
 /// The summary line of a comparison, with the word `ratio` and its number.
 pub fn comparison_line(group: &str, c: &Comparison) -> String {
     match (c.group_windows, c.ratio) {
         (Some(g), Some(ratio)) => format!(
-            "{group}: reached the baseline's final held-out loss {:.3} in {g} windows, the baseline in {}: ratio {ratio:.2}{}",
+            "{group}: reached the baseline's final held-out loss {:.3} in {g} windows, the baseline in {}: ratio {ratio:.2}{}{}",
             c.target,
             c.baseline_windows,
+            match (c.ideal_windows, c.ratio_to_ideal) {
+                (Some(i), Some(r)) => format!("; the ideal miner in {i}: {r:.2}x the ideal"),
+                _ => String::new(),
+            },
             if c.windows_worse > 0 {
                 format!(" ({} evaluated windows after the first {WARMUP} worse than the baseline)", c.windows_worse)
             } else {
@@ -126,6 +159,8 @@ pub struct Outcome<'a> {
     pub validator_windows: usize,
     pub check_ok: bool,
     pub elapsed: std::time::Duration,
+    /// The windows whose exchanging miners' models differed, and the windows compared.
+    pub models: (Vec<u64>, usize),
 }
 
 /// `summary.json`: the run's flags and what came of it.
@@ -141,6 +176,7 @@ pub fn summary_json(args: &DevnetArgs, outcome: &Outcome) -> Result<serde_json::
         "miners": args.miners,
         "seed_exchange_miners": args.seed_exchange_miners,
         "baseline": args.baseline_miner,
+        "ideal": args.ideal_miner,
         "windows": args.windows,
         "parameters": outcome.params,
         "comparisons": comparisons,
@@ -150,6 +186,7 @@ pub fn summary_json(args: &DevnetArgs, outcome: &Outcome) -> Result<serde_json::
         "memory_trace": outcome.memory.points(),
         "weights": outcome.weights.iter().map(|(validator, rows)| weights_json(validator, rows)).collect::<Vec<_>>(),
         "validator_windows": outcome.validator_windows,
+        "models": { "windows_compared": outcome.models.1, "windows_differing": outcome.models.0 },
         "check_ok": outcome.check_ok,
         "elapsed_secs": outcome.elapsed.as_secs_f64(),
     }))
@@ -184,7 +221,7 @@ pub fn write(dir: &Path, runs: &[MinerRun], summary: &serde_json::Value) -> Resu
 
 fn windows_csv(runs: &[MinerRun], first_window: u64) -> String {
     let mut out = String::from(
-        "miner,role,exchange,window,index,train_loss,eval_loss,micro_batches,tokens,tokens_per_sec,state_slices,delta_slices,bytes_downloaded,idle_reason\n",
+        "miner,role,exchange,window,index,train_loss,eval_loss,micro_batches,tokens,tokens_per_sec,state_slices,delta_slices,bytes_downloaded,model_hash,idle_reason\n",
     );
     let float = |v: Option<f32>| v.filter(|l| l.is_finite()).map(|l| format!("{l:.5}")).unwrap_or_default();
     for run in runs {
@@ -193,7 +230,7 @@ fn windows_csv(runs: &[MinerRun], first_window: u64) -> String {
                 w.idle_reason.as_deref().map(|r| format!("\"{}\"", r.replace('"', "\"\""))).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{}",
                 run.name,
                 run.role,
                 run.exchange,
@@ -207,6 +244,7 @@ fn windows_csv(runs: &[MinerRun], first_window: u64) -> String {
                 w.state_slices,
                 w.delta_slices,
                 w.bytes_downloaded,
+                w.model_hash.map(|h| format!("{h:016x}")).unwrap_or_default(),
                 reason
             );
         }
@@ -254,6 +292,7 @@ fn plot(path: &Path, runs: &[MinerRun], first_window: u64) -> Result<()> {
     for (run, points) in &series {
         let (color, width) = match run.role {
             Role::Baseline => (BLACK.to_rgba(), 3),
+            Role::Ideal => (RGBColor(0, 150, 60).to_rgba(), 3),
             Role::Exchanging => {
                 exchanging += 1;
                 (BLUE.mix(0.35 + 0.65 / exchanging as f64), 2)

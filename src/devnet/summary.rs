@@ -16,7 +16,7 @@ const FIRST_LOSS_WINDOWS: usize = 2;
 const LAST_LOSS_WINDOWS: usize = 3;
 
 /// The groups compared with the baseline.
-const COMPARED: [Role; 2] = [Role::Exchanging, Role::SeedExchange];
+const COMPARED: [Role; 3] = [Role::Exchanging, Role::SeedExchange, Role::Ideal];
 
 /// One miner's losses and speed over its run.
 pub struct LossFigures {
@@ -109,10 +109,14 @@ pub struct GroupComparison {
 pub fn comparisons(runs: &[MinerRun]) -> Vec<GroupComparison> {
     let first = first_window(runs);
     let baseline = group_curve(runs, Role::Baseline, first);
+    let ideal = group_curve(runs, Role::Ideal, first);
     COMPARED
         .into_iter()
         .filter_map(|role| {
-            let comparison = compare(&group_curve(runs, role, first), &baseline)?;
+            let mut comparison = compare(&group_curve(runs, role, first), &baseline)?;
+            if role != Role::Ideal && !ideal.is_empty() {
+                comparison = comparison.against_ideal(&ideal);
+            }
             Some(GroupComparison { role, exchange: exchange_of(runs, role), comparison })
         })
         .collect()

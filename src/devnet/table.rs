@@ -177,6 +177,7 @@ pub(super) mod tests {
             idle_reason: None,
             eval_loss,
             bytes_downloaded: 0,
+            model_hash: None,
         }
     }
 

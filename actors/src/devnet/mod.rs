@@ -50,6 +50,9 @@ pub struct DevnetOptions {
     pub miners: usize,
     /// Extra miners that run with `--baseline` (train alone), for comparison.
     pub baseline_miners: usize,
+    /// One node that trains alone on `miners` miners' worth of data per step (each step on
+    /// `miners`× the micro-batch, as many steps per window): the data-parallel ideal.
+    pub ideal_miner: bool,
     /// Extra miners that follow the seed's exchange (protocol v1) beside the others, so
     /// the two exchanges are compared in one run (they never read each other's slices).
     pub seed_exchange_miners: usize,
@@ -92,6 +95,7 @@ impl DevnetOptions {
         Ok(Self {
             miners: 3,
             baseline_miners: 0,
+            ideal_miner: false,
             seed_exchange_miners: 0,
             seed: 0,
             lockstep: false,
@@ -168,6 +172,8 @@ pub enum Role {
     SeedExchange,
     /// Trains alone (`--baseline`).
     Baseline,
+    /// Trains alone on the exchanging miners' data put together (`--ideal-miner`).
+    Ideal,
     /// Scores the miners and sets weights on the dev chain.
     Validator,
     /// Plays one of the adversaries of [`adversaries`].
@@ -185,6 +191,7 @@ impl Role {
             Role::Exchanging => "miner",
             Role::SeedExchange => "seedx",
             Role::Baseline => "baseline",
+            Role::Ideal => "ideal",
             Role::Validator => "validator",
             Role::Adversary(adversary) => adversary.name(),
         }
@@ -199,6 +206,7 @@ impl std::fmt::Display for Role {
             Role::Exchanging => "exchanging",
             Role::SeedExchange => "seed-exchange",
             Role::Baseline => "baseline",
+            Role::Ideal => "ideal",
             Role::Validator => "validator",
             Role::Adversary(adversary) => adversary.name(),
         })
@@ -212,6 +220,7 @@ pub fn roster(options: &DevnetOptions) -> Vec<(String, Role)> {
         (Role::Exchanging, options.miners),
         (Role::SeedExchange, options.seed_exchange_miners),
         (Role::Baseline, options.baseline_miners),
+        (Role::Ideal, usize::from(options.ideal_miner)),
     ]
     .into_iter()
     .chain(options.adversaries.iter().map(|a| (Role::Adversary(*a), 1)))
@@ -414,8 +423,14 @@ fn node_settings(
         // Blocks wait for the slowest miner: a long window is not a stalled stream.
         settings.stall_timeout = settings.stall_timeout.max(Duration::from_secs(600));
     }
-    let baseline = role == Role::Baseline;
+    let baseline = matches!(role, Role::Baseline | Role::Ideal);
     settings.baseline = baseline;
+    if role == Role::Ideal {
+        // The exchanging miners' micro-batches side by side in each step, from as many pages.
+        let n = options.miners.max(1);
+        settings.batch_size *= n;
+        settings.pages_per_window *= n;
+    }
     settings.remote = settings.remote && !baseline;
     let misbehaviour = match role {
         Role::Adversary(adversary) => {

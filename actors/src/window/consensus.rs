@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tessera_core::slice::{Exchange, SliceIndices, SliceKind, decode};
+use tessera_core::slice::{Exchange, SliceIndices};
 use tessera_core::window::Window;
 use tessera_model::engine::{EngineError, ModelOps};
 use tracing::debug;
@@ -18,6 +18,7 @@ use super::WindowRun;
 use super::score::{Delta, Reference};
 use crate::context::MinerContext;
 use crate::error::RuntimeError;
+use crate::sparse::delta_values;
 
 /// The sum of the window's counted updates as applied.
 pub(super) struct Consensus {
@@ -82,10 +83,9 @@ pub(super) async fn applied_change(
     let theta = theta.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<f32>, RuntimeError> {
         let bytes = std::fs::read(&path).map_err(|source| RuntimeError::CachedSlice { path: path.clone(), source })?;
-        let view = decode(&bytes, &work.expected_slice(SliceKind::Delta, e, Some(hotkey), None))?;
-        let values = view.values();
+        let values = delta_values(&work, &bytes, e, Some(hotkey), None)?.values;
         Ok(match work.exchange() {
-            Exchange::Update => values.iter().map(|u| scale * u).collect(),
+            Exchange::Update | Exchange::SparseLoco | Exchange::Gradient => values.iter().map(|u| scale * u).collect(),
             Exchange::Seed => values.iter().zip(theta.iter()).map(|(v, t)| scale * (v - t)).collect(),
         })
     })
@@ -104,7 +104,7 @@ pub(super) fn apply_change(
     outer_lr: f32,
 ) -> Result<(), EngineError> {
     match exchange {
-        Exchange::Update => {
+        Exchange::Update | Exchange::SparseLoco | Exchange::Gradient => {
             let step: Vec<f32> = change.iter().map(|c| outer_lr * c).collect();
             ops.add(indices, &step)
         }

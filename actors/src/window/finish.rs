@@ -44,20 +44,21 @@ impl Finished {
             eval_loss: None,
             bytes_downloaded: MinerStats::get(&run.ctx.telemetry.stats.bytes_downloaded)
                 .saturating_sub(trained.bytes_before),
+            model_hash: slices.model_hash,
         };
         Self { summary }
     }
 
     /// A validator's window: nothing trained, the model stepped forward.
     pub fn validated(run: &WindowRun, slices: Advanced) -> Self {
-        Self {
-            summary: WindowSummary::untrained(
-                run.window,
-                slices.state_slices,
-                slices.delta_slices,
-                "a validator does not train".to_owned(),
-            ),
-        }
+        let mut summary = WindowSummary::untrained(
+            run.window,
+            slices.state_slices,
+            slices.delta_slices,
+            "a validator does not train".to_owned(),
+        );
+        summary.model_hash = slices.model_hash;
+        Self { summary }
     }
 }
 
@@ -80,6 +81,7 @@ pub(super) async fn run(run: &WindowRun, finished: Finished) -> Result<(), Runti
     let completed = MinerStats::get(&ctx.telemetry.stats.windows_completed);
     if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
         let meta = run.engine.run(move |ops| ops.checkpoint(window)).await??;
+        ctx.save_sparse_state(window);
         MinerStats::add(&ctx.telemetry.stats.checkpoints_written, 1);
         debug!(miner = %ctx.id.name, window, step = meta.step, "checkpoint written");
     }

@@ -41,6 +41,7 @@ use crate::context::{ActorKind, MinerContext, lock, lookup};
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
 use crate::messages::{SliceDownloaderMsg, SliceUploaderMsg, StateSyncerMsg, WindowResult};
+use crate::sparse::ObjectBody;
 use crate::stats::MinerStats;
 
 /// What a node does with each window, decided once from its role and settings.
@@ -159,7 +160,7 @@ impl WindowRun {
     pub(crate) async fn average_and_apply(&self, kind: SliceKind, window: Window) -> Result<u32, RuntimeError> {
         let (mean, accepted) = self.fetch_mean(kind, window).await;
         if let Some(mean) = mean {
-            let indices = self.ctx.indices(window).await?;
+            let indices = self.ctx.positions(kind, window).await?;
             self.engine.run(move |ops| ops.apply(&indices, &mean)).await??;
         }
         Ok(accepted)
@@ -200,7 +201,7 @@ impl WindowRun {
     /// update exchange's updates.
     async fn clip_center(&self, kind: SliceKind, window: Window) -> Result<Option<Arc<Vec<f32>>>, RuntimeError> {
         match (kind, self.ctx.exchange()) {
-            (SliceKind::Delta, Exchange::Update) => Ok(None),
+            (SliceKind::Delta, exchange) if exchange.exchanges_updates() => Ok(None),
             _ => Ok(Some(self.gather(window).await?)),
         }
     }
@@ -211,14 +212,33 @@ impl WindowRun {
         Ok(Arc::new(self.engine.run(move |ops| ops.gather(&indices)).await??))
     }
 
+    /// A fingerprint of every parameter's bits: the first 8 bytes of their BLAKE3, LE.
+    pub(crate) async fn model_hash(&self) -> Result<u64, RuntimeError> {
+        let all = self.ctx.all_positions();
+        let values = self.engine.run(move |ops| ops.gather(&all)).await??;
+        let mut hasher = blake3::Hasher::new();
+        for chunk in values.chunks(1 << 16) {
+            hasher.update(&chunk.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        Ok(u64::from_le_bytes(first))
+    }
+
+    /// The model's values at the delta positions of `window` (every position under SparseLoCo).
+    pub(crate) async fn gather_delta(&self, window: Window) -> Result<Arc<Vec<f32>>, RuntimeError> {
+        let indices = self.ctx.positions(SliceKind::Delta, window).await?;
+        Ok(Arc::new(self.engine.run(move |ops| ops.gather(&indices)).await??))
+    }
+
     pub(crate) fn outer_lr(&self) -> f32 {
         self.ctx.network.hparams.exchange_outer_lr.unwrap_or(1.0) as f32
     }
 
-    fn upload(&self, kind: SliceKind, window: Window, values: Arc<Vec<f32>>) {
+    fn upload(&self, kind: SliceKind, window: Window, body: ObjectBody) {
         match lookup::<SliceUploaderMsg>(&self.ctx.id.name, ActorKind::SliceUploader) {
             Some(uploader) => {
-                if uploader.cast(SliceUploaderMsg::Upload { kind, window, values }).is_ok() {
+                if uploader.cast(SliceUploaderMsg::Upload { kind, window, body }).is_ok() {
                     MinerStats::add(&self.ctx.telemetry.stats.uploads_requested, 1);
                 }
             }

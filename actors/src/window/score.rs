@@ -19,8 +19,8 @@ use rand::SeedableRng;
 use std::str::FromStr;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::slice::{
-    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, Zeros, centred_radius, clip_radius, decode, deviation_norm,
-    far_beyond, scales_within,
+    CLIP_FACTOR, Exchange, SliceIndices, SliceKind, Zeros, centred_radius, clip_radius, deviation_norm, far_beyond,
+    scales_within,
 };
 
 use tessera_core::storage::BucketLocation;
@@ -40,6 +40,7 @@ use crate::context::{ActorKind, MinerContext, NodeRole, ValidatorState, lock, lo
 use crate::deadlines::{Deadlines, PAGE_FETCH_CONCURRENCY};
 use crate::error::RuntimeError;
 use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg, SliceVerdict, WeightSetterMsg};
+use crate::sparse::delta_values;
 use crate::stats::{MinerStats, ScoredWindow, UidOutcome, UidReport};
 
 /// Values per update compared for copies.
@@ -365,8 +366,8 @@ async fn reference(run: &WindowRun, e: Window, params: &ScoringParams) -> Result
     let random_batches = random_batches(params);
     let random_pages = PageSelection::Keyed(ctx.id.hotkey.private_seed(RANDOM_PAGES_PURPOSE, &[]));
     let random = Arc::new(load_batches(ctx, random_pages, e, random_batches).await?);
-    let indices = ctx.indices(e).await?;
-    let theta = run.gather(e).await?;
+    let indices = ctx.positions(SliceKind::Delta, e).await?;
+    let theta = run.gather_delta(e).await?;
     let measured = random.clone();
     let random_before = f64::from(run.engine.run(move |ops| ops.eval(&token_batches(&measured))).await??);
     Ok(Reference { indices, theta, random, random_before })
@@ -433,6 +434,8 @@ async fn valid_deltas(
     let zeros = if center_values.is_some() { Zeros::Count } else { Zeros::Skip };
     let radius = match &center_values {
         Some(center) => centred_radius(&distances, center),
+        // SparseLoCo's aggregate pulls each update back to the median norm.
+        None if run.ctx.exchange().is_compressed() => clip_radius(&distances, 1.0, zeros),
         None => clip_radius(&distances, CLIP_FACTOR, zeros),
     };
     let scales = scales_within(&distances, radius);
@@ -459,8 +462,11 @@ fn check_deltas(
     center: Option<&Vec<f32>>,
 ) -> Vec<(Delta, CopyCandidate)> {
     let [s0, s1, s2, s3, s4, s5, s6, s7, ..] = ctx.id.hotkey.private_seed(SKETCH_PURPOSE, &e.to_le_bytes());
-    let positions =
-        sketch_positions(ctx.slice_value_count(), SKETCH_LEN, u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]));
+    let positions = sketch_positions(
+        ctx.value_count(SliceKind::Delta),
+        SKETCH_LEN,
+        u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+    );
     let view = ctx.peer_view();
     let registered = (view.refreshed_ms > 0).then_some(&view.registered);
     let mut out = Vec::new();
@@ -473,9 +479,9 @@ fn check_deltas(
                 continue;
             }
         };
-        match decode(&bytes, &ctx.expected_slice(SliceKind::Delta, e, Some(slice.key.hotkey), registered)) {
+        match delta_values(ctx, &bytes, e, Some(slice.key.hotkey), registered) {
             Ok(view) => {
-                let values = view.values();
+                let values = view.values;
                 // What the slice changes: its values less the centre (seed exchange), or the update.
                 let change = match center {
                     Some(center) => values.iter().zip(center.iter()).map(|(v, c)| v - c).collect(),
@@ -483,7 +489,7 @@ fn check_deltas(
                 };
                 let candidate = CopyCandidate {
                     uid,
-                    body_hash: view.header.body_hash,
+                    body_hash: view.body_hash,
                     // The validator's own sighting (it watched the window); its claimed
                     // upload time only when it did not.
                     first_seen_ms: slice.first_seen_ms.or(slice.last_modified_ms).unwrap_or(0),

@@ -1,20 +1,32 @@
 //! Phase `sync_in` of a miner: the state replayed after a restart, then the peers'
-//! averages at the window's start. Under the update exchange the peers' mean update of
+//! averages at the window's start. Under the update exchanges the peers' mean update of
 //! the last window replaces the own one first ([`advance::one_window`], as a validator
 //! steps); under the seed exchange only the state average comes in here (the deltas come
-//! in at the window's end, in [`super::publish`]).
+//! in at the window's end, in [`super::publish`]). Under SparseLoCo there is no state
+//! average: the outer step leaves every miner that read the same payloads with the same
+//! model, whose values at this window's positions it then publishes as its state.
 
 use tessera_core::slice::{Exchange, SliceKind};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::WindowRun;
 use super::advance::{self, Advanced, OwnStep};
 use crate::error::RuntimeError;
+use crate::sparse::ObjectBody;
 
 pub(super) async fn run(run: &WindowRun, exchange: Exchange) -> Result<Advanced, RuntimeError> {
     let (ctx, window) = (&run.ctx, run.window);
     if let Some(from) = run.resync_from {
         run.replay_state(from).await?;
+    }
+    if exchange.is_compressed() {
+        let advanced = catch_up(run, exchange).await?;
+        let mut state = run.gather(window).await?;
+        if let Some(m) = &ctx.misbehaviour {
+            state = m.state(ctx, window, state);
+        }
+        run.upload(SliceKind::State, window, ObjectBody::Values(state));
+        return Ok(advanced);
     }
     if exchange == Exchange::Update && window > 0 {
         match ctx.own_update(window - 1) {
@@ -27,5 +39,36 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange) -> Result<Advanced,
         }
     }
     let state_slices = run.average_and_apply(SliceKind::State, window).await?;
-    Ok(Advanced { state_slices, delta_slices: 0 })
+    Ok(Advanced { state_slices, delta_slices: 0, model_hash: None })
+}
+
+/// A compressed exchange's outer steps up to this window: every window since the last one
+/// applied (one in step; more after a restart or a skipped window, as far back as the
+/// peers keep their payloads), the first from the values it started from when this miner
+/// trained it, the others on the model as it is (it trained none of them).
+async fn catch_up(run: &WindowRun, exchange: Exchange) -> Result<Advanced, RuntimeError> {
+    let (ctx, window) = (&run.ctx, run.window);
+    let Some(last) = window.checked_sub(1) else {
+        return Ok(Advanced { model_hash: Some(run.model_hash().await?), ..Advanced::default() });
+    };
+    let history = ctx.network.max_history.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let mut from = ctx.applied_through().map_or(last, |a| a + 1).min(last);
+    if last - from >= history {
+        warn!(miner = %ctx.id.name, from, window, history, "out of step beyond the peers' history: stepping from the oldest payloads kept");
+        from = last + 1 - history;
+    }
+    let mut advanced = Advanced::default();
+    for e in from..=last {
+        let own = match ctx.own_update(e) {
+            Some(start) if e == from && exchange == Exchange::SparseLoco => OwnStep::Start(start),
+            _ => OwnStep::None,
+        };
+        let step = advance::one_window(run, e, exchange, own).await?;
+        ctx.note_applied(Some(e));
+        if e < last {
+            info!(miner = %ctx.id.name, window = e, payloads = step.delta_slices, "caught up an outer step");
+        }
+        advanced = Advanced { delta_slices: advanced.delta_slices + step.delta_slices, ..step };
+    }
+    Ok(advanced)
 }

@@ -10,7 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_core::slice::Exchange;
 use tessera_data::{Batch, PageSelection, WindowData, WindowSpec};
-use tessera_model::train::{TokenBatch, WindowReport};
+use tessera_model::engine::{EngineError, ModelOps};
+use tessera_model::train::{SampleRate, TokenBatch, WindowReport};
 use tracing::info;
 
 use super::WindowRun;
@@ -44,7 +45,7 @@ impl Started {
 /// What the training of a window did.
 pub(super) struct Trained {
     pub report: WindowReport,
-    /// The model's values at the window's positions before training (update exchange).
+    /// The model's values at the window's delta positions before training (updates exchanged).
     pub update_start: Option<Arc<Vec<f32>>>,
     pub step: u64,
     pub lr: f64,
@@ -69,7 +70,7 @@ pub(super) async fn run(
     }
     let batches = Arc::new(batches);
     let update_start = match exchange {
-        Some(Exchange::Update) => Some(run.gather(window).await?),
+        Some(exchange) if exchange.exchanges_updates() => Some(run.gather_delta(window).await?),
         _ => None,
     };
     let prep_secs = started.at.elapsed().as_secs_f64();
@@ -89,6 +90,7 @@ pub(super) async fn run(
     };
     let train_batches = batches.clone();
     let coin_seed = ctx.id.hotkey.private_seed(SKIP_COIN_PURPOSE, &window.to_le_bytes());
+    let per_step = ctx.network.hparams.micro_batches_per_step.unwrap_or(0) as usize;
     let train_started = Instant::now();
     let (report, rate) = run
         .engine
@@ -104,7 +106,11 @@ pub(super) async fn run(
             };
             let token_batches = token_batches(&train_batches[..limit.min(train_batches.len())]);
             let mut coin = || if fixed > 0 { 0.0 } else { rng.random::<f64>() };
-            let report = ops.train(&token_batches, &mut rate, &mut coin, &window_ended);
+            // The gradient exchange steps on the peers' aggregate, at the next window's start.
+            let report = match exchange {
+                Some(Exchange::Gradient) => ops.accumulate(&token_batches, &mut rate, &mut coin, &window_ended),
+                _ => train_steps(ops, &token_batches, per_step, &mut rate, &mut coin, &window_ended),
+            };
             (report.map(|r| (r, ops.step_count(), ops.current_lr())), rate)
         })
         .await?;
@@ -121,6 +127,53 @@ pub(super) async fn run(
         prep_secs,
         bytes_before: started.bytes_before,
     })
+}
+
+/// The window's micro-batches in steps of `per_step` (0: one step over all), until the
+/// window ends; one report for them all (the last step's, the sums, the mean loss).
+fn train_steps(
+    ops: &mut dyn ModelOps,
+    batches: &[TokenBatch<'_>],
+    per_step: usize,
+    rate: &mut SampleRate,
+    coin: &mut dyn FnMut() -> f64,
+    window_ended: &dyn Fn() -> bool,
+) -> Result<WindowReport, EngineError> {
+    let per_step = if per_step == 0 { batches.len().max(1) } else { per_step };
+    let mut total: Option<WindowReport> = None;
+    for chunk in batches.chunks(per_step) {
+        let report = ops.train(chunk, rate, coin, window_ended)?;
+        let exhausted = report.exhausted;
+        total = Some(match total {
+            None => report,
+            Some(t) => {
+                let trained = t.micro_batches + report.micro_batches;
+                let loss_sum = |r: &WindowReport| {
+                    if r.micro_batches > 0 { f64::from(r.mean_loss) * r.micro_batches as f64 } else { 0.0 }
+                };
+                WindowReport {
+                    micro_batches: trained,
+                    skipped: t.skipped + report.skipped,
+                    mean_loss: if trained > 0 {
+                        ((loss_sum(&t) + loss_sum(&report)) / trained as f64) as f32
+                    } else {
+                        f32::NAN
+                    },
+                    tokens: t.tokens + report.tokens,
+                    exhausted,
+                    step: report.step.or(t.step),
+                    sample_rate: report.sample_rate,
+                }
+            }
+        });
+        if exhausted {
+            break;
+        }
+    }
+    match total {
+        Some(report) => Ok(report),
+        None => ops.train(&[], rate, coin, window_ended),
+    }
 }
 
 async fn load_data(run: &WindowRun) -> Result<WindowData, RuntimeError> {

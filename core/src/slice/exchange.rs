@@ -12,6 +12,18 @@
 //!   valid peers takes the place of the own one, additively, so no training is undone and
 //!   a late correction commutes with the training since. `state` slices (values) keep the
 //!   replicas from drifting apart, as in the seed.
+//! - [`Exchange::SparseLoco`] (`"sparseloco"`, protocol v3): SparseLoCo
+//!   ([`crate::sparseloco`]). `delta-w` carries the window's whole update (θ_end − θ_start,
+//!   every parameter) compressed with error feedback: each chunk's top-k, 2-bit values.
+//!   At the start of window `w+1` every miner sets its model to θ_start(w) plus the outer
+//!   step of the peers' aggregate (median-norm clip, contributor mean), so honest miners
+//!   that read the same payloads hold the same model to the bit. `state-w` carries values
+//!   at `I(w)` *after* that step: what a joining or resynchronising node replays.
+//! - [`Exchange::Gradient`] (`"gradient"`, protocol v4): `delta-w` carries the window's
+//!   accumulated *gradient* (no step taken), compressed as SparseLoCo's payloads with error
+//!   feedback. At the start of window `w+1` every miner takes one AdamW step on the peers'
+//!   aggregate gradient: data parallelism over a compressed all-reduce, so honest miners
+//!   hold the same model and the same optimizer state. `state-w` as SparseLoCo's.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,31 +37,52 @@ pub enum Exchange {
     Seed,
     /// Updates averaged in place of the own one (protocol v2).
     Update,
+    /// Whole updates, top-k compressed with error feedback, and one outer step (protocol v3).
+    SparseLoco,
+    /// Whole gradients, compressed as SparseLoCo's; one AdamW step on the aggregate (protocol v4).
+    Gradient,
 }
 
 impl Exchange {
+    pub const ALL: [Exchange; 4] = [Exchange::Seed, Exchange::Update, Exchange::SparseLoco, Exchange::Gradient];
+
     /// The protocol version of this exchange's object keys and slice headers.
     pub fn protocol_version(self) -> u16 {
         match self {
             Exchange::Seed => PROTOCOL_VERSION,
             Exchange::Update => PROTOCOL_VERSION + 1,
+            Exchange::SparseLoco => PROTOCOL_VERSION + 2,
+            Exchange::Gradient => PROTOCOL_VERSION + 3,
         }
     }
 
     /// The exchange a protocol version belongs to.
     pub fn from_protocol_version(version: u16) -> Option<Self> {
-        [Exchange::Seed, Exchange::Update].into_iter().find(|e| e.protocol_version() == version)
+        Self::ALL.into_iter().find(|e| e.protocol_version() == version)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Exchange::Seed => "seed",
             Exchange::Update => "update",
+            Exchange::SparseLoco => "sparseloco",
+            Exchange::Gradient => "gradient",
         }
     }
 
     pub fn is_seed(&self) -> bool {
         *self == Exchange::Seed
+    }
+
+    /// Whether `delta` objects carry updates (added) rather than values (written over).
+    pub fn exchanges_updates(self) -> bool {
+        matches!(self, Exchange::Update | Exchange::SparseLoco)
+    }
+
+    /// Whether `delta` objects are compressed payloads over the whole model (SparseLoCo's
+    /// format), averaged by its aggregate, after which every reader holds the same model.
+    pub fn is_compressed(self) -> bool {
+        matches!(self, Exchange::SparseLoco | Exchange::Gradient)
     }
 }
 
@@ -59,16 +92,28 @@ impl std::fmt::Display for Exchange {
     }
 }
 
-/// Bytes one miner downloads per window: the `state` and `delta` slices of each of its
-/// `peers` it reads, each `slice_bytes` long. `max_peers` is `exchange_max_peers`, which
-/// counts the own slice (never downloaded: it is in the cache), so at most `max_peers − 1`
-/// peers are read; `None` or 0 reads them all.
-pub fn download_bytes_per_window(peers: u64, max_peers: Option<u64>, slice_bytes: u64) -> u64 {
+/// What one object of each kind weighs on the wire, at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectBytes {
+    pub state: u64,
+    pub delta: u64,
+}
+
+/// Bytes one miner downloads per window from its `peers`. Seed and update exchanges: the
+/// `state` and `delta` slices of each peer it reads; `max_peers` is `exchange_max_peers`
+/// (update exchange), which counts the own slice (never downloaded: it is in the cache), so
+/// at most `max_peers − 1` peers are read; `None` or 0 reads them all. SparseLoCo: every
+/// peer's delta (all must be read for all miners to take the same step; states only when
+/// joining): linear in the peers, bounded by the registered UIDs.
+pub fn download_bytes_per_window(exchange: Exchange, peers: u64, max_peers: Option<u64>, bytes: ObjectBytes) -> u64 {
+    if exchange.is_compressed() {
+        return peers * bytes.delta;
+    }
     let read = match max_peers {
-        Some(k) if k > 0 => peers.min(k - 1),
+        Some(k) if k > 0 && exchange == Exchange::Update => peers.min(k - 1),
         _ => peers,
     };
-    2 * read * slice_bytes
+    read * (bytes.state + bytes.delta)
 }
 
 #[cfg(test)]
@@ -79,7 +124,9 @@ mod tests {
     fn each_exchange_has_its_own_version_and_name() {
         assert_eq!(Exchange::Seed.protocol_version(), 1);
         assert_eq!(Exchange::Update.protocol_version(), 2);
-        for e in [Exchange::Seed, Exchange::Update] {
+        assert_eq!(Exchange::SparseLoco.protocol_version(), 3);
+        assert_eq!(Exchange::Gradient.protocol_version(), 4);
+        for e in Exchange::ALL {
             assert_eq!(Exchange::from_protocol_version(e.protocol_version()), Some(e));
             let json = serde_json::to_string(&e).unwrap();
             assert_eq!(json, format!("\"{e}\""));
@@ -93,9 +140,14 @@ mod tests {
     fn bandwidth_of_the_seed_shape() {
         // 1.2B parameters at compression 100 in bf16: 24 MB a slice.
         let slice = 1_200_000_000 / 100 * 2;
-        assert_eq!(download_bytes_per_window(64, None, slice), 3_072_000_000);
-        assert_eq!(download_bytes_per_window(64, Some(7), slice), 288_000_000);
-        assert_eq!(download_bytes_per_window(3, Some(7), slice), 144_000_000);
-        assert_eq!(download_bytes_per_window(3, Some(0), slice), 144_000_000);
+        let bytes = ObjectBytes { state: slice, delta: slice };
+        let update = |peers, max| download_bytes_per_window(Exchange::Update, peers, max, bytes);
+        assert_eq!(update(64, None), 3_072_000_000);
+        assert_eq!(update(64, Some(7)), 288_000_000);
+        assert_eq!(update(3, Some(7)), 144_000_000);
+        assert_eq!(update(3, Some(0)), 144_000_000);
+        assert_eq!(download_bytes_per_window(Exchange::Seed, 64, Some(7), bytes), 3_072_000_000, "seed: all");
+        let sparse = ObjectBytes { state: slice, delta: 4_000_000 };
+        assert_eq!(download_bytes_per_window(Exchange::SparseLoco, 63, Some(7), sparse), 252_000_000, "deltas only");
     }
 }

@@ -181,6 +181,18 @@ impl SliceIndices {
         Ok(Self { window_seed, compression, per_param, offsets })
     }
 
+    /// Every position of every parameter, in layout order: what a SparseLoCo delta, which
+    /// covers the whole model, is read and applied at (window seed 0, compression 1).
+    pub fn all(layout: &ParamLayout) -> Self {
+        let per_param: Vec<Vec<u32>> = layout.params().iter().map(|p| (0..p.numel() as u32).collect()).collect();
+        let mut offsets = Vec::with_capacity(per_param.len() + 1);
+        offsets.push(0);
+        for idx in &per_param {
+            offsets.push(offsets[offsets.len() - 1] + idx.len());
+        }
+        Self { window_seed: 0, compression: 1, per_param, offsets }
+    }
+
     pub fn window_seed(&self) -> u64 {
         self.window_seed
     }
@@ -377,6 +389,9 @@ mod tests {
             assert_eq!(si.offsets()[i + 1] - si.offsets()[i], si.param(i).len());
         }
         assert_eq!(si.total_len(), layout.params().iter().map(|p| (p.numel() / 10).max(1)).sum::<usize>());
+        // Every position, as compression 1 draws them (window seed 0), built directly.
+        assert_eq!(SliceIndices::all(&layout), SliceIndices::compute(&layout, 0, 1).unwrap());
+        assert_eq!(SliceIndices::all(&layout).total_len(), layout.total_numel());
     }
 
     proptest! {

@@ -14,11 +14,11 @@ pub use aggregate::{
     AggregateError, CENTRED_RADIUS_CAP, CLIP_FACTOR, CLIP_QUORUM, FAULT_RADII, MeanAccumulator, Zeros, centred_cap,
     centred_radius, clip_radius, clip_scales, deviation_norm, far_beyond, scales_within,
 };
-pub use exchange::{Exchange, download_bytes_per_window};
+pub use exchange::{Exchange, ObjectBytes, download_bytes_per_window};
 pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};
 pub use wire::{
     Dtype, EncodeError, Expected, MAX_ABS_VALUE, SliceError, SliceHeader, SliceMeta, SliceView, decode, encode,
-    encode_unchecked, max_encoded_len, update_value_bound,
+    encode_packed, encode_unchecked, max_encoded_len, update_value_bound,
 };

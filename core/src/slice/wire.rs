@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! 0    8 bytes   MAGIC "TESSLICE"
-//! 8    u16 LE    format version (the exchange's protocol version: 1 seed, 2 update)
+//! 8    u16 LE    format version (the exchange's protocol version: 1 seed, 2 update, 3 sparseloco)
 //! 10   u16 LE    header length H (≤ MAX_HEADER_LEN)
 //! 12   H bytes   postcard(SliceHeader)
 //! 12+H 64 bytes  sr25519 signature by the header's hotkey over bytes [0, 12+H)
 //!      zeros     padding so that the body starts at a multiple of 16
-//!      body      value_count values in canonical order, little-endian f32 or bf16
+//!      body      value_count values in canonical order, little-endian f32 or bf16;
+//!                or (dtype Packed: SparseLoCo's deltas) value_count bytes of a payload
 //! ```
 //! The signature covers the header, and the header carries BLAKE3 of the body, so every
 //! byte is authenticated. Decoding a little-endian f32 body is a cast, not a loop.
@@ -20,6 +21,7 @@ use half::bf16;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::exchange::Exchange;
 use super::key::SliceKind;
 use crate::hotkey::{Hotkey, HotkeySigner, verify};
 use crate::model::ModelFingerprint;
@@ -39,6 +41,9 @@ const PARALLEL_HASH_MIN: usize = 1 << 20;
 pub enum Dtype {
     F32,
     Bf16,
+    /// Opaque bytes with a format of their own (a SparseLoCo payload, which checks its own
+    /// values); `value_count` counts bytes, at most the reader's expected count.
+    Packed,
 }
 
 impl Dtype {
@@ -46,6 +51,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::Bf16 => 2,
+            Dtype::Packed => 1,
         }
     }
 }
@@ -111,6 +117,8 @@ pub enum SliceError {
     WrongCompression { expected: u32, found: u32 },
     #[error("slice has {found} values, this window's slice has {expected}")]
     WrongValueCount { expected: u64, found: u64 },
+    #[error("slice body is {found:?}, this exchange's is {expected:?}")]
+    WrongDtype { expected: &'static str, found: Dtype },
     #[error("body is {found} bytes, header implies {expected}")]
     BodySizeMismatch { expected: usize, found: usize },
     #[error("non-zero padding between header and body")]
@@ -188,6 +196,7 @@ impl SliceError {
             SliceError::FingerprintMismatch { .. } => "fingerprint_mismatch",
             SliceError::WrongCompression { .. } => "wrong_compression",
             SliceError::WrongValueCount { .. } => "wrong_value_count",
+            SliceError::WrongDtype { .. } => "wrong_dtype",
             SliceError::BodySizeMismatch { .. } => "body_size_mismatch",
             SliceError::NonZeroPadding => "non_zero_padding",
             SliceError::BadSignature { .. } => "bad_signature",
@@ -245,6 +254,18 @@ pub fn encode(meta: SliceMeta, values: &[f32], signer: &dyn HotkeySigner) -> Res
     assemble(meta, values.len() as u64, signer, |out| write_body(out, values, meta.dtype))
 }
 
+/// Encodes and signs an opaque body (`meta.dtype` is [`Dtype::Packed`]): a payload whose
+/// format checks its own values.
+pub fn encode_packed(meta: SliceMeta, body: &[u8], signer: &dyn HotkeySigner) -> Result<Vec<u8>, EncodeError> {
+    if meta.dtype != Dtype::Packed {
+        return Err(EncodeError::Header(format!("a packed body needs dtype Packed, not {:?}", meta.dtype)));
+    }
+    assemble(meta, body.len() as u64, signer, |out| {
+        out.extend_from_slice(body);
+        Ok(())
+    })
+}
+
 /// Encodes and signs `values` *without* refusing non-finite ones: what a broken or hostile
 /// peer can publish. For tests of the readers' defences and for fuzzing; a miner uses
 /// [`encode`].
@@ -273,6 +294,9 @@ fn write_body(out: &mut Vec<u8>, values: &[f32], dtype: Dtype) -> Result<(), Enc
                 }
                 out.extend_from_slice(&b.to_le_bytes());
             }
+        }
+        Dtype::Packed => {
+            return Err(EncodeError::Header("values cannot be written as a packed body (encode_packed)".into()));
         }
     }
     Ok(())
@@ -339,7 +363,14 @@ impl<'a> SliceView<'a> {
             Dtype::Bf16 => {
                 Cow::Owned(self.body.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
             }
+            // Not values: the reader decodes the body with its own format ([`Self::packed`]).
+            Dtype::Packed => Cow::Owned(Vec::new()),
         }
+    }
+
+    /// The opaque body of a [`Dtype::Packed`] slice; `None` for values.
+    pub fn packed(&self) -> Option<&'a [u8]> {
+        (self.header.dtype == Dtype::Packed).then_some(self.body)
     }
 
     /// Adds the values into `acc` (same length), without materialising them.
@@ -360,6 +391,7 @@ impl<'a> SliceView<'a> {
                         .for_each(|(a, c)| *a += bf16::from_le_bytes([c[0], c[1]]).to_f32());
                 });
             }
+            Dtype::Packed => {}
         }
     }
 
@@ -447,10 +479,22 @@ fn check_expectations(header: &SliceHeader, expected: &Expected<'_>) -> Result<(
     if header.compression != expected.compression {
         return Err(SliceError::WrongCompression { expected: expected.compression, found: header.compression });
     }
-    if header.value_count != expected.value_count as u64 {
-        return Err(SliceError::WrongValueCount { expected: expected.value_count as u64, found: header.value_count });
+    // A packed body (SparseLoCo's delta) is of the exchange's own length, at most the
+    // expected count; every other slice holds exactly the window's values.
+    let packed = expected.kind == SliceKind::Delta
+        && Exchange::from_protocol_version(expected.version).is_some_and(Exchange::is_compressed);
+    match (packed, header.dtype) {
+        (true, Dtype::Packed) if header.value_count <= expected.value_count as u64 => Ok(()),
+        (true, Dtype::Packed) => {
+            Err(SliceError::WrongValueCount { expected: expected.value_count as u64, found: header.value_count })
+        }
+        (true, found) => Err(SliceError::WrongDtype { expected: "packed", found }),
+        (false, Dtype::Packed) => Err(SliceError::WrongDtype { expected: "values", found: Dtype::Packed }),
+        (false, _) if header.value_count != expected.value_count as u64 => {
+            Err(SliceError::WrongValueCount { expected: expected.value_count as u64, found: header.value_count })
+        }
+        (false, _) => Ok(()),
     }
-    Ok(())
 }
 
 /// Every value finite and within `limit`.
@@ -460,6 +504,8 @@ fn check_values(view: &SliceView<'_>, limit: f32) -> Result<(), SliceError> {
     let admissible = |v: f32| v.is_finite() && v.abs() <= limit;
     // Fast parallel scan; locate the first offender only when there is one.
     let all_admissible = match view.header.dtype {
+        // Its own format bounds its values when it is decoded.
+        Dtype::Packed => true,
         Dtype::F32 => view.values().par_chunks(CHUNK).all(|c| c.iter().all(|v| admissible(*v))),
         // A bf16 value is the upper half of an f32.
         Dtype::Bf16 => view.body.par_chunks(CHUNK * 2).all(|c| {

@@ -75,6 +75,12 @@ pub use compress::{compress, compress_tensor, quantise};
 pub use pack::{pack_codes, pack_indices, packed_codes_len, packed_indices_len, unpack_codes, unpack_indices};
 pub use wire::{FORMAT_VERSION, HEADER_LEN, MAGIC, Payload, TensorPayload};
 
+/// The bytes of a SparseLoCo delta object of `params`: the signed envelope and the
+/// payload, whose length the layout fixes (every chunk keeps `min(top_k, len)` entries).
+pub fn delta_object_bytes(params: &[crate::model::ParamSpec], settings: &CompressSettings) -> Result<u64, SparseError> {
+    Ok((crate::slice::max_encoded_len(0) + ChunkPlan::new(params, settings)?.max_encoded_len()) as u64)
+}
+
 /// The exchange's knobs; every peer of a run must use the same.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompressSettings {

@@ -477,3 +477,24 @@ proptest! {
         let _ = read(&headed);
     }
 }
+
+/// The bytes of the targets at the seed's 1.2B shape with 64 peers, by the function
+/// the devnet reports with ([`delta_object_bytes`], `download_bytes_per_window`): at the
+/// paper's k = 64 a delta is ~33.5 MB (upload over the 5 MB target, 2.1 GB to download);
+/// k = 8 keeps both targets (≤ 5 MB up, ≤ 300 MB down).
+#[test]
+fn payload_bytes_at_the_seed_shape() {
+    use crate::slice::{Exchange, ObjectBytes, download_bytes_per_window};
+    let hparams = crate::hparams::Hparams::builtin().unwrap();
+    let layout = crate::model::ParamLayout::llama(&hparams.model_shape()).unwrap();
+    let bytes = |top_k| delta_object_bytes(layout.params(), &CompressSettings { top_k, ..Default::default() }).unwrap();
+    let down = |top_k| {
+        download_bytes_per_window(Exchange::SparseLoco, 63, None, ObjectBytes { state: 0, delta: bytes(top_k) })
+    };
+    let (k64, k8) = (bytes(64), bytes(8));
+    assert!((33_000_000..34_000_000).contains(&k64), "k = 64: {k64} bytes");
+    assert!(down(64) > 2_000_000_000, "k = 64: {} bytes down", down(64));
+    assert!(k8 <= 5_000_000, "k = 8: {k8} bytes up");
+    assert!(down(8) <= 300_000_000, "k = 8: {} bytes down", down(8));
+    eprintln!("1.2B delta: k=64 {k64} B (down {} B), k=8 {k8} B (down {} B)", down(64), down(8));
+}

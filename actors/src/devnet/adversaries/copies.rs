@@ -143,8 +143,8 @@ async fn deltas_of(
                 .filter(|s| wanted(s.key.hotkey))
                 .filter_map(|slice| {
                     let bytes = std::fs::read(&slice.path).ok()?;
-                    let expected = node.expected_slice(SliceKind::Delta, window, Some(slice.key.hotkey), None);
-                    Some(tessera_core::slice::decode(&bytes, &expected).ok()?.values().into_owned())
+                    let delta = crate::sparse::delta_values(node, &bytes, window, Some(slice.key.hotkey), None).ok()?;
+                    Some(delta.values.into_owned())
                 })
                 .collect();
             if found.len() >= least {

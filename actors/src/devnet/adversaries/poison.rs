@@ -8,7 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera_core::slice::{Exchange, MAX_ABS_VALUE};
+use tessera_core::slice::{Exchange, MAX_ABS_VALUE, SliceKind};
 use tessera_core::window::Window;
 use tessera_data::Batch;
 
@@ -42,7 +42,9 @@ impl Misbehaviour for Lazy {
         honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>> {
         let published = match exchange {
-            Exchange::Update => Some(Arc::new(vec![0.0; node.slice_value_count()])),
+            Exchange::Update | Exchange::SparseLoco | Exchange::Gradient => {
+                Some(Arc::new(vec![0.0; node.value_count(SliceKind::Delta)]))
+            }
             Exchange::Seed => honest,
         };
         futures::future::ready(published).boxed()
@@ -72,7 +74,7 @@ impl Misbehaviour for Noise {
         let half_width = (3f64.sqrt() * node.network.hparams.learning_rate) as f32;
         // Drawn from this node's key and the window: the same noise every run.
         let mut rng = StdRng::from_seed(node.id.hotkey.private_seed(NOISE_PURPOSE, &window.to_le_bytes()));
-        let noise = (0..node.slice_value_count()).map(|_| rng.random_range(-half_width..=half_width));
+        let noise = (0..node.value_count(SliceKind::Delta)).map(|_| rng.random_range(-half_width..=half_width));
         let published = match (exchange, honest) {
             (Exchange::Seed, Some(values)) => values.iter().zip(noise).map(|(v, n)| v + n).collect(),
             _ => noise.collect(),
@@ -109,7 +111,7 @@ impl Misbehaviour for Poisoner {
         _exchange: Exchange,
         honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>> {
-        let published = if window % 2 == 1 { honest } else { Some(poison(node.slice_value_count())) };
+        let published = if window % 2 == 1 { honest } else { Some(poison(node.value_count(SliceKind::Delta))) };
         futures::future::ready(published).boxed()
     }
 
@@ -139,7 +141,9 @@ impl Misbehaviour for Overfitter {
         honest: Option<Arc<Vec<f32>>>,
     ) -> BoxFuture<'a, Option<Arc<Vec<f32>>>> {
         let published = match exchange {
-            Exchange::Update => honest.map(|u| Arc::new(u.iter().map(|v| v * OVERFIT_SCALE).collect())),
+            Exchange::Update | Exchange::SparseLoco | Exchange::Gradient => {
+                honest.map(|u| Arc::new(u.iter().map(|v| v * OVERFIT_SCALE).collect()))
+            }
             Exchange::Seed => honest,
         };
         futures::future::ready(published).boxed()

@@ -357,3 +357,41 @@ fn an_update_bound_sits_above_any_adamw_step_and_is_enforced_at_decode() {
     let bytes = encode(f.meta(Dtype::F32), &values, &alice).unwrap();
     assert!(decode(&bytes, &expected).is_ok(), "the bound itself is admissible");
 }
+
+/// A compressed exchange's delta carries a packed body of at most the expected bytes; a
+/// values slice cannot pose as one, nor the reverse.
+#[test]
+fn packed_bodies_are_signed_bounded_and_only_for_compressed_deltas() {
+    let f = fixture();
+    let alice = dev_keypair("Alice").unwrap();
+    let version = Exchange::SparseLoco.protocol_version();
+    let meta = SliceMeta { version, ..f.meta(Dtype::Packed) };
+    let body: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+    let bytes = encode_packed(meta, &body, &alice).unwrap();
+    let expected = Expected { version, value_count: 1000, ..f.expected() };
+    let view = decode(&bytes, &expected).unwrap();
+    assert_eq!(view.packed(), Some(body.as_slice()));
+    assert!(view.values().is_empty(), "a packed body has no values of its own");
+    // Longer than the reader's bound.
+    let short = Expected { value_count: 299, ..expected.clone() };
+    assert!(matches!(decode(&bytes, &short), Err(SliceError::WrongValueCount { expected: 299, found: 300 })));
+    // A tampered body fails the signed hash.
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(decode(&tampered, &expected).unwrap_err(), SliceError::BodyHashMismatch);
+    // Values where a packed body is expected, and a packed body under the update exchange.
+    let values = encode(SliceMeta { version, ..f.meta(Dtype::F32) }, &f.values, &alice).unwrap();
+    let wide = Expected { value_count: f.values.len() * 4, ..expected.clone() };
+    assert!(matches!(decode(&values, &wide), Err(SliceError::WrongDtype { expected: "packed", .. })));
+    let update = Exchange::Update.protocol_version();
+    let packed_update = encode_packed(SliceMeta { version: update, ..meta }, &body, &alice).unwrap();
+    let as_update = Expected { version: update, ..f.expected() };
+    assert!(matches!(decode(&packed_update, &as_update), Err(SliceError::WrongDtype { expected: "values", .. })));
+    // A state slice of a compressed exchange holds values, as every state does.
+    let state = Expected { kind: SliceKind::State, ..expected };
+    let packed_state = encode_packed(SliceMeta { kind: SliceKind::State, ..meta }, &body, &alice).unwrap();
+    assert!(matches!(decode(&packed_state, &state), Err(SliceError::WrongDtype { expected: "values", .. })));
+    assert!(encode_packed(f.meta(Dtype::F32), &body, &alice).is_err(), "encode_packed needs dtype Packed");
+    assert!(encode(meta, &f.values, &alice).is_err(), "values cannot be written as packed");
+}
