@@ -83,7 +83,9 @@ impl Actor for Trainer {
                     ctx.clock_now().window.saturating_sub(ctx.network.max_history.load(Ordering::Relaxed));
                 if let Some(meta) = &engine.start.resumed {
                     ctx.telemetry.stats.resumed_from_checkpoint.store(true, Ordering::Relaxed);
-                    ctx.restore_sparse_state(meta.window);
+                    // Up to three model-sized buffers: read off the async threads.
+                    let (restorer, window) = (ctx.clone(), meta.window);
+                    tokio::task::spawn_blocking(move || restorer.restore_sparse_state(window)).await?;
                 }
                 let resync_from = match &engine.start.resumed {
                     Some(meta) => Some((meta.window + 1).max(history_start)),

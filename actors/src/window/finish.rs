@@ -81,7 +81,9 @@ pub(super) async fn run(run: &WindowRun, finished: Finished) -> Result<(), Runti
     let completed = MinerStats::get(&ctx.telemetry.stats.windows_completed);
     if completed.is_multiple_of(ctx.settings.checkpoint_every.max(1)) {
         let meta = run.engine.run(move |ops| ops.checkpoint(window)).await??;
-        ctx.save_sparse_state(window);
+        // Up to three model-sized buffers: written off the async threads.
+        let saver = ctx.clone();
+        tokio::task::spawn_blocking(move || saver.save_sparse_state(window)).await?;
         MinerStats::add(&ctx.telemetry.stats.checkpoints_written, 1);
         debug!(miner = %ctx.id.name, window, step = meta.step, "checkpoint written");
     }
