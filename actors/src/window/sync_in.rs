@@ -51,8 +51,15 @@ async fn catch_up(run: &WindowRun, exchange: Exchange) -> Result<Advanced, Runti
     let Some(last) = window.checked_sub(1) else {
         return Ok(Advanced { model_hash: Some(run.model_hash().await?), ..Advanced::default() });
     };
+    let mut from = match ctx.applied_through() {
+        // Already in the model (this window's task runs again after a Trainer restart).
+        Some(applied) if applied >= last => {
+            return Ok(Advanced { model_hash: Some(run.model_hash().await?), ..Advanced::default() });
+        }
+        Some(applied) => applied + 1,
+        None => last,
+    };
     let history = ctx.network.max_history.load(std::sync::atomic::Ordering::Relaxed).max(1);
-    let mut from = ctx.applied_through().map_or(last, |a| a + 1).min(last);
     if last - from >= history {
         warn!(miner = %ctx.id.name, from, window, history, "out of step beyond the peers' history: stepping from the oldest payloads kept");
         from = last + 1 - history;
