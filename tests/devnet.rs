@@ -305,7 +305,7 @@ fn status_shows_each_node_of_a_running_devnet_and_says_when_nothing_listens() {
 /// within the check's margin of the data-parallel ideal, the validator pays them for their
 /// payloads, and a devnet resumed from its state directory continues in step.
 #[test]
-fn sparseloco_miners_hold_one_model_beat_the_baseline_and_resume_in_step() {
+fn sparseloco_miners_hold_one_model_beat_the_baseline_resume_in_step_and_take_in_a_new_miner() {
     let state = tempfile::tempdir().unwrap();
     let (report, resumed_report, state_dir) =
         (state.path().join("report"), state.path().join("resumed"), state.path().join("state"));
@@ -349,10 +349,14 @@ fn sparseloco_miners_hold_one_model_beat_the_baseline_and_resume_in_step() {
     // The error buffer and the window's start were saved beside each checkpoint.
     assert!(state_dir.join("miner1/checkpoints/sparseloco-state.bin").is_file());
 
-    // Resumed: the outer step continues from the saved start, and the models stay one.
+    // Resumed, with a fifth miner that never ran: the four continue from their saved
+    // starts, the fifth takes the model from the validator's snapshot and the outer steps
+    // since, and the five hold one model from the fifth's first window.
     let mut args = common.to_vec();
+    args[1] = "5";
     args.extend(["--windows", "4", "--report", resumed_report.to_str().unwrap()]);
     let (_, stdout) = devnet(&args);
     assert!(!stdout.contains("CHECK FAILED"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("miner5 ")), "the fifth miner ran: {stdout}");
     assert!(stdout.contains("models: the exchanging miners held the same model in 4 of 4 windows"), "{stdout}");
 }

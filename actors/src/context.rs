@@ -59,12 +59,14 @@ impl ActorKind {
         ActorKind::Trainer,
     ];
 
-    /// A validator's actors: the miner's without training and uploads, plus the weights.
-    pub const VALIDATOR: [ActorKind; 6] = [
+    /// A validator's actors: the miner's without training, plus the weights (its uploads
+    /// are the snapshots of a compressed exchange's model).
+    pub const VALIDATOR: [ActorKind; 7] = [
         ActorKind::ChainListener,
         ActorKind::WindowClock,
         ActorKind::StateSyncer,
         ActorKind::SliceDownloader,
+        ActorKind::SliceUploader,
         ActorKind::Evaluator,
         ActorKind::WeightSetter,
     ];
@@ -169,6 +171,11 @@ impl BlockTimes {
         let start = self.time_of(schedule.start_block(window), block_ms)?;
         let end = self.time_of(schedule.end_block(window) + 1, block_ms)?;
         Some((start, end))
+    }
+
+    /// Whether `block` came before the first block this node saw (its time is a guess).
+    pub fn before_first_seen(&self, block: Block) -> bool {
+        self.arrivals.first_key_value().is_some_and(|(first, _)| block < *first)
     }
 
     fn time_of(&self, block: Block, block_ms: u64) -> Option<i64> {
@@ -492,17 +499,27 @@ impl MinerContext {
         let written_after = match kind {
             SliceKind::State => window.saturating_sub(1),
             SliceKind::Delta => window,
+            // Written when its writer's model reached the window, which for a validator is
+            // a few windows later: only the earliest time is bounded (its content is what
+            // a joiner checks, not its time).
+            SliceKind::Snapshot => window.saturating_sub(1),
         };
         let times = lock(&self.network.block_times);
         let block_ms = self.settings.block_time.as_millis() as u64;
-        let (start, _) = times.window_bounds(&self.network.schedule, written_after, block_ms)?;
+        let (mut start, _) = times.window_bounds(&self.network.schedule, written_after, block_ms)?;
+        // Before this node started, block times are extrapolated, and a chain that paused
+        // (or a devnet restarted on its state) makes them later than they were: an object
+        // of such a window (a catch-up reads them) is bounded by its latest time only.
+        if times.before_first_seen(self.network.schedule.start_block(written_after)) {
+            start = i64::MIN;
+        }
         let (_, end) = times.window_bounds(&self.network.schedule, written_after + 1, block_ms)?;
         let skew = self.settings.clock_skew.as_millis() as i64;
         // While the upload's window is still open here its end is not observed (under
         // fixed compute the clock waits, so an extrapolated end means nothing): no upper
         // bound; lateness is judged by the reader's first sighting (`first_seen`).
-        let open = self.clock_now().window <= written_after + 1;
-        Some((start - skew, if open { i64::MAX } else { end + skew }))
+        let open = kind == SliceKind::Snapshot || self.clock_now().window <= written_after + 1;
+        Some((start.saturating_sub(skew), if open { i64::MAX } else { end + skew }))
     }
 
     /// The peers whose buckets this miner reads: every committed bucket with `--remote`,

@@ -13,6 +13,9 @@ pub enum Fault {
     /// The engine thread (which holds the model) panics: the model is lost and must come
     /// back from the checkpoint.
     EnginePanic,
+    /// The model moves away from the network's at the next window's start (a bit flip, a
+    /// missed step): under a compressed exchange the node must notice and resynchronise.
+    ModelDrift,
 }
 
 /// The armed faults of one node.
@@ -51,6 +54,11 @@ impl Faults {
         if self.take(Fault::PanicIn(kind)) {
             panic!("injected fault: panic in {kind}");
         }
+    }
+
+    /// True once when [`Fault::ModelDrift`] is armed: the caller moves its model.
+    pub fn take_model_drift(&self) -> bool {
+        self.take(Fault::ModelDrift)
     }
 
     /// Panics on the engine thread when [`Fault::EnginePanic`] is armed.

@@ -153,8 +153,8 @@ pub struct FetchedSlice {
 pub enum SliceUploaderMsg {
     /// Publish the own slice; queued, never blocks the sender.
     Upload { kind: SliceKind, window: Window, body: crate::sparse::ObjectBody },
-    /// Delete own objects (bucket and cache) of windows before this one.
-    Prune { before: Window },
+    /// Delete own objects of `kinds` (and cached slices) of windows before this one.
+    Prune { before: Window, kinds: &'static [SliceKind] },
     /// Retry the head of the queue (after a backoff).
     Kick,
     /// An upload task ended.

@@ -265,6 +265,7 @@ fn record(m: &MinerContext) {
         ("tessera_block_stream_losses_total", &s.block_stream_losses),
         ("tessera_chain_reconnects_total", &s.reconnects),
         ("tessera_engine_rebuilds_total", &s.engine_rebuilds),
+        ("tessera_model_resyncs_total", &s.model_resyncs),
         ("tessera_telemetry_dropped_total", &s.telemetry_dropped),
     ];
     for (name, value) in counters {

@@ -161,7 +161,7 @@ async fn fetch_window(ctx: &MinerContext, shared: &Shared, kind: SliceKind, wind
     let deadline = tokio::time::Instant::now() + budget;
     let listings = list_buckets(ctx, &shared.health, &ObjectKey::prefix(kind, window), deadline).await;
     let mut candidates = admit_listed(ctx, shared, kind, window, listings, &mut outcome);
-    if let Some(k) = peer_bound(ctx.exchange(), ctx.network.hparams.exchange_max_peers, ctx.is_validator()) {
+    if let Some(k) = peer_bound(ctx.exchange(), kind, ctx.network.hparams.exchange_max_peers, ctx.is_validator()) {
         let before = candidates.len();
         candidates = bounded_subset(candidates, |c| c.key.hotkey, ctx.own_hotkey(), kind, window, k as usize);
         debug!(miner = %ctx.id.name, %kind, window, kept = candidates.len(), listed = before, "read a bounded set of peers");
@@ -503,8 +503,15 @@ async fn fetch_candidates(
 /// How many peers' slices a node reads: `exchange_max_peers` bounds a miner under the
 /// update exchange; a validator reads every miner, since one it did not read would be
 /// scored missing.
-fn peer_bound(exchange: Exchange, max_peers: Option<u32>, validator: bool) -> Option<u32> {
-    max_peers.filter(|&k| k > 0 && exchange == Exchange::Update && !validator)
+fn peer_bound(exchange: Exchange, kind: SliceKind, max_peers: Option<u32>, validator: bool) -> Option<u32> {
+    if validator {
+        return None;
+    }
+    if exchange.is_compressed() && kind == SliceKind::State {
+        // States only tell whether this node is in step: a sample does (and the own one).
+        return Some(crate::window::IN_STEP_SAMPLE + 1);
+    }
+    max_peers.filter(|&k| k > 0 && exchange == Exchange::Update)
 }
 
 /// At most `k` of `items`: the own one, then the others in an order drawn per miner and
@@ -549,11 +556,16 @@ mod tests {
 
     #[test]
     fn only_a_miner_under_the_update_exchange_reads_a_bounded_set_of_peers() {
-        assert_eq!(peer_bound(Exchange::Update, Some(3), false), Some(3));
-        assert_eq!(peer_bound(Exchange::Update, Some(3), true), None, "a validator reads every miner");
-        assert_eq!(peer_bound(Exchange::Seed, Some(3), false), None);
-        assert_eq!(peer_bound(Exchange::Update, Some(0), false), None);
-        assert_eq!(peer_bound(Exchange::Update, None, false), None);
+        let delta = SliceKind::Delta;
+        assert_eq!(peer_bound(Exchange::Update, delta, Some(3), false), Some(3));
+        assert_eq!(peer_bound(Exchange::Update, delta, Some(3), true), None, "a validator reads every miner");
+        assert_eq!(peer_bound(Exchange::Seed, delta, Some(3), false), None);
+        assert_eq!(peer_bound(Exchange::Update, delta, Some(0), false), None);
+        assert_eq!(peer_bound(Exchange::Update, delta, None, false), None);
+        // SparseLoCo reads every delta, but only a sample of states (whether it is in step).
+        assert_eq!(peer_bound(Exchange::SparseLoco, delta, Some(3), false), None);
+        assert_eq!(peer_bound(Exchange::SparseLoco, SliceKind::State, None, false), Some(5));
+        assert_eq!(peer_bound(Exchange::SparseLoco, SliceKind::Snapshot, None, false), None);
     }
 
     #[test]

@@ -113,10 +113,10 @@ impl Actor for SliceUploader {
                     }
                 }
             }
-            SliceUploaderMsg::Prune { before } => {
+            SliceUploaderMsg::Prune { before, kinds } => {
                 if state.pruning.as_ref().is_none_or(|t| t.0.is_finished()) {
                     let ctx = state.ctx.clone();
-                    state.pruning = Some(AbortOnDrop(tokio::spawn(async move { prune(&ctx, before).await })));
+                    state.pruning = Some(AbortOnDrop(tokio::spawn(async move { prune(&ctx, before, kinds).await })));
                 }
             }
             SliceUploaderMsg::Drain(reply) => {
@@ -202,9 +202,10 @@ async fn upload(
     Ok(())
 }
 
-/// Deletes own objects and cached slices older than `before` (the seed's history cleanup).
-async fn prune(ctx: &MinerContext, before: Window) {
-    match ctx.storage.own_bucket.delete_slices_before(before).await {
+/// Deletes own objects of `kinds` and cached slices older than `before` (the seed's
+/// history cleanup).
+async fn prune(ctx: &MinerContext, before: Window, kinds: &[SliceKind]) {
+    match ctx.storage.own_bucket.delete_kinds_before(kinds, before).await {
         Ok(0) => {}
         Ok(n) => info!(miner = %ctx.id.name, deleted = n, before, "deleted old slices from the own bucket"),
         Err(e) => warn!(miner = %ctx.id.name, error = %e, before, "could not delete old slices from the own bucket"),

@@ -63,6 +63,8 @@ pub struct SparseState {
     all: Option<Arc<SliceIndices>>,
     /// The last window whose outer step (or aggregate gradient's step) is in the model.
     applied: Option<Window>,
+    /// The window this node last took the whole model from a snapshot at.
+    resynced_at: Option<Window>,
 }
 
 /// The gradient exchange's error-feedback decay: nothing unsent is forgotten.
@@ -166,11 +168,15 @@ impl MinerContext {
     /// Values in a `kind` object of this exchange: a SparseLoCo delta covers the model.
     pub fn value_count(&self, kind: SliceKind) -> usize {
         match (kind, self.exchange()) {
-            (SliceKind::Delta, exchange) if exchange.is_compressed() => {
-                self.model.spec.layout.params().iter().map(|p| p.numel()).sum()
-            }
+            (SliceKind::Snapshot, _) => self.model_numel(),
+            (SliceKind::Delta, exchange) if exchange.is_compressed() => self.model_numel(),
             _ => self.slice_value_count(),
         }
+    }
+
+    /// Every parameter of the model.
+    fn model_numel(&self) -> usize {
+        self.model.spec.layout.params().iter().map(|p| p.numel()).sum()
     }
 
     /// What the envelope's `value_count` must be: values, or a SparseLoCo delta's most bytes.
@@ -179,6 +185,7 @@ impl MinerContext {
             (SliceKind::Delta, exchange) if exchange.is_compressed() => {
                 self.chunk_plan().map_or(0, |p| p.max_encoded_len())
             }
+            (SliceKind::Snapshot, _) => self.model_numel(),
             _ => self.slice_value_count(),
         }
     }
@@ -187,6 +194,7 @@ impl MinerContext {
     pub async fn positions(&self, kind: SliceKind, window: Window) -> Result<Arc<SliceIndices>, crate::RuntimeError> {
         match (kind, self.exchange()) {
             (SliceKind::Delta, exchange) if exchange.is_compressed() => Ok(self.all_positions()),
+            (SliceKind::Snapshot, _) => Ok(self.all_positions()),
             _ => self.indices(window).await,
         }
     }
@@ -276,6 +284,29 @@ impl MinerContext {
         lock(&self.model.sparse).applied = window;
     }
 
+    /// The model was replaced by a snapshot of `snapshot` at window `at`: its outer steps
+    /// are in through the window before it, and the error buffer (what this node had not
+    /// yet sent of its own training on the old model) is dropped.
+    pub fn note_resynced(&self, snapshot: Window, at: Window) {
+        let mut state = lock(&self.model.sparse);
+        state.applied = snapshot.checked_sub(1);
+        state.resynced_at = Some(at);
+        state.error.clear();
+        drop(state);
+        // The starts and updates kept were of the model left behind.
+        lock(&self.model.own_updates).clear();
+    }
+
+    /// A resynchronisation was tried at `at` and found no snapshot.
+    pub fn note_resync_attempt(&self, at: Window) {
+        lock(&self.model.sparse).resynced_at = Some(at);
+    }
+
+    /// The window this node last took a snapshot at (or tried to).
+    pub fn resynced_at(&self) -> Option<Window> {
+        lock(&self.model.sparse).resynced_at
+    }
+
     /// Encodes and signs the own `kind` object of `window`.
     pub fn encode_object(&self, kind: SliceKind, window: Window, body: &ObjectBody) -> Result<Vec<u8>, EncodeError> {
         let meta = |dtype| SliceMeta {
@@ -287,6 +318,10 @@ impl MinerContext {
             version: self.exchange().protocol_version(),
         };
         match body {
+            // A snapshot is the model itself, bit for bit: a joiner must hold what the others hold.
+            ObjectBody::Values(values) if kind == SliceKind::Snapshot => {
+                encode(meta(Dtype::F32), values, self.id.hotkey.as_ref())
+            }
             ObjectBody::Values(values) => encode(meta(self.settings.upload_dtype), values, self.id.hotkey.as_ref()),
             ObjectBody::Packed(bytes) => encode_packed(meta(Dtype::Packed), bytes, self.id.hotkey.as_ref()),
         }

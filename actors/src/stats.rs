@@ -85,6 +85,9 @@ pub struct MinerStats {
     pub reconnects: AtomicU64,
     /// Milliseconds from a restarted Trainer's start to its first micro-batch (0 = none yet).
     pub last_restart_ready_ms: AtomicU64,
+    /// Compressed exchanges: the whole model taken from a peer's snapshot (a join, or a
+    /// resynchronisation after this node's model left the others').
+    pub model_resyncs: AtomicU64,
     pub engine_rebuilds: AtomicU64,
     /// Telemetry rows (W&B) dropped rather than delay training.
     pub telemetry_dropped: AtomicU64,

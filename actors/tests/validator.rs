@@ -145,3 +145,45 @@ async fn a_lockstep_devnet_ends_its_windows_under_a_weights_rate_limit() {
     assert!(MinerStats::get(&stats.weights_rate_limited) >= 1, "the rate limit never held the weights back");
     net.shutdown().await;
 }
+
+/// SparseLoCo: a miner whose model leaves the network's (an injected drift) notices it by
+/// its peers' state slices, takes the model from the validator's snapshot and the outer
+/// steps since, and holds the same model as the others again; nobody else resyncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sparseloco_miner_out_of_step_resyncs_from_the_validators_snapshot() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = DevnetOptions::new(dir.path()).unwrap();
+    options.name_prefix = "rs-".to_owned();
+    options.miners = 3;
+    options.validator = true;
+    options.lockstep = true;
+    options.lockstep_windows = Some(12);
+    options.block_time = Duration::from_millis(20);
+    options.settings = tessera_actors::devnet::devnet_settings(options.block_time);
+    options.settings.fixed_micro_batches = 2;
+    options.hparams.exchange = tessera_core::slice::Exchange::SparseLoco;
+    let net = Devnet::start(options).await.unwrap();
+    let nodes: Vec<Arc<MinerContext>> = net.miners().to_vec();
+    let miners: Vec<&Arc<MinerContext>> = nodes.iter().filter(|m| !m.is_validator()).collect();
+    let drifting = miners[0].clone();
+    wait_until("three windows on the drifting miner", || {
+        MinerStats::get(&drifting.telemetry.stats.windows_completed) >= 3
+    })
+    .await;
+    drifting.faults.arm(Fault::ModelDrift);
+    wait_until("the lockstep clock to hold after its windows", || net.lockstep_held()).await;
+
+    let resyncs: Vec<u64> = miners.iter().map(|m| MinerStats::get(&m.telemetry.stats.model_resyncs)).collect();
+    assert_eq!(resyncs, vec![1, 0, 0], "only the drifted miner resynchronised, once");
+    // Every window's fingerprint (after its outer step) is the same on the three miners.
+    let hashes = |m: &MinerContext| -> Vec<(u64, Option<u64>)> {
+        m.telemetry.stats.windows().iter().map(|w| (w.window, w.model_hash)).collect()
+    };
+    let first = hashes(miners[0]);
+    assert!(first.len() >= 10 && first.iter().all(|(_, h)| h.is_some()), "{first:?}");
+    for other in &miners[1..] {
+        assert_eq!(hashes(other), first, "the miners' models differ");
+    }
+    net.shutdown().await;
+}

@@ -21,6 +21,7 @@
 mod advance;
 mod consensus;
 mod finish;
+mod join;
 mod publish;
 pub(crate) mod score;
 mod sync_in;
@@ -30,11 +31,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tessera_core::slice::{Exchange, SliceKind};
+use tessera_core::slice::{Exchange, SliceKind, is_snapshot_window, snapshot_every};
 use tessera_core::window::Window;
 use tessera_model::train::SampleRate;
 use tracing::{info, warn};
 
+pub(crate) use self::join::IN_STEP_SAMPLE;
 pub use self::publish::Misbehaviour;
 pub use self::train::token_batches;
 use crate::context::{ActorKind, MinerContext, lock, lookup};
@@ -128,9 +130,32 @@ impl WindowRun {
         if let Some(e) = evaluated {
             score::run(self, e).await;
             advanced = advance::one_window(self, e, exchange, advance::OwnStep::None).await?;
+            if exchange == Exchange::SparseLoco {
+                self.publish_snapshot(e + 1).await?;
+            }
         }
         finish::run(self, finish::Finished::validated(self, advanced)).await?;
         Ok(WindowResult { window: self.window, trained: false })
+    }
+
+    /// The model as of the start of `window` (the validator's, stepped through `window −
+    /// 1`), published whole when it is a snapshot window, for nodes joining the network;
+    /// older snapshots but the last are deleted.
+    async fn publish_snapshot(&self, window: Window) -> Result<(), RuntimeError> {
+        let history = self.ctx.network.max_history.load(Ordering::Relaxed);
+        if !is_snapshot_window(window, history) {
+            return Ok(());
+        }
+        let all = self.ctx.all_positions();
+        let values = self.engine.run(move |ops| ops.gather(&all)).await??;
+        self.upload(SliceKind::Snapshot, window, ObjectBody::Values(Arc::new(values)));
+        if let Some(uploader) = lookup::<SliceUploaderMsg>(&self.ctx.id.name, ActorKind::SliceUploader) {
+            let before = window.saturating_sub(snapshot_every(history));
+            // Its own snapshots only: a bucket may be shared with miners, whose objects
+            // are theirs to delete.
+            let _ = uploader.cast(SliceUploaderMsg::Prune { before, kinds: &[SliceKind::Snapshot] });
+        }
+        Ok(())
     }
 
     fn stopped(&self) -> bool {

@@ -99,7 +99,8 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange, trained: &Trained) 
     }
     if let Some(uploader) = lookup::<SliceUploaderMsg>(&ctx.id.name, ActorKind::SliceUploader) {
         let max_history = ctx.network.max_history.load(Ordering::Relaxed);
-        let _ = uploader.cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history) });
+        let _ = uploader
+            .cast(SliceUploaderMsg::Prune { before: window.saturating_sub(max_history), kinds: SliceKind::ALL });
     }
     Ok(delta_slices)
 }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::WindowRun;
 use super::advance::{self, Advanced, OwnStep};
+use super::join::{self, InStep};
 use crate::error::RuntimeError;
 use crate::sparse::ObjectBody;
 
@@ -20,7 +21,21 @@ pub(super) async fn run(run: &WindowRun, exchange: Exchange) -> Result<Advanced,
         run.replay_state(from).await?;
     }
     if exchange.is_compressed() {
-        let advanced = catch_up(run, exchange).await?;
+        if exchange == Exchange::SparseLoco && is_new(run) {
+            join::from_snapshot(run, "joining the network").await?;
+        }
+        let mut advanced = catch_up(run, exchange).await?;
+        if exchange == Exchange::SparseLoco
+            && let Some(resynced) = resync_if_out_of_step(run, exchange).await?
+        {
+            advanced = resynced;
+        }
+        if ctx.faults.take_model_drift() {
+            let all = ctx.all_positions();
+            let drift = vec![1e-3f32; all.total_len()];
+            run.engine.run(move |ops| ops.add(&all, &drift)).await??;
+            warn!(miner = %ctx.id.name, window, "injected fault: the model drifted from the network's");
+        }
         let mut state = run.gather(window).await?;
         if let Some(m) = &ctx.misbehaviour {
             state = m.state(ctx, window, state);
@@ -78,4 +93,32 @@ async fn catch_up(run: &WindowRun, exchange: Exchange) -> Result<Advanced, Runti
         advanced = Advanced { delta_slices: advanced.delta_slices + step.delta_slices, ..step };
     }
     Ok(advanced)
+}
+
+/// A node that holds none of the network's outer steps and trained none of its last
+/// window: it started without a checkpoint while the network ran (a model of its own
+/// initialisation would never meet the others').
+fn is_new(run: &WindowRun) -> bool {
+    let ctx = &run.ctx;
+    run.window > 0 && ctx.applied_through().is_none() && ctx.own_update(run.window - 1).is_none()
+}
+
+/// When the peers' state slices of the last window say this node's model was not theirs,
+/// the network's model from a snapshot and the outer steps since; at most once in
+/// `max_history` windows (a hostile majority in the sample costs a download, not a loop).
+async fn resync_if_out_of_step(run: &WindowRun, exchange: Exchange) -> Result<Option<Advanced>, RuntimeError> {
+    let (ctx, window) = (&run.ctx, run.window);
+    let Some(previous) = window.checked_sub(1) else { return Ok(None) };
+    let history = ctx.network.max_history.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    if ctx.resynced_at().is_some_and(|at| window < at + history) {
+        return Ok(None);
+    }
+    let InStep::No { agreeing, majority } = join::in_step(run, previous).await else { return Ok(None) };
+    warn!(miner = %ctx.id.name, window = previous, agreeing, majority, "this model is not the one the peers held: resynchronising");
+    if join::from_snapshot(run, "out of step").await?.is_none() {
+        // Tried: not again before the cool-down (no snapshot yet, or none valid).
+        ctx.note_resync_attempt(window);
+        return Ok(None);
+    }
+    Ok(Some(catch_up(run, exchange).await?))
 }

@@ -28,6 +28,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::key::PROTOCOL_VERSION;
+use crate::window::Window;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,6 +93,27 @@ impl std::fmt::Display for Exchange {
     }
 }
 
+/// How often a snapshot of the whole model is published under a compressed exchange: every
+/// half of `max_history` windows (at least every window), so that a joiner always finds one
+/// whose following payloads the peers still keep, even when its writer lags a window or two.
+pub fn snapshot_every(max_history: u64) -> u64 {
+    (max_history / 2).max(1)
+}
+
+/// Whether `window`'s model is one a snapshot is published of.
+pub fn is_snapshot_window(window: Window, max_history: u64) -> bool {
+    window.is_multiple_of(snapshot_every(max_history))
+}
+
+/// The snapshot windows a joiner at `window` looks for, newest first: those whose payloads
+/// since are still kept (`max_history` windows back).
+pub fn snapshot_candidates(window: Window, max_history: u64) -> Vec<Window> {
+    let every = snapshot_every(max_history);
+    let oldest = window.saturating_sub(max_history.max(1));
+    let newest = window - window % every;
+    (0..).map(|i| newest.saturating_sub(i * every)).take_while(|&s| s >= oldest && s > 0).take(8).collect::<Vec<_>>()
+}
+
 /// What one object of each kind weighs on the wire, at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectBytes {
@@ -119,6 +141,20 @@ pub fn download_bytes_per_window(exchange: Exchange, peers: u64, max_peers: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_come_often_enough_to_catch_up_from_within_the_history() {
+        assert_eq!(snapshot_every(6), 3);
+        assert_eq!(snapshot_every(1), 1);
+        assert_eq!(snapshot_every(0), 1);
+        assert!(is_snapshot_window(9, 6) && !is_snapshot_window(10, 6));
+        assert_eq!(snapshot_candidates(10, 6), vec![9, 6]);
+        assert_eq!(snapshot_candidates(9, 6), vec![9, 6, 3]);
+        assert_eq!(snapshot_candidates(5, 3), vec![5, 4, 3, 2]);
+        // The model at window 0 is everyone's initialisation: nothing to fetch.
+        assert_eq!(snapshot_candidates(2, 6), Vec::<Window>::new());
+        assert_eq!(snapshot_candidates(0, 6), Vec::<Window>::new());
+    }
 
     #[test]
     fn each_exchange_has_its_own_version_and_name() {

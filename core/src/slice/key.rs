@@ -24,13 +24,20 @@ pub enum SliceKind {
     State,
     /// Parameter values at `I(w)` after training in window `w`.
     Delta,
+    /// Every parameter's value at the start of window `w` (after the outer step of `w-1`),
+    /// in f32: what a node joining a compressed exchange starts from (validators publish
+    /// one every few windows).
+    Snapshot,
 }
 
 impl SliceKind {
+    pub const ALL: &'static [SliceKind] = &[SliceKind::State, SliceKind::Delta, SliceKind::Snapshot];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             SliceKind::State => "state",
             SliceKind::Delta => "delta",
+            SliceKind::Snapshot => "snapshot",
         }
     }
 }
@@ -47,7 +54,8 @@ impl FromStr for SliceKind {
         match s {
             "state" => Ok(SliceKind::State),
             "delta" => Ok(SliceKind::Delta),
-            other => Err(format!("unknown slice kind {other:?} (expected state or delta)")),
+            "snapshot" => Ok(SliceKind::Snapshot),
+            other => Err(format!("unknown slice kind {other:?} (expected state, delta or snapshot)")),
         }
     }
 }

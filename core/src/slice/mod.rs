@@ -14,7 +14,9 @@ pub use aggregate::{
     AggregateError, CENTRED_RADIUS_CAP, CLIP_FACTOR, CLIP_QUORUM, FAULT_RADII, MeanAccumulator, Zeros, centred_cap,
     centred_radius, clip_radius, clip_scales, deviation_norm, far_beyond, scales_within,
 };
-pub use exchange::{Exchange, ObjectBytes, download_bytes_per_window};
+pub use exchange::{
+    Exchange, ObjectBytes, download_bytes_per_window, is_snapshot_window, snapshot_candidates, snapshot_every,
+};
 pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};
 pub use key::{KeyParseError, ObjectKey, PROTOCOL_VERSION, SliceKind};

@@ -592,10 +592,15 @@ impl BucketClient {
     /// `window`; objects whose names are not slice names are left alone. Returns how many
     /// were deleted; on failure, the first error (the other deletes still ran).
     pub async fn delete_slices_before(&self, window: Window) -> Result<usize, StorageError> {
+        self.delete_kinds_before(SliceKind::ALL, window).await
+    }
+
+    /// [`Self::delete_slices_before`] for the objects of `kinds` only.
+    pub async fn delete_kinds_before(&self, kinds: &[SliceKind], window: Window) -> Result<usize, StorageError> {
         let span = tracing::debug_span!("s3_delete_before", bucket = %self.name(), window);
         async {
             let mut doomed = Vec::new();
-            for kind in [SliceKind::State, SliceKind::Delta] {
+            for kind in kinds {
                 for object in self.list(&format!("{kind}-")).await? {
                     if object.key.parse::<ObjectKey>().is_ok_and(|k| k.window < window) {
                         doomed.push(object.key);
