@@ -1,9 +1,9 @@
-//! Runs the real subtensor runtime (spec 218, `../shared/chain/`) offline with chopsticks,
+//! Runs the real subtensor runtime (spec 218, `tools/chain/`) offline with chopsticks,
 //! so the subxt client is tested against the chain it will meet, not a stand-in.
 //!
 //! The binary comes from `tools/chopsticks` (`npm ci --prefix tools/chopsticks`; the
 //! README's test command does it) or `$TESSERA_CHOPSTICKS`; the chain spec from
-//! `$TESSERA_CHAIN_DIR` or `../shared/chain` beside the repository.
+//! `$TESSERA_CHAIN_DIR` or the repository's `tools/chain/`.
 
 #![allow(dead_code)]
 
@@ -35,9 +35,8 @@ fn chopsticks_bin() -> PathBuf {
 }
 
 fn chain_dir() -> PathBuf {
-    let dir = std::env::var("TESSERA_CHAIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("../shared/chain"));
+    let dir =
+        std::env::var("TESSERA_CHAIN_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("tools/chain"));
     assert!(
         dir.join("subtensor-raonet-spec218.json").exists(),
         "chain spec not found in {} (set TESSERA_CHAIN_DIR)",
