@@ -16,7 +16,9 @@ use tessera_core::config::HparamsSettings;
 use tessera_core::hotkey::Hotkey;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Exchange, Expected, MAX_ABS_VALUE, SliceIndices, SliceKind, slice_len, update_value_bound};
+use tessera_core::slice::{
+    Exchange, Expected, MAX_ABS_VALUE, SliceIndices, SliceKind, slice_len, state_compression, update_value_bound,
+};
 use tessera_core::storage::{BucketClient, BucketLocation, PeerClients, SliceCache};
 use tessera_core::validator::ScoreBook;
 use tessera_core::wallet::LoadedHotkey;
@@ -361,9 +363,16 @@ impl MinerContext {
         Deadlines::new(self.settings.peer_deadline)
     }
 
+    /// The compression of this network's slices at `I(w)` ([`state_compression`]: the
+    /// hparams', or under a compressed exchange about 4,096 values a state slice).
+    pub fn slice_compression(&self) -> u32 {
+        let numel = self.model.spec.layout.total_numel() as u64;
+        state_compression(self.exchange(), self.network.hparams.compression, numel)
+    }
+
     /// Values in one slice of this model at this compression (every window the same).
     pub fn slice_value_count(&self) -> usize {
-        let compression = self.network.hparams.compression;
+        let compression = self.slice_compression();
         self.model.spec.layout.params().iter().map(|p| slice_len(p.numel() as u64, compression) as usize).sum()
     }
 
@@ -374,7 +383,7 @@ impl MinerContext {
             return Ok(found.1.clone());
         }
         let layout = self.model.spec.layout.clone();
-        let compression = self.network.hparams.compression;
+        let compression = self.slice_compression();
         let computed =
             tokio::task::spawn_blocking(move || SliceIndices::compute(&layout, window, compression)).await??;
         let computed = Arc::new(computed);
@@ -402,7 +411,7 @@ impl MinerContext {
             hotkey,
             registered,
             fingerprint: self.model.spec.layout.fingerprint(),
-            compression: self.network.hparams.compression,
+            compression: self.slice_compression(),
             value_count: self.envelope_count(kind),
             version: self.exchange().protocol_version(),
             max_abs: self.value_bound(kind),

@@ -313,7 +313,7 @@ impl MinerContext {
             kind,
             window,
             fingerprint: self.model.spec.layout.fingerprint(),
-            compression: self.network.hparams.compression,
+            compression: self.slice_compression(),
             dtype,
             version: self.exchange().protocol_version(),
         };

@@ -12,7 +12,22 @@
 //! random in-chunk indices (one per stratum of chunk_len/k, so ascending and distinct) and
 //! codes, and the real payload's lookup tables scaled per peer (so the median clip bites).
 //! They go through `from_bytes` like any download.
+//!
+//! Each timed stage also prints a machine-readable `RESULT stage=<name> seconds=<median>`
+//! line (`compress`, `clip`, `aggregate`, `decompress_aggregate`), which
+//! `scripts/sparseloco-bench` sets beside the same stages in PyTorch
+//! (`scripts/sparseloco_torch_bench.py`). For that script:
+//! - `TESSERA_BENCH_LAYOUT_OUT=path` writes the shape, settings, reps, peer count and the
+//!   (name, shape) list of the layout as JSON;
+//! - `TESSERA_BENCH_DUMP=dir` writes the 64 peers' payload bytes (`peer-00.bin`, …; peer 0
+//!   is the compressed payload), ~34 MB each at 1.2B, so both sides aggregate the same bytes;
+//! - with it, `TESSERA_BENCH_DUMP_DENSE=1` also writes, all tensors flat in layout order as
+//!   little-endian f32, the Δ (`delta.f32`), the error buffer before (`error-start.f32`) and
+//!   after (`error-end.f32`) compression and the aggregate (`aggregate.f32`), and the clip's
+//!   median (`clip-median.txt`): 4 model-sized files, for a cross-check at a small shape.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -56,8 +71,61 @@ impl Rng {
     }
 }
 
+/// Where `TESSERA_BENCH_DUMP` asks the bench to write its inputs and outputs, and whether
+/// the model-sized ones too (`TESSERA_BENCH_DUMP_DENSE=1`).
+struct Dump {
+    dir: PathBuf,
+    dense: bool,
+}
+
+impl Dump {
+    fn from_env() -> Option<Self> {
+        let dir = PathBuf::from(std::env::var_os("TESSERA_BENCH_DUMP")?);
+        std::fs::create_dir_all(&dir).expect("create TESSERA_BENCH_DUMP");
+        Some(Self { dir, dense: std::env::var("TESSERA_BENCH_DUMP_DENSE").is_ok_and(|v| v == "1") })
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.dir.join(name), bytes).expect("write dump");
+    }
+
+    /// A file the model-sized arrays are appended to tensor by tensor (`None` unless dense).
+    fn dense_file(&self, name: &str) -> Option<std::io::BufWriter<std::fs::File>> {
+        self.dense.then(|| std::io::BufWriter::new(std::fs::File::create(self.dir.join(name)).expect("create dump")))
+    }
+}
+
+fn append_f32<W: Write>(file: &mut Option<W>, values: &[f32]) {
+    if let Some(f) = file {
+        values.iter().try_for_each(|v| f.write_all(&v.to_le_bytes())).expect("write dump");
+    }
+}
+
+/// The layout and settings as JSON, for the PyTorch side to reproduce the same work.
+fn layout_json(shape: &str, layout: &ParamLayout, settings: &CompressSettings, reps: usize) -> String {
+    let tensors: Vec<_> =
+        layout.params().iter().map(|p| serde_json::json!({ "name": p.name, "shape": p.shape })).collect();
+    let json = serde_json::json!({
+        "shape": shape,
+        "chunk": settings.chunk,
+        "tile": settings.tile,
+        "top_k": settings.top_k,
+        "beta": settings.beta,
+        "reps": reps,
+        "peers": PEERS,
+        "max_abs": MAX_ABS,
+        "tensors": tensors,
+    });
+    serde_json::to_string_pretty(&json).expect("json")
+}
+
+fn result(stage: &str, t: Duration) {
+    println!("RESULT stage={stage} seconds={:.6}", t.as_secs_f64());
+}
+
 /// Compresses one random Δ tensor by tensor; returns the summed per-tensor medians.
-fn compress_all(plan: &ChunkPlan, reps: usize, rng: &mut Rng) -> (Duration, Payload) {
+fn compress_all(plan: &ChunkPlan, reps: usize, rng: &mut Rng, dump: Option<&Dump>) -> (Duration, Payload) {
+    let mut files = ["delta.f32", "error-start.f32", "error-end.f32"].map(|n| dump.and_then(|d| d.dense_file(n)));
     let max = plan.tensors().iter().map(|t| t.numel()).max().unwrap_or(0);
     let (mut delta, mut start, mut error) = (vec![0f32; max], vec![0f32; max], vec![0f32; max]);
     let mut total = Duration::ZERO;
@@ -66,6 +134,8 @@ fn compress_all(plan: &ChunkPlan, reps: usize, rng: &mut Rng) -> (Duration, Payl
         let n = chunks.numel();
         delta[..n].iter_mut().for_each(|v| *v = rng.value(1e-3));
         start[..n].iter_mut().for_each(|v| *v = rng.value(1e-4));
+        append_f32(&mut files[0], &delta[..n]);
+        append_f32(&mut files[1], &start[..n]);
         let mut runs = Vec::with_capacity(reps);
         let mut last = None;
         for _ in 0..reps {
@@ -77,7 +147,9 @@ fn compress_all(plan: &ChunkPlan, reps: usize, rng: &mut Rng) -> (Duration, Payl
         }
         total += median(runs);
         tensors.push(last.expect("reps >= 1"));
+        append_f32(&mut files[2], &error[..n]);
     }
+    files.iter_mut().flatten().for_each(|f| f.flush().expect("write dump"));
     (total, Payload::from_tensors(plan, tensors).expect("assemble"))
 }
 
@@ -126,12 +198,23 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         rayon::current_num_threads(),
     );
+    if let Some(path) = std::env::var_os("TESSERA_BENCH_LAYOUT_OUT") {
+        let tiny = std::env::var("TESSERA_BENCH_SHAPE").is_ok_and(|v| v == "tiny");
+        let name = if tiny { "tiny" } else { "1b2" };
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).expect("create TESSERA_BENCH_LAYOUT_OUT's directory");
+        }
+        std::fs::write(&path, layout_json(name, &layout, &settings, reps)).expect("write TESSERA_BENCH_LAYOUT_OUT");
+    }
+    let dump = Dump::from_env();
     let mut rng = Rng(1234);
     let dense = plan.dense_bytes();
 
     // 1. Compress: e ← β·e + Δ, top-k per chunk, 2-bit quantisation, packing, e update.
-    let (t, payload) = compress_all(&plan, reps, &mut rng);
+    let (t, payload) = compress_all(&plan, reps, &mut rng, dump.as_ref());
     report("compress (tensor by tensor)", t, dense, &format!("{} kept", payload.kept()));
+    result("compress", t);
     let size = payload.encoded_len();
     println!(
         "payload: {size} bytes ({:.1} MB) vs dense f32 {dense} bytes ({:.1} MB): 1/{:.1}, {:.2} bits per kept value",
@@ -149,9 +232,15 @@ fn main() {
 
     // 3. 64 peers' uploads, decoded as downloads are.
     let mut peers = vec![Payload::from_bytes_with_plan(&bytes, &plan, MAX_ABS).expect("valid")];
+    if let Some(d) = &dump {
+        d.write("peer-00.bin", &bytes);
+    }
     drop(bytes);
     for p in 1..PEERS {
         let b = synthetic_peer(&plan, &payload, p, &mut rng);
+        if let Some(d) = &dump {
+            d.write(&format!("peer-{p:02}.bin"), &b);
+        }
         peers.push(Payload::from_bytes_with_plan(&b, &plan, MAX_ABS).expect("synthetic peer is valid"));
     }
     drop(payload);
@@ -168,6 +257,20 @@ fn main() {
     });
     report(&format!("aggregate {PEERS} peers"), t, received, &format!("dense output {:.1} MB", dense as f64 / 1e6));
     report(&format!("decompress-aggregate {PEERS}"), t + t_clip, received, "clip + aggregate");
+    result("clip", t_clip);
+    result("aggregate", t);
+    result("decompress_aggregate", t + t_clip);
     assert!(finite);
+    if let Some(d) = &dump
+        && let Some(mut file) = d.dense_file("aggregate.f32")
+    {
+        for tensor in 0..plan.tensors().len() {
+            let out = aggregate_tensor(&peers, &c.scales, &plan, tensor).expect("aggregate");
+            append_f32(&mut Some(&mut file), &out);
+        }
+        file.flush().expect("write dump");
+        let median = c.median.map_or_else(|| "none".to_string(), |m| format!("{m:?}"));
+        d.write("clip-median.txt", format!("{median}\n").as_bytes());
+    }
     println!("peak heap {:.1} MB", PEAK.load(Ordering::Relaxed) as f64 / 1e6);
 }

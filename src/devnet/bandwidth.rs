@@ -7,7 +7,9 @@ use anyhow::Result;
 use tessera_actors::devnet::Role;
 use tessera_core::hparams::Hparams;
 use tessera_core::model::ParamLayout;
-use tessera_core::slice::{Exchange, ObjectBytes, download_bytes_per_window, max_encoded_len, slice_len};
+use tessera_core::slice::{
+    Exchange, ObjectBytes, download_bytes_per_window, max_encoded_len, slice_len, state_compression,
+};
 use tessera_core::sparseloco::{CompressSettings, delta_object_bytes};
 
 use super::report::{MinerRun, exchange_of};
@@ -24,7 +26,8 @@ pub fn slice_bytes(layout: &ParamLayout, compression: u32) -> u64 {
 /// The objects of the network's exchange: a state slice, and a delta slice or (SparseLoCo)
 /// payload object.
 pub fn object_bytes(layout: &ParamLayout, hparams: &Hparams) -> Result<ObjectBytes> {
-    let state = slice_bytes(layout, hparams.compression);
+    let compression = state_compression(hparams.exchange, hparams.compression, layout.total_numel() as u64);
+    let state = slice_bytes(layout, compression);
     let delta = match hparams.exchange {
         exchange if exchange.is_compressed() => {
             let defaults = CompressSettings::default();
@@ -93,7 +96,11 @@ pub fn print(out: &mut impl Write, groups: &[GroupBandwidth], bytes: ObjectBytes
     for g in groups {
         let compressed = [Exchange::SparseLoco, Exchange::Gradient].iter().any(|e| g.exchange == e.as_str());
         let objects = if compressed {
-            format!("peers' deltas of {:.1} KB", bytes.delta as f64 / 1e3)
+            format!(
+                "peers' deltas of {:.1} KB, in-step states of {:.1} KB",
+                bytes.delta as f64 / 1e3,
+                bytes.state as f64 / 1e3
+            )
         } else {
             format!("peers' state + delta slices of {:.1} KB", bytes.state as f64 / 1e3)
         };
@@ -165,9 +172,9 @@ mod tests {
         assert_eq!(per_group(&runs, Exchange::Update, Some(2), bytes)[0].computed, 200);
         // Under the seed exchange it does not apply.
         assert_eq!(per_group(&runs, Exchange::Seed, Some(2), bytes)[0].computed, 600);
-        // SparseLoCo: every peer's delta, no state.
+        // SparseLoCo: every peer's delta, and the in-step states of up to 4 of them.
         let sparse = ObjectBytes { state: 100, delta: 40 };
-        assert_eq!(per_group(&runs, Exchange::SparseLoco, Some(2), sparse)[0].computed, 120);
+        assert_eq!(per_group(&runs, Exchange::SparseLoco, Some(2), sparse)[0].computed, 3 * 40 + 3 * 100);
         let mut out = Vec::new();
         print(&mut out, &groups[..1], bytes).unwrap();
         assert_eq!(

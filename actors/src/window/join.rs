@@ -28,9 +28,8 @@ use crate::messages::{FetchOutcome, FetchedSlice, SliceDownloaderMsg};
 use crate::stats::MinerStats;
 
 /// Peers' state slices read per window to tell whether this node is in step (besides its
-/// own): enough for a majority, few enough to cost little (a state slice is 1/compression
-/// of the model).
-pub(crate) const IN_STEP_SAMPLE: u32 = 4;
+/// own); each about 4,096 values ([`tessera_core::slice::state_compression`]).
+pub(crate) const IN_STEP_SAMPLE: u32 = tessera_core::slice::IN_STEP_SAMPLE as u32;
 /// The fewest peers that must agree on a model other than this node's before it resyncs.
 const OUT_OF_STEP_QUORUM: usize = 2;
 

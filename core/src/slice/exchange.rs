@@ -93,6 +93,24 @@ impl std::fmt::Display for Exchange {
     }
 }
 
+/// Peers whose state slices a compressed-exchange miner reads each window, besides its
+/// own, to tell whether it is in step: enough for a majority, few enough to cost little.
+pub const IN_STEP_SAMPLE: u64 = 4;
+/// About how many values a compressed exchange's state slice holds, whatever the model's
+/// size: such a slice only tells whether its writer is in step (every node in step holds
+/// the same model, so the same values; a model out of step differs nearly everywhere).
+pub const IN_STEP_STATE_VALUES: u64 = 4096;
+
+/// The compression of slices at `I(w)` on a network: the hparams', except under a compressed
+/// exchange, where it gives state slices of about [`IN_STEP_STATE_VALUES`] values (the
+/// hparams' 1/100 of a 1.2B model would be 24 MB a slice, for a yes or no).
+pub fn state_compression(exchange: Exchange, compression: u32, total_numel: u64) -> u32 {
+    if !exchange.is_compressed() {
+        return compression;
+    }
+    compression.max(u32::try_from(total_numel / IN_STEP_STATE_VALUES).unwrap_or(u32::MAX))
+}
+
 /// How often a snapshot of the whole model is published under a compressed exchange: every
 /// half of `max_history` windows (at least every window), so that a joiner always finds one
 /// whose following payloads the peers still keep, even when its writer lags a window or two.
@@ -125,11 +143,11 @@ pub struct ObjectBytes {
 /// `state` and `delta` slices of each peer it reads; `max_peers` is `exchange_max_peers`
 /// (update exchange), which counts the own slice (never downloaded: it is in the cache), so
 /// at most `max_peers − 1` peers are read; `None` or 0 reads them all. SparseLoCo: every
-/// peer's delta (all must be read for all miners to take the same step; states only when
-/// joining): linear in the peers, bounded by the registered UIDs.
+/// peer's delta (all must be read for all miners to take the same step), and the state
+/// slices of [`IN_STEP_SAMPLE`] of them: linear in the peers, bounded by the registered UIDs.
 pub fn download_bytes_per_window(exchange: Exchange, peers: u64, max_peers: Option<u64>, bytes: ObjectBytes) -> u64 {
     if exchange.is_compressed() {
-        return peers * bytes.delta;
+        return peers * bytes.delta + peers.min(IN_STEP_SAMPLE) * bytes.state;
     }
     let read = match max_peers {
         Some(k) if k > 0 && exchange == Exchange::Update => peers.min(k - 1),
@@ -183,7 +201,12 @@ mod tests {
         assert_eq!(update(3, Some(7)), 144_000_000);
         assert_eq!(update(3, Some(0)), 144_000_000);
         assert_eq!(download_bytes_per_window(Exchange::Seed, 64, Some(7), bytes), 3_072_000_000, "seed: all");
-        let sparse = ObjectBytes { state: slice, delta: 4_000_000 };
-        assert_eq!(download_bytes_per_window(Exchange::SparseLoco, 63, Some(7), sparse), 252_000_000, "deltas only");
+        // SparseLoCo: every delta, and 4 peers' in-step state slices (about 4,096 values).
+        let sparse = ObjectBytes { state: 17_000, delta: 4_000_000 };
+        assert_eq!(download_bytes_per_window(Exchange::SparseLoco, 63, Some(7), sparse), 252_068_000);
+        assert_eq!(download_bytes_per_window(Exchange::SparseLoco, 2, None, sparse), 8_034_000);
+        assert_eq!(state_compression(Exchange::SparseLoco, 100, 1_200_000_000), 292_968);
+        assert_eq!(state_compression(Exchange::SparseLoco, 100, 100_000), 100, "never below the hparams'");
+        assert_eq!(state_compression(Exchange::Update, 100, 1_200_000_000), 100);
     }
 }

@@ -15,7 +15,8 @@ pub use aggregate::{
     centred_radius, clip_radius, clip_scales, deviation_norm, far_beyond, scales_within,
 };
 pub use exchange::{
-    Exchange, ObjectBytes, download_bytes_per_window, is_snapshot_window, snapshot_candidates, snapshot_every,
+    Exchange, IN_STEP_SAMPLE, IN_STEP_STATE_VALUES, ObjectBytes, download_bytes_per_window, is_snapshot_window,
+    snapshot_candidates, snapshot_every, state_compression,
 };
 pub use extract::{ExtractError, apply, extract};
 pub use indices::{IndexError, SliceIndices, param_indices, slice_len};

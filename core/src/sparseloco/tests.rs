@@ -484,13 +484,19 @@ proptest! {
 /// k = 8 keeps both targets (≤ 5 MB up, ≤ 300 MB down).
 #[test]
 fn payload_bytes_at_the_seed_shape() {
-    use crate::slice::{Exchange, ObjectBytes, download_bytes_per_window};
+    use crate::slice::{
+        Exchange, ObjectBytes, download_bytes_per_window, max_encoded_len, slice_len, state_compression,
+    };
     let hparams = crate::hparams::Hparams::builtin().unwrap();
     let layout = crate::model::ParamLayout::llama(&hparams.model_shape()).unwrap();
     let bytes = |top_k| delta_object_bytes(layout.params(), &CompressSettings { top_k, ..Default::default() }).unwrap();
-    let down = |top_k| {
-        download_bytes_per_window(Exchange::SparseLoco, 63, None, ObjectBytes { state: 0, delta: bytes(top_k) })
-    };
+    // The in-step state slices: about 4,096 values (the hparams' compression would give 24 MB).
+    let c = state_compression(Exchange::SparseLoco, hparams.compression, layout.total_numel() as u64);
+    let values: u64 = layout.params().iter().map(|p| slice_len(p.numel() as u64, c)).sum();
+    assert!((4_096..5_000).contains(&values), "{values} state values");
+    let state = max_encoded_len(values as usize) as u64;
+    let down =
+        |top_k| download_bytes_per_window(Exchange::SparseLoco, 63, None, ObjectBytes { state, delta: bytes(top_k) });
     let (k64, k8) = (bytes(64), bytes(8));
     assert!((33_000_000..34_000_000).contains(&k64), "k = 64: {k64} bytes");
     assert!(down(64) > 2_000_000_000, "k = 64: {} bytes down", down(64));
