@@ -29,8 +29,20 @@ use crate::cli::{Cli, Command, HparamsArgs, MinerArgs};
 /// Exit status for configuration errors, as for command-line usage errors.
 const EXIT_CONFIG: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread exists: the environment is only safe to change while nothing else
+    // can read it.
+    tessera_model::backend::use_every_core_for_cpu_matmuls();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let overrides = cli::overrides(&matches);

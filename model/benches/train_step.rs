@@ -5,7 +5,7 @@
 //! `cargo bench -p tessera-model --bench train_step [--no-default-features --features X]`
 //!
 //! Configured by environment variables so one binary serves the CPU comparison and the
-//! 1.2B GPU run (`scripts/gpu_bench.sh`):
+//! 1.2B GPU run (`scripts/gpu_check.sh`):
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -211,6 +211,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> ExitCode {
+    // As the binary does: every core for the CPU's matrix products (before any thread).
+    tessera_model::backend::use_every_core_for_cpu_matmuls();
     let config = match BenchConfig::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -179,10 +179,12 @@ pub enum BackendError {
     #[error("--device {device}: there is no GPU {index}; the driver sees {count} (indices 0..{count})")]
     NoSuchGpu { device: Device, index: u32, count: u32 },
     #[error(
-        "--device {device}: NVRTC (libnvrtc.so) was not found; burn's CUDA backend compiles its kernels with it at run \
-         time: install the CUDA runtime's NVRTC (e.g. the cuda-nvrtc package) or put it on LD_LIBRARY_PATH"
+        "--device {device}: NVRTC (libnvrtc.so) did not load; burn's CUDA backend compiles its kernels with it at run \
+         time: {hint}"
     )]
-    NoNvrtc { device: Device },
+    NoNvrtc { device: Device, hint: String },
+    #[error("--device {device}: burn's CUDA kernels are compiled at run time and include CUDA's headers: {reason}")]
+    NoCudaHeaders { device: Device, reason: String },
     #[error("--device {device}: {float} storage is not supported here: {reason}")]
     FloatTypeUnsupported { device: Device, float: FloatType, reason: String },
     #[error(
@@ -306,6 +308,23 @@ fn run_cuda<W: WithBackend>(index: u32, float: FloatType, job: W) -> Result<W::O
 #[cfg(not(feature = "cuda"))]
 fn run_cuda<W: WithBackend>(index: u32, _float: FloatType, _job: W) -> Result<W::Output, BackendError> {
     Err(BackendError::CudaNotBuilt { device: Device::Cuda(index) })
+}
+
+/// The CPU backend's matrix products (matrixmultiply, under burn-ndarray) take
+/// `MATMUL_NUM_THREADS` threads, by default as many as the machine has *physical* cores —
+/// one on a 2-vCPU virtual machine, where a training step then used one of its two CPUs.
+/// Sets it to every core the process may use, unless the operator set it. Call it before
+/// any thread starts (it changes the environment); products stay bit-identical whatever
+/// the count (each output block is one thread's, in one order).
+pub fn use_every_core_for_cpu_matmuls() {
+    const VAR: &str = "MATMUL_NUM_THREADS";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: called first thing in `main`, before any other thread exists, so nothing
+    // reads the environment concurrently.
+    unsafe { std::env::set_var(VAR, cores.to_string()) };
 }
 
 /// Checks, without touching burn, that CUDA GPU `index` can be used: loads the driver
@@ -469,7 +488,9 @@ mod cuda_probe {
         }
         // SAFETY: the buffer is zeroed and the driver wrote at most len - 1 bytes, so it ends in NUL.
         let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
-        open_first(NVRTC_LIBS).map_err(|_| BackendError::NoNvrtc { device })?;
+        let lookup = crate::cuda_env::Lookup::from_env();
+        open_first(NVRTC_LIBS).map_err(|_| BackendError::NoNvrtc { device, hint: lookup.nvrtc_hint() })?;
+        lookup.headers().map_err(|reason| BackendError::NoCudaHeaders { device, reason })?;
         Ok(GpuInfo {
             index,
             name,

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cuda_env;
 pub mod engine;
 pub mod evaluate;
 pub mod fused;

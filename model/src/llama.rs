@@ -99,6 +99,7 @@ impl LlamaConfig {
             rope_theta: self.rope_theta,
             rms_norm_eps: self.rms_norm_eps,
             compute: FP32_NAIVE,
+            inference: false,
         }
     }
 }
@@ -138,6 +139,9 @@ pub struct Llama<B: Backend> {
     /// the model (never saved; fp32 and naive attention unless set).
     #[module(skip)]
     compute: ResolvedCompute,
+    /// No gradient is taken through this copy ([`Llama::for_inference`]).
+    #[module(skip)]
+    inference: bool,
 }
 
 /// `x @ w^T` for `x: [B, T, in]` and an HF-layout weight `w: [out, in]`; with `bf16`, both
@@ -145,9 +149,21 @@ pub struct Llama<B: Backend> {
 /// bf16) and the result comes back as f32, as under torch's bf16 autocast. The weight
 /// itself stays f32 (the master copy AdamW updates); the cast's backward casts the
 /// gradient back to f32.
+///
+/// One 2-D product over all `B·T` tokens, as torch's `nn.Linear` does: the weight's
+/// gradient is then one GEMM too (a `[B, T, in] × [1, in, out]` product made it `B`
+/// batched GEMMs and a broadcast sum).
 fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>, bf16: bool) -> Tensor<B, 3> {
-    let w = w.val().transpose().unsqueeze::<3>();
-    if bf16 { x.cast(FloatDType::BF16).matmul(w.cast(FloatDType::BF16)).cast(FloatDType::F32) } else { x.matmul(w) }
+    let [batch, seq, inputs] = x.dims();
+    let x = x.reshape([batch * seq, inputs]);
+    let w = w.val().transpose();
+    let y = if bf16 {
+        x.cast(FloatDType::BF16).matmul(w.cast(FloatDType::BF16)).cast(FloatDType::F32)
+    } else {
+        x.matmul(w)
+    };
+    let outputs = y.dims()[1];
+    y.reshape([batch, seq, outputs])
 }
 
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
@@ -176,7 +192,8 @@ impl<B: ModelBackend> DecoderLayer<B> {
         let v = heads(linear(h, &self.v_proj, bf16), ctx.num_kv_heads);
         let q = q.clone() * ctx.cos.clone() + rotate_half(q) * ctx.sin.clone();
         let k = k.clone() * ctx.cos.clone() + rotate_half(k) * ctx.sin.clone();
-        let attn = if bf16 && ctx.compute.fused_attention {
+        // bf16 operands for a kernel that takes them, as torch's autocast gives SDPA.
+        let attn = if bf16 && (ctx.compute.fused_attention || (ctx.inference && B::has_inference_attention())) {
             let cast = |t: Tensor<B, 4>| t.cast(FloatDType::BF16);
             causal_attention(cast(q), cast(k), cast(v), ctx).cast(FloatDType::F32)
         } else {
@@ -202,6 +219,14 @@ impl<B: Backend> Llama<B> {
     /// How the forward pass computes (precision, attention kernel, recomputation).
     pub fn compute(&self) -> ResolvedCompute {
         self.compute
+    }
+
+    /// The same model for forward passes only (evaluation, scoring): where the backend
+    /// has a forward-only attention kernel ([`crate::ops::ModelBackend::has_inference_attention`]),
+    /// it serves them. Never for a model a gradient is taken through.
+    pub fn for_inference(mut self) -> Self {
+        self.inference = true;
+        self
     }
 
     /// The same model computing as `compute` says.
@@ -263,6 +288,7 @@ impl<B: ModelBackend> Llama<B> {
             head_dim: self.head_dim,
             rms_norm_eps: self.rms_norm_eps,
             compute: self.compute,
+            inference: self.inference,
         }
     }
 

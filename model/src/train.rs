@@ -77,8 +77,11 @@ pub fn causal_lm_loss<B: ModelBackend>(model: &Llama<B>, batch: TokenBatch<'_>) 
     lm_loss(model.forward(inputs), targets)
 }
 
-/// A batch's model inputs (every position but the last) `[b, t − 1]`, and its targets
-/// with their loss mask.
+/// A batch's model inputs (every position, as torch's `labels=` path feeds them: the
+/// products keep the batch's aligned length, 2048 rather than 2047) `[b, t]`, and its
+/// targets with their loss mask; the label shift is in [`lm_loss`]. The last position's
+/// logits predict nothing and do not enter the loss (causal attention: no earlier
+/// position sees it).
 pub(crate) fn batch_tensors<B: Backend>(batch: TokenBatch<'_>, device: &B::Device) -> (Tensor<B, 2, Int>, Targets<B>) {
     let (b, t) = (batch.batch_size, batch.seq_len);
     let ids: Vec<i64> = batch.tokens.iter().map(|&x| i64::from(x)).collect();
@@ -86,7 +89,7 @@ pub(crate) fn batch_tensors<B: Backend>(batch: TokenBatch<'_>, device: &B::Devic
     let mask: Vec<f32> = batch.loss_mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), device).slice([0..b, 1..t]);
     let targets = Targets { ids: tokens.clone().slice([0..b, 1..t]), mask };
-    (tokens.slice([0..b, 0..t - 1]), targets)
+    (tokens, targets)
 }
 
 /// Next tokens `[b, t − 1]` and which of them count (1.0) or are padding (0.0).
@@ -95,8 +98,12 @@ pub(crate) struct Targets<B: Backend> {
     mask: Tensor<B, 2>,
 }
 
-/// The masked mean negative log-likelihood of `targets` under `logits`.
+/// The masked mean negative log-likelihood of `targets` under `logits` `[b, t, vocab]`:
+/// position `i`'s logits predict target `i` (the token at `i + 1`); the last position's
+/// predict nothing.
 pub(crate) fn lm_loss<B: Backend>(logits: Tensor<B, 3>, targets: Targets<B>) -> Tensor<B, 1> {
+    let [b, t, vocab] = logits.dims();
+    let logits = logits.slice([0..b, 0..t.saturating_sub(1), 0..vocab]);
     let nll = log_softmax(logits, 2).gather(2, targets.ids.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
     let count = targets.mask.clone().sum().clamp_min(1.0);
     (nll * targets.mask).sum() / count
@@ -261,11 +268,14 @@ impl<B: TrainBackend> Trainer<B> {
             return Ok(value);
         }
         let loss = causal_lm_loss(model, batch);
-        let value = loss.clone().into_scalar().elem::<f32>();
+        // The backward is queued before the loss is read back, so a GPU does not sit idle
+        // waiting for the host between the two; a non-finite loss's gradients are dropped.
+        let backward = loss.backward();
+        let value = loss.into_scalar().elem::<f32>();
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss(value));
         }
-        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let grads = GradientsParams::from_grads(backward, model);
         self.accum.accumulate(model, grads);
         self.pending += 1;
         Ok(value)
@@ -290,9 +300,11 @@ fn param_ids<B: AutodiffBackend>(model: &Llama<B>) -> Vec<(ParamId, usize)> {
     ids.0
 }
 
-/// sqrt of the sum of squares of every gradient (torch's `clip_grad_norm_` total norm).
+/// sqrt of the sum of squares of every gradient (torch's `clip_grad_norm_` total norm),
+/// summed on the device and read back once (a read-back per tensor was ~147 host syncs
+/// a step at the seed's shape).
 fn global_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> f64 {
-    let mut total = 0f64;
+    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
     for (id, rank) in param_ids(model) {
         let sq = match rank {
             1 => grads.get::<B::InnerBackend, 1>(id).map(|g| g.square().sum()),
@@ -300,10 +312,13 @@ fn global_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) ->
             _ => None,
         };
         if let Some(sq) = sq {
-            total += sq.into_scalar().elem::<f64>();
+            total = Some(match total {
+                Some(t) => t + sq,
+                None => sq,
+            });
         }
     }
-    total.sqrt()
+    total.map_or(0.0, |t| t.into_scalar().elem::<f64>()).sqrt()
 }
 
 fn scale_grads<B: AutodiffBackend>(model: &Llama<B>, grads: &mut GradientsParams, factor: f64) {
@@ -411,7 +426,7 @@ pub fn accumulate_window<'a, B: TrainBackend>(
 /// held-out evaluation. Every batch is checked as in training; NaN when nothing counts.
 pub fn evaluate<B: TrainBackend>(model: &Llama<B>, batches: &[TokenBatch<'_>]) -> Result<f32, TrainError> {
     let vocab = model.embed_tokens.val().dims()[0];
-    let valid = inner(model);
+    let valid = inner(model).for_inference();
     let (mut sum, mut count) = (0f64, 0usize);
     for batch in batches {
         batch.check(vocab)?;

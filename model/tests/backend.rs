@@ -124,7 +124,13 @@ fn probe_without_a_gpu_is_an_error_not_a_panic() {
     }
     let err = probe_cuda(0).unwrap_err();
     assert!(
-        matches!(err, BackendError::NoDriver { .. } | BackendError::DriverError { .. } | BackendError::NoNvrtc { .. }),
+        matches!(
+            err,
+            BackendError::NoDriver { .. }
+                | BackendError::DriverError { .. }
+                | BackendError::NoNvrtc { .. }
+                | BackendError::NoCudaHeaders { .. }
+        ),
         "{err:?}"
     );
     let message = err.to_string();
@@ -151,7 +157,10 @@ fn cuda_dispatch_probes_before_burn_touches_the_driver() {
         assert!(
             matches!(
                 err,
-                BackendError::NoDriver { .. } | BackendError::DriverError { .. } | BackendError::NoNvrtc { .. }
+                BackendError::NoDriver { .. }
+                    | BackendError::DriverError { .. }
+                    | BackendError::NoNvrtc { .. }
+                    | BackendError::NoCudaHeaders { .. }
             ),
             "{err:?}"
         );

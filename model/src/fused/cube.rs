@@ -18,6 +18,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ModelBacke
         true
     }
 
+    fn has_inference_attention() -> bool {
+        true
+    }
+
     fn fused_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -93,6 +97,10 @@ impl<B: FusionBackend + ModelBackend> Operation<B::FusionRuntime> for BackwardOp
 impl<B: FusionBackend + ModelBackend> ModelBackend for Fusion<B> {
     fn has_fused_attention() -> bool {
         B::has_fused_attention()
+    }
+
+    fn has_inference_attention() -> bool {
+        B::has_inference_attention()
     }
 
     fn fused_attention_forward(

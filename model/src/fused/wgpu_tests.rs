@@ -160,3 +160,27 @@ fn autodiff_over_fusion_takes_the_kernels_gradients() {
         assert!(e <= 1.0, "autodiff {what}: error ratio {e}");
     }
 }
+
+/// burn's attention operation, which serves forward passes without a gradient on CubeCL
+/// backends (`Llama::for_inference`), computes the reference's output on every case,
+/// grouped KV heads included (repeated before the call).
+#[test]
+fn the_inference_attention_matches_the_reference() {
+    assert!(Fused::has_inference_attention() && Cube::has_inference_attention());
+    let device = WgpuDevice::default();
+    for (n, s) in cases().iter().enumerate() {
+        let x = inputs(s, 200 + n as u64);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let q_dims = vec![s.batch, s.heads, s.seq, s.head_dim];
+        let kv_dims = vec![s.batch, s.kv_heads, s.seq, s.head_dim];
+        let q = Tensor::<Fused, 4>::from_data(TensorData::new(x.q.clone(), q_dims), &device);
+        let k = Tensor::<Fused, 4>::from_data(TensorData::new(x.k.clone(), kv_dims.clone()), &device);
+        let v = Tensor::<Fused, 4>::from_data(TensorData::new(x.v.clone(), kv_dims), &device);
+        let out = crate::ops::inference_attention(q, k, v, s.heads / s.kv_heads);
+        let got = values::<Fused>(out.into_primitive().tensor());
+        let want = naive_forward(s, &x.q, &x.k, &x.v, scale).unwrap();
+        assert_eq!(got.len(), want.out.len(), "{s:?}: length");
+        let e = max_error_ratio(&got, &want.out, 1e-5, 1e-4);
+        assert!(e <= 1.0, "{s:?}: error ratio {e}");
+    }
+}

@@ -16,7 +16,7 @@ mod autodiff;
 mod naive;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use tessera_core::model::ResolvedCompute;
 
@@ -29,6 +29,14 @@ pub trait ModelBackend: Backend {
     /// run fused kernels here (else they are the naive reference and `attention = "fused"`
     /// is refused).
     fn has_fused_attention() -> bool {
+        false
+    }
+
+    /// Whether burn's own attention operation (`burn::tensor::module::attention`: on
+    /// CubeCL backends cubek's flash attention with tensor cores, autotuned against its
+    /// separate kernels) should serve forward passes that take no gradient. Off on CPU
+    /// backends, where it is the same naive computation in another order.
+    fn has_inference_attention() -> bool {
         false
     }
 
@@ -89,6 +97,9 @@ pub struct BlockContext<B: Backend> {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub compute: ResolvedCompute,
+    /// No gradient will be taken through this pass (evaluation, scoring): forward-only
+    /// kernels may serve it.
+    pub inference: bool,
 }
 
 /// Causal attention as `compute` asks: the fused operation, or naive tensor operations
@@ -100,11 +111,26 @@ pub fn causal_attention<B: ModelBackend>(
     ctx: &BlockContext<B>,
 ) -> Tensor<B, 4> {
     let scale = 1.0 / (ctx.head_dim as f32).sqrt();
-    if ctx.compute.fused_attention {
+    if ctx.inference && B::has_inference_attention() {
+        inference_attention(q, k, v, ctx.num_heads / ctx.num_kv_heads.max(1))
+    } else if ctx.compute.fused_attention {
         fused_attention(q, k, v, scale)
     } else {
         naive_attention(q, k, v, ctx.mask.clone(), scale, ctx.compute.bf16_matmul)
     }
+}
+
+/// burn's attention operation, causal, at its default scale 1/√head_dim (a scale given
+/// explicitly sends CubeCL backends to their separate kernels); grouped KV heads are
+/// repeated to the query heads first. Forward only.
+pub fn inference_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    groups: usize,
+) -> Tensor<B, 4> {
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    burn::tensor::module::attention(q, repeat_kv(k, groups), repeat_kv(v, groups), None, None, options)
 }
 
 /// The backend's fused causal attention on tensors (the log-sum-exp rows dropped).
