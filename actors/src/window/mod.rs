@@ -127,35 +127,51 @@ impl WindowRun {
         }
         let evaluated = self.window.checked_sub(offset);
         let mut advanced = advance::Advanced::default();
+        let mut snapshot = None;
         if let Some(e) = evaluated {
             score::run(self, e).await;
             advanced = advance::one_window(self, e, exchange, advance::OwnStep::None).await?;
             if exchange == Exchange::SparseLoco {
-                self.publish_snapshot(e + 1).await?;
+                snapshot = self.publish_snapshot(e + 1).await?;
             }
         }
+        self.prune_history(snapshot);
         finish::run(self, finish::Finished::validated(self, advanced)).await?;
         Ok(WindowResult { window: self.window, trained: false })
     }
 
     /// The model as of the start of `window` (the validator's, stepped through `window −
-    /// 1`), published whole when it is a snapshot window, for nodes joining the network;
-    /// older snapshots but the last are deleted.
-    async fn publish_snapshot(&self, window: Window) -> Result<(), RuntimeError> {
+    /// 1`), published whole when it is a snapshot window, for nodes joining the network.
+    /// Returns the window published, if any.
+    async fn publish_snapshot(&self, window: Window) -> Result<Option<Window>, RuntimeError> {
         let history = self.ctx.network.max_history.load(Ordering::Relaxed);
         if !is_snapshot_window(window, history) {
-            return Ok(());
+            return Ok(None);
         }
         let all = self.ctx.all_positions();
         let values = self.engine.run(move |ops| ops.gather(&all)).await??;
         self.upload(SliceKind::Snapshot, window, ObjectBody::Values(Arc::new(values)));
-        if let Some(uploader) = lookup::<SliceUploaderMsg>(&self.ctx.id.name, ActorKind::SliceUploader) {
-            let before = window.saturating_sub(snapshot_every(history));
-            // Its own snapshots only: a bucket may be shared with miners, whose objects
-            // are theirs to delete.
-            let _ = uploader.cast(SliceUploaderMsg::Prune { before, kinds: &[SliceKind::Snapshot] });
-        }
-        Ok(())
+        Ok(Some(window))
+    }
+
+    /// What a validator keeps over a long run: its slice cache holds the last
+    /// `max_history` windows (every peer's state and delta slices pass through it, ~100
+    /// MB per 300 windows of 8 devnet miners when it was never collected), and after a
+    /// snapshot its older snapshots but the last are deleted — its own objects only: a
+    /// bucket may be shared with miners, whose objects are theirs to delete.
+    fn prune_history(&self, snapshot: Option<Window>) {
+        let Some(uploader) = lookup::<SliceUploaderMsg>(&self.ctx.id.name, ActorKind::SliceUploader) else {
+            return;
+        };
+        let history = self.ctx.network.max_history.load(Ordering::Relaxed);
+        let prune = match snapshot {
+            Some(window) => SliceUploaderMsg::Prune {
+                before: window.saturating_sub(snapshot_every(history)),
+                kinds: &[SliceKind::Snapshot],
+            },
+            None => SliceUploaderMsg::Prune { before: self.window.saturating_sub(history), kinds: &[] },
+        };
+        let _ = uploader.cast(prune);
     }
 
     fn stopped(&self) -> bool {
