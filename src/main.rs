@@ -26,6 +26,12 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::cli::{Cli, Command, HparamsArgs, MinerArgs};
 
+/// jemalloc, not glibc's malloc: a long run's freed memory goes back to the system
+/// (docs/DESIGN.md §15).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for configuration errors, as for command-line usage errors.
 const EXIT_CONFIG: u8 = 2;
 

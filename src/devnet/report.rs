@@ -184,6 +184,7 @@ pub fn summary_json(args: &DevnetArgs, outcome: &Outcome) -> Result<serde_json::
         "resident_bytes": outcome.memory.last(),
         "resident_slope_bytes_per_window": outcome.memory.slope_after_warmup(),
         "memory_trace": outcome.memory.points(),
+        "process_trace": outcome.memory.to_json(),
         "weights": outcome.weights.iter().map(|(validator, rows)| weights_json(validator, rows)).collect::<Vec<_>>(),
         "validator_windows": outcome.validator_windows,
         "models": { "windows_compared": outcome.models.1, "windows_differing": outcome.models.0 },
@@ -205,7 +206,7 @@ fn weights_json(validator: &str, rows: &[WeightRow]) -> serde_json::Value {
     json!({ "validator": validator, "uids": uids })
 }
 
-/// Writes `windows.csv`, `summary.json` and `heldout.svg` into `dir`.
+/// Writes `windows.csv`, `summary.json`, `heldout.svg` and `memory.svg` into `dir`.
 pub fn write(dir: &Path, runs: &[MinerRun], summary: &serde_json::Value) -> Result<()> {
     let first_window = first_window(runs);
     std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
@@ -216,6 +217,32 @@ pub fn write(dir: &Path, runs: &[MinerRun], summary: &serde_json::Value) -> Resu
     std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
     let svg = dir.join("heldout.svg");
     plot(&svg, runs, first_window).with_context(|| format!("drawing {}", svg.display()))?;
+    let svg = dir.join("memory.svg");
+    plot_memory(&svg, &summary["process_trace"]).with_context(|| format!("drawing {}", svg.display()))?;
+    Ok(())
+}
+
+/// `memory.svg`: resident memory (MB) per window, from the summary's process trace.
+fn plot_memory(path: &Path, trace: &serde_json::Value) -> Result<()> {
+    let column = |name: &str| -> Vec<f64> {
+        trace[name].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect()).unwrap_or_default()
+    };
+    let points: Vec<(f64, f64)> =
+        column("window").into_iter().zip(column("resident_bytes").into_iter().map(|b| b / 1e6)).collect();
+    let x_max = points.iter().map(|p| p.0).fold(1f64, f64::max);
+    let y_max = points.iter().map(|p| p.1).fold(1f64, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("resident memory per window", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("window").y_desc("resident MB").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

@@ -74,7 +74,7 @@ pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant) 
     let exchanging: Vec<&Arc<MinerContext>> =
         nodes.miners.iter().filter(|m| matches!(nodes.role(m), Role::Exchanging | Role::SeedExchange)).collect();
     let mut table = LiveTable::new(nodes, started);
-    let mut memory = MemoryTrace::default();
+    let mut memory = MemoryTrace::with_state_dir(net.options.state_dir.clone());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let interrupted = loop {
