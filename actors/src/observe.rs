@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
@@ -26,6 +27,17 @@ use crate::task::AbortOnDrop;
 
 /// A miner is ready once it trained a window no more than this many windows ago.
 pub const READY_MAX_LAG: u64 = 2;
+
+/// A gauge's label set not set again for this long leaves `/metrics`: the per-UID series
+/// of miners that left the subnet (a new hotkey on a UID is a new label set), which the
+/// exporter would otherwise keep for the life of the process. Every live gauge is set at
+/// each scrape, so any scrape interval keeps them.
+pub const STALE_SERIES_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The recorder `/metrics` renders, dropping gauges idle for `stale_after`.
+fn recorder(stale_after: std::time::Duration) -> PrometheusRecorder {
+    PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(stale_after)).build_recorder()
+}
 
 struct Observer {
     miners: Vec<Arc<MinerContext>>,
@@ -41,7 +53,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, AbortOnDrop)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let observer = Arc::new(Observer { miners, status, recorder: PrometheusBuilder::new().build_recorder() });
+    let observer = Arc::new(Observer { miners, status, recorder: recorder(STALE_SERIES_AFTER) });
     info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
     let task = tokio::spawn(async move {
         loop {
@@ -276,5 +288,37 @@ fn record(m: &MinerContext) {
     }
     for (actor, n) in s.restarts() {
         counter!("tessera_actor_restarts_total", "miner" => miner.clone(), "actor" => actor.as_str()).absolute(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A departed UID's gauge leaves the rendering once idle; a gauge set at every scrape
+    /// stays.
+    #[test]
+    fn gauges_not_set_again_leave_the_metrics() {
+        let recorder = recorder(std::time::Duration::from_millis(50));
+        let scrape = |departed: bool| {
+            metrics::with_local_recorder(&recorder, || {
+                gauge!("tessera_validator_score", "uid" => "1").set(1.0);
+                if departed {
+                    gauge!("tessera_validator_score", "uid" => "2").set(2.0);
+                }
+            });
+            recorder.handle().render()
+        };
+        assert!(scrape(true).contains("uid=\"2\""));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = scrape(false);
+            assert!(text.contains("uid=\"1\""), "{text}");
+            if !text.contains("uid=\"2\"") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the idle series stayed: {text}");
+            std::thread::yield_now();
+        }
     }
 }
