@@ -93,12 +93,14 @@ pub struct PeerHealth {
     peers: HashMap<String, Record>,
 }
 
-/// One bucket's record: failures since the last skip, its skip, and skips in a row.
+/// One bucket's record: failures since the last skip, its skip, skips in a row, and its
+/// last failure.
 #[derive(Debug, Default)]
 struct Record {
     failures: u32,
     until: Option<Instant>,
     skips: u32,
+    last_failure: Option<Instant>,
 }
 
 /// A skip period doubles at most this many times (×64).
@@ -113,9 +115,14 @@ impl PeerHealth {
         self.peers.get(bucket).and_then(|r| r.until).is_some_and(|until| now < until)
     }
 
-    /// Returns true when this failure starts a skip period.
+    /// Returns true when this failure starts a skip period. Records that have not failed
+    /// for twice the longest skip are forgotten first: a peer that left the subnet while
+    /// failing is never heard of again, and a long run would keep its record for good.
     pub fn failed(&mut self, bucket: &str, now: Instant) -> bool {
+        let forget_after = self.skip_for * 2u32.pow(MAX_SKIP_DOUBLINGS + 1);
+        self.peers.retain(|_, r| r.last_failure.is_none_or(|t| now.saturating_duration_since(t) < forget_after));
         let record = self.peers.entry(bucket.to_owned()).or_default();
+        record.last_failure = Some(now);
         record.failures += 1;
         let threshold = if record.skips > 0 { 1 } else { self.threshold };
         if record.failures >= threshold {
@@ -595,6 +602,18 @@ mod tests {
         assert!(!health.is_skipped("b", t0 + Duration::from_secs(61)));
         health.succeeded("b");
         assert!(!health.is_skipped("b", t0));
+    }
+
+    #[test]
+    fn records_of_peers_that_stopped_failing_long_ago_are_forgotten() {
+        let mut health = PeerHealth::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        health.failed("departed", t0);
+        health.failed("recent", t0 + Duration::from_secs(1000));
+        assert!(health.is_suspect("departed"), "kept within twice the longest skip (1,280 s)");
+        health.failed("other", t0 + Duration::from_secs(1281));
+        assert!(!health.is_suspect("departed") && health.is_suspect("recent") && health.is_suspect("other"));
+        assert_eq!(health.peers.len(), 2);
     }
 
     #[test]
