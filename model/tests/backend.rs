@@ -94,6 +94,18 @@ fn cpu_refuses_a_device_fixed_to_another_float_type() {
 }
 
 /// Whether this machine has a usable CUDA GPU 0 (the device machine does; CI does not).
+/// What a machine without a usable CUDA setup answers: no driver, a failing one, or
+/// NVRTC or CUDA's headers missing.
+fn is_missing_cuda(err: &BackendError) -> bool {
+    matches!(
+        err,
+        BackendError::NoDriver { .. }
+            | BackendError::DriverError { .. }
+            | BackendError::NoNvrtc { .. }
+            | BackendError::NoCudaHeaders { .. }
+    )
+}
+
 fn gpu_here() -> bool {
     probe_cuda(0).is_ok()
 }
@@ -123,16 +135,7 @@ fn probe_without_a_gpu_is_an_error_not_a_panic() {
         return;
     }
     let err = probe_cuda(0).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BackendError::NoDriver { .. }
-                | BackendError::DriverError { .. }
-                | BackendError::NoNvrtc { .. }
-                | BackendError::NoCudaHeaders { .. }
-        ),
-        "{err:?}"
-    );
+    assert!(is_missing_cuda(&err), "{err:?}");
     let message = err.to_string();
     eprintln!("{message}");
     assert!(message.starts_with("--device cuda:0: "), "{message}");
@@ -154,16 +157,7 @@ fn cuda_dispatch_probes_before_burn_touches_the_driver() {
     // burn-cuda would panic on its device thread here; the probe must answer first.
     for (device, float) in [(Device::Cuda(0), FloatType::F32), (Device::Cuda(1), FloatType::Bf16)] {
         let err = dispatch_with(&device, float, TrainOneStep).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BackendError::NoDriver { .. }
-                    | BackendError::DriverError { .. }
-                    | BackendError::NoNvrtc { .. }
-                    | BackendError::NoCudaHeaders { .. }
-            ),
-            "{err:?}"
-        );
+        assert!(is_missing_cuda(&err), "{err:?}");
         assert!(err.to_string().starts_with(&format!("--device {device}: ")), "{err}");
     }
 }
