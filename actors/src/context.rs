@@ -29,6 +29,7 @@ use tessera_model::checkpoint::CheckpointStore;
 use tessera_model::train::{OptimSettings, SampleRate};
 use tokio::sync::watch;
 
+use crate::bounds::{OWN_UPDATES_KEPT, SLICE_INDEX_WINDOWS_KEPT};
 use crate::deadlines::Deadlines;
 use crate::engine::EngineHandle;
 use crate::error::RuntimeError;
@@ -389,7 +390,7 @@ impl MinerContext {
         let computed = Arc::new(computed);
         let mut cache = lock(&self.model.index_cache);
         cache.push_back((window, computed.clone()));
-        while cache.len() > 4 {
+        while cache.len() > SLICE_INDEX_WINDOWS_KEPT {
             cache.pop_front();
         }
         Ok(computed)
@@ -442,7 +443,7 @@ impl MinerContext {
         let mut kept = lock(&self.model.own_updates);
         kept.retain(|(w, _)| *w != window);
         kept.push_back((window, update));
-        while kept.len() > 3 {
+        while kept.len() > OWN_UPDATES_KEPT {
             kept.pop_front();
         }
     }

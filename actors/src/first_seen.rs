@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tessera_core::slice::SliceKind;
 use tessera_core::window::Window;
 
-/// Windows kept: enough for the validator's offset and the seed exchange's reading of
-/// the previous window, with room to spare.
-const WINDOWS_KEPT: u64 = 16;
+use crate::bounds::FIRST_SEEN_WINDOWS_KEPT as WINDOWS_KEPT;
 
 /// First-seen times of the delta objects of recent windows.
 #[derive(Debug, Default)]
@@ -53,6 +51,11 @@ impl FirstSeen {
 
     pub fn is_watched(&self, window: Window) -> bool {
         self.watched.contains(&window)
+    }
+
+    /// Windows with first-seen times kept (at most [`WINDOWS_KEPT`] + 1 past the newest).
+    pub fn windows(&self) -> usize {
+        self.seen.len()
     }
 }
 

@@ -20,6 +20,7 @@
 //! Actors find their siblings by registry name at each use (`{miner}/{kind}`), so a
 //! restarted actor is found without rewiring.
 
+pub mod bounds;
 pub mod chain_listener;
 pub mod context;
 pub mod deadlines;

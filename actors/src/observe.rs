@@ -28,11 +28,7 @@ use crate::task::AbortOnDrop;
 /// A miner is ready once it trained a window no more than this many windows ago.
 pub const READY_MAX_LAG: u64 = 2;
 
-/// A gauge's label set not set again for this long leaves `/metrics`: the per-UID series
-/// of miners that left the subnet (a new hotkey on a UID is a new label set), which the
-/// exporter would otherwise keep for the life of the process. Every live gauge is set at
-/// each scrape, so any scrape interval keeps them.
-pub const STALE_SERIES_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub use crate::bounds::STALE_SERIES_AFTER;
 
 /// The recorder `/metrics` renders, dropping gauges idle for `stale_after`.
 fn recorder(stale_after: std::time::Duration) -> PrometheusRecorder {
@@ -167,6 +163,10 @@ fn describe() {
         "tessera_miner_info",
         "1, with the node's uid, hotkey, bucket and role (miner or validator) as labels."
     );
+    describe_gauge!(
+        "tessera_retained",
+        "Entries (bytes for slice_cache_bytes) a bounded collection holds now: what a long run keeps (actors/src/bounds.rs)."
+    );
     describe_gauge!("tessera_peers", "Registered peers with a bucket commitment, as last read from the chain.");
     describe_gauge!("tessera_window_slices_averaged", "Slices averaged into the model in the last window, by kind.");
     describe_gauge!("tessera_validator_score", "Validator: a UID's score in the last evaluated window.");
@@ -240,6 +240,9 @@ fn record(m: &MinerContext) {
     }
     if m.is_validator() {
         record_validator(m, &miner);
+    }
+    for (what, entries) in crate::bounds::retained(m) {
+        gauge!("tessera_retained", "miner" => miner.clone(), "what" => what).set(entries as f64);
     }
     if let Some(last) = s.last_window() {
         if last.loss.is_finite() {

@@ -21,6 +21,7 @@ use tessera_core::storage::{BucketClient, BucketLocation, CacheEntry, ObjectInfo
 use tessera_core::window::Window;
 use tracing::{debug, warn};
 
+use crate::bounds::Retained;
 use crate::context::{ActorKind, MinerContext, PeerView, lock};
 use crate::deadlines::Deadlines;
 use crate::first_seen::FirstSeen;
@@ -142,6 +143,11 @@ impl PeerHealth {
     pub fn succeeded(&mut self, bucket: &str) {
         self.peers.remove(bucket);
     }
+
+    /// Buckets with a record (`tessera_retained{what="peer_records"}`).
+    pub fn records(&self) -> usize {
+        self.peers.len()
+    }
 }
 
 struct Candidate {
@@ -176,7 +182,15 @@ async fn fetch_window(ctx: &MinerContext, shared: &Shared, kind: SliceKind, wind
     fetch_candidates(ctx, &shared.health, kind, window, candidates, deadline, &mut outcome).await;
     // Same order for everyone: the mean does not depend on arrival order.
     outcome.slices.sort_by(|a, b| (a.key.hotkey.0, &a.bucket).cmp(&(b.key.hotkey.0, &b.bucket)));
+    publish_retained(ctx, shared);
     outcome
+}
+
+/// The fill of the downloader's own bounded state, for `/metrics`.
+fn publish_retained(ctx: &MinerContext, shared: &Shared) {
+    let retained = &ctx.telemetry.stats.retained;
+    Retained::set(&retained.peer_records, lock(&shared.health).records() as u64);
+    Retained::set(&retained.first_seen_windows, lock(&shared.first_seen).windows() as u64);
 }
 
 /// Lists the deltas of `window` again and again while it is open (and its grace), so the

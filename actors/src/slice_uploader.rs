@@ -14,6 +14,7 @@ use tessera_core::storage::CacheEntry;
 use tessera_core::window::Window;
 use tracing::{debug, info, warn};
 
+use crate::bounds::Retained;
 use crate::context::{ActorKind, MinerContext};
 use crate::error::RuntimeError;
 use crate::messages::SliceUploaderMsg;
@@ -124,6 +125,7 @@ impl Actor for SliceUploader {
             }
         }
         state.answer_drains();
+        Retained::set(&state.ctx.telemetry.stats.retained.upload_queue, state.queue.len() as u64);
         Ok(())
     }
 }
@@ -212,7 +214,12 @@ async fn prune(ctx: &MinerContext, before: Window, kinds: &[SliceKind]) {
     }
     let cache = ctx.storage.cache.clone();
     match tokio::task::spawn_blocking(move || cache.gc(before)).await {
-        Ok(Ok(report)) => debug!(miner = %ctx.id.name, ?report, before, "slice cache collected"),
+        Ok(Ok(report)) => {
+            debug!(miner = %ctx.id.name, ?report, before, "slice cache collected");
+            let retained = &ctx.telemetry.stats.retained;
+            Retained::set(&retained.slice_cache_files, report.entries_kept);
+            Retained::set(&retained.slice_cache_bytes, report.bytes_kept);
+        }
         Ok(Err(e)) => warn!(miner = %ctx.id.name, error = %e, "slice cache collection failed"),
         Err(e) => warn!(miner = %ctx.id.name, error = %e, "slice cache collection task failed"),
     }

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bounds::{History, Retained, SCORED_WINDOWS_KEPT, WINDOW_SUMMARIES_KEPT};
 use crate::context::{ActorKind, lock};
 
 /// What one window of training did, as the Trainer reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowSummary {
     pub window: u64,
     pub loss: f32,
@@ -91,9 +92,11 @@ pub struct MinerStats {
     pub engine_rebuilds: AtomicU64,
     /// Telemetry rows (W&B) dropped rather than delay training.
     pub telemetry_dropped: AtomicU64,
+    /// The fill of the bounds kept in actors' own state (`tessera_retained`).
+    pub retained: Retained,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     restarts: Mutex<BTreeMap<ActorKind, u64>>,
-    windows: Mutex<Vec<WindowSummary>>,
+    windows: Mutex<History<WindowSummary, WINDOW_SUMMARIES_KEPT>>,
     last_eval: Mutex<Option<(u64, f32)>>,
 }
 
@@ -133,15 +136,17 @@ impl MinerStats {
         if let Some(loss) = summary.eval_loss {
             *lock(&self.last_eval) = Some((summary.window, loss));
         }
-        let mut windows = lock(&self.windows);
-        windows.push(summary);
-        let excess = windows.len().saturating_sub(10_000);
-        windows.drain(..excess);
+        lock(&self.windows).push(summary);
     }
 
-    /// Every window summary kept (up to 10,000): a copy, for summaries and tests.
+    /// The window summaries kept (the last [`WINDOW_SUMMARIES_KEPT`]): a copy, for tests.
     pub fn windows(&self) -> Vec<WindowSummary> {
-        lock(&self.windows).clone()
+        lock(&self.windows).kept()
+    }
+
+    /// Window summaries kept now (`tessera_retained`).
+    pub fn windows_kept(&self) -> usize {
+        lock(&self.windows).len()
     }
 
     /// The last window trained, without copying the history (scrapes, readiness).
@@ -159,9 +164,10 @@ impl MinerStats {
         *lock(&self.last_eval)
     }
 
-    /// The summaries after the first `skip`, for a display that prints each once.
-    pub fn windows_after(&self, skip: usize) -> Vec<WindowSummary> {
-        lock(&self.windows).iter().skip(skip).cloned().collect()
+    /// The summaries numbered `seen` and later (counted from the start), and the number to
+    /// ask from next time: a display that prints each once.
+    pub fn windows_since(&self, seen: u64) -> (Vec<WindowSummary>, u64) {
+        lock(&self.windows).since(seen)
     }
 }
 
@@ -236,7 +242,7 @@ pub struct ValidatorStats {
     pub weights_rate_limited: AtomicU64,
     pub weights_committed: AtomicU64,
     pub weights_revealed: AtomicU64,
-    windows: Mutex<Vec<ScoredWindow>>,
+    windows: Mutex<History<ScoredWindow, SCORED_WINDOWS_KEPT>>,
     last_weights: Mutex<Option<ChainWeights>>,
     /// The score book's last window when the confirmed weights were read from it.
     weights_from_window: Mutex<Option<u64>>,
@@ -247,24 +253,31 @@ pub type ChainWeights = (u64, Vec<(u16, u16)>);
 
 impl ValidatorStats {
     pub fn record_window(&self, report: ScoredWindow) {
-        let mut windows = lock(&self.windows);
-        windows.push(report);
-        let excess = windows.len().saturating_sub(1_000);
-        windows.drain(..excess);
+        lock(&self.windows).push(report);
     }
 
-    /// Every evaluated window kept (up to 1,000).
+    /// The evaluated windows kept (the last [`SCORED_WINDOWS_KEPT`]).
     pub fn windows(&self) -> Vec<ScoredWindow> {
-        lock(&self.windows).clone()
+        lock(&self.windows).kept()
+    }
+
+    /// Windows evaluated since the start (kept or not).
+    pub fn windows_evaluated(&self) -> u64 {
+        lock(&self.windows).total()
+    }
+
+    /// Scored windows kept now (`tessera_retained`).
+    pub fn windows_kept(&self) -> usize {
+        lock(&self.windows).len()
     }
 
     pub fn last_window(&self) -> Option<ScoredWindow> {
         lock(&self.windows).last().cloned()
     }
 
-    /// The reports after the first `skip`, for a display that prints each once.
-    pub fn windows_after(&self, skip: usize) -> Vec<ScoredWindow> {
-        lock(&self.windows).iter().skip(skip).cloned().collect()
+    /// The reports numbered `seen` and later, and the number to ask from next time.
+    pub fn windows_since(&self, seen: u64) -> (Vec<ScoredWindow>, u64) {
+        lock(&self.windows).since(seen)
     }
 
     /// Weights the chain confirmed: at which block, `(uid, weight)`.

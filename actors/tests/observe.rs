@@ -56,6 +56,9 @@ async fn metrics_health_and_readiness_follow_the_miners() {
         "tessera_slices_downloaded_total",
         "tessera_windows_completed_total",
         "# TYPE tessera_loss gauge",
+        "tessera_retained{miner=\"obs-miner1\",what=\"window_summaries\"}",
+        "tessera_retained{miner=\"obs-miner2\",what=\"peer_records\"}",
+        "tessera_retained{miner=\"obs-miner1\",what=\"upload_queue\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
     }
@@ -74,6 +77,8 @@ async fn metrics_health_and_readiness_follow_the_miners() {
         "tessera_validator_scored{",
         "tessera_validator_eval_seconds_per_miner{",
         "tessera_validator_weight_submissions_total{miner=\"obs-validator1\",result=\"set\"}",
+        "tessera_retained{miner=\"obs-validator1\",what=\"scored_windows\"}",
+        "tessera_retained{miner=\"obs-validator1\",what=\"state_verdict_windows\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
     }

@@ -16,6 +16,7 @@ mod summary;
 mod table;
 mod validator;
 mod verdict;
+mod window_log;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +35,7 @@ pub use options::ExchangeFlag;
 use report::MinerRun;
 use table::{SliceCounts, Watched};
 use validator::WeightRow;
+use window_log::WindowLog;
 
 /// Window length of the devnet, in blocks (the live subnet's).
 const WINDOW_LENGTH: u64 = 2;
@@ -53,9 +55,9 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let validator = !nodes.validators.is_empty();
     banner::print(&mut std::io::stdout().lock(), &net.options, layout.total_numel(), validator, &state)?;
 
-    let watched = table::watch(&net, &nodes, args.windows, started).await?;
+    let mut watched = table::watch(&net, &nodes, args.windows, started).await?;
     let elapsed = started.elapsed();
-    let runs = miner_runs(&nodes);
+    let runs = miner_runs(&nodes, &mut watched.windows)?;
     let weights = weights_on_chain(&net, &nodes).await?;
     net.shutdown().await;
 
@@ -71,7 +73,7 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
                 .validators
                 .iter()
                 .filter_map(|v| v.validator_stats())
-                .map(|s| s.windows().len())
+                .map(|s| s.windows_evaluated() as usize)
                 .sum(),
             check_ok: conclusion.reasons.is_empty(),
             elapsed,
@@ -127,19 +129,23 @@ async fn serve_metrics(
     Ok(Some(endpoint))
 }
 
-/// Each miner's run as it stands, read before the devnet shuts down.
-fn miner_runs(nodes: &Nodes) -> Vec<MinerRun> {
+/// Each miner's run as it stands, read before the devnet shuts down: its windows from the
+/// live table's log.
+fn miner_runs(nodes: &Nodes, log: &mut WindowLog) -> Result<Vec<MinerRun>> {
     nodes
         .miners
         .iter()
-        .map(|m| MinerRun {
-            name: m.id.name.clone(),
-            role: nodes.role(m),
-            exchange: if m.settings.baseline { "none".into() } else { m.exchange().to_string() },
-            windows: m.telemetry.stats.windows(),
-            slices: SliceCounts::of(m),
-            restarts: m.telemetry.stats.restarts().values().sum(),
-            resumed: m.telemetry.stats.resumed(),
+        .enumerate()
+        .map(|(i, m)| {
+            Ok(MinerRun {
+                name: m.id.name.clone(),
+                role: nodes.role(m),
+                exchange: if m.settings.baseline { "none".into() } else { m.exchange().to_string() },
+                windows: log.read(i)?,
+                slices: SliceCounts::of(m),
+                restarts: m.telemetry.stats.restarts().values().sum(),
+                resumed: m.telemetry.stats.resumed(),
+            })
         })
         .collect()
 }

@@ -12,6 +12,7 @@ use tessera_actors::{MinerContext, MinerStats, WindowSummary};
 use super::Nodes;
 use super::memory::MemoryTrace;
 use super::validator;
+use super::window_log::WindowLog;
 
 /// How often the table looks for completed windows.
 const POLL: Duration = Duration::from_millis(200);
@@ -56,6 +57,8 @@ pub struct Watched {
     pub memory: MemoryTrace,
     /// Since the start, when the first window line came.
     pub first_window_at: Option<Duration>,
+    /// Every window each miner completed, in the devnet's order of miners.
+    pub windows: WindowLog,
 }
 
 /// The table's column names.
@@ -73,7 +76,8 @@ pub fn header() -> String {
 pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant) -> Result<Watched> {
     let exchanging: Vec<&Arc<MinerContext>> =
         nodes.miners.iter().filter(|m| matches!(nodes.role(m), Role::Exchanging | Role::SeedExchange)).collect();
-    let mut table = LiveTable::new(nodes, started);
+    let log = WindowLog::create(&net.options.state_dir.join("devnet-windows"), nodes.miners.len())?;
+    let mut table = LiveTable::new(nodes, started, log);
     let mut memory = MemoryTrace::with_state_dir(net.options.state_dir.clone());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -91,23 +95,30 @@ pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant) 
             break false;
         }
     };
-    Ok(Watched { interrupted, idle_windows: table.idle_windows, memory, first_window_at: table.first_window_at })
+    Ok(Watched {
+        interrupted,
+        idle_windows: table.idle_windows,
+        memory,
+        first_window_at: table.first_window_at,
+        windows: table.log,
+    })
 }
 
 /// What the table has printed so far.
 struct LiveTable<'a> {
     nodes: &'a Nodes,
     started: Instant,
-    /// Per miner: lines printed and its counters at the last one.
-    miners: Vec<(usize, SliceCounts)>,
-    /// Per validator: lines printed.
-    validators: Vec<usize>,
+    /// Per miner: windows seen (numbered from its start) and its counters at the last one.
+    miners: Vec<(u64, SliceCounts)>,
+    /// Per validator: windows seen.
+    validators: Vec<u64>,
     idle_windows: usize,
     first_window_at: Option<Duration>,
+    log: WindowLog,
 }
 
 impl<'a> LiveTable<'a> {
-    fn new(nodes: &'a Nodes, started: Instant) -> Self {
+    fn new(nodes: &'a Nodes, started: Instant, log: WindowLog) -> Self {
         Self {
             nodes,
             started,
@@ -115,26 +126,32 @@ impl<'a> LiveTable<'a> {
             validators: vec![0; nodes.validators.len()],
             idle_windows: 0,
             first_window_at: None,
+            log,
         }
     }
 
     /// A line for each window completed since the last call: the miners', then the validators'.
     fn print_new_windows(&mut self, out: &mut impl Write) -> Result<()> {
-        for (m, (lines, counts)) in self.nodes.miners.iter().zip(self.miners.iter_mut()) {
-            for w in m.telemetry.stats.windows_after(*lines) {
+        for (i, (m, (seen, counts))) in self.nodes.miners.iter().zip(self.miners.iter_mut()).enumerate() {
+            let (new, next) = m.telemetry.stats.windows_since(*seen);
+            *seen = next;
+            for w in new {
                 self.first_window_at.get_or_insert_with(|| self.started.elapsed());
                 let now = SliceCounts::of(m);
                 if w.idle_reason.is_some() && !self.nodes.role(m).is_adversary() {
                     self.idle_windows += 1;
                 }
                 writeln!(out, "{}", miner_line(&m.id.name, m.settings.baseline, &w, now.since(*counts)))?;
-                (*lines, *counts) = (*lines + 1, now);
+                self.log.append(i, &w)?;
+                *counts = now;
             }
         }
-        for (v, printed) in self.nodes.validators.iter().zip(self.validators.iter_mut()) {
-            for w in v.validator_stats().map(|s| s.windows_after(*printed)).unwrap_or_default() {
+        for (v, seen) in self.nodes.validators.iter().zip(self.validators.iter_mut()) {
+            let Some(stats) = v.validator_stats() else { continue };
+            let (new, next) = stats.windows_since(*seen);
+            *seen = next;
+            for w in new {
                 validator::print_window(out, &v.id.name, &w, &self.nodes.names)?;
-                *printed += 1;
             }
         }
         Ok(())

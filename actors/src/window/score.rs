@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use super::WindowRun;
 use super::consensus::{Consensus, applied_change, apply_change, consensus};
 use super::train::token_batches;
+use crate::bounds::STATE_VERDICT_WINDOWS_KEPT as STATE_VERDICT_WINDOWS;
 use crate::context::{ActorKind, MinerContext, NodeRole, ValidatorState, lock, lookup};
 use crate::deadlines::{Deadlines, PAGE_FETCH_CONCURRENCY};
 use crate::error::RuntimeError;
@@ -207,9 +208,6 @@ async fn score(
     *lock(&validator.scores) = Some(book);
     Ok(report)
 }
-
-/// Windows of state verdicts a validator keeps until it scores them.
-const STATE_VERDICT_WINDOWS: usize = 8;
 
 /// Keeps what became of each miner's state slice of `window` in this validator's average.
 pub(super) fn note_state_verdicts(validator: &ValidatorState, window: Window, verdicts: Vec<(Hotkey, SliceVerdict)>) {

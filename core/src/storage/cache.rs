@@ -110,6 +110,9 @@ pub struct GcReport {
     pub skipped_locked: u64,
     /// Items that could not be removed (logged).
     pub failed: u64,
+    /// Entries left in place by a collection ([`SliceCache::gc`]), and their bytes.
+    pub entries_kept: u64,
+    pub bytes_kept: u64,
 }
 
 #[derive(Debug, Error)]
@@ -487,6 +490,9 @@ fn sweep_bucket_dir(dir: &Path, keep_from: Option<Window>, report: &mut GcReport
             let entry = name.strip_suffix(LOCK_SUFFIX).unwrap_or(name);
             if entry_window(entry).is_some_and(|w| w < keep_from) {
                 old_entries.insert(entry.to_owned());
+            } else if entry.len() == name.len() {
+                report.entries_kept += 1;
+                report.bytes_kept += item.metadata().map_or(0, |m| m.len());
             }
         }
     }
@@ -998,6 +1004,8 @@ mod tests {
         assert_eq!(report.skipped_locked, 1, "{report:?}");
         assert_eq!(report.dirs_removed, 1, "{report:?}");
         assert_eq!(report.bytes_removed, (content(&keys[1]).len() + content(&keys[2]).len() + 3) as u64);
+        let kept_bytes = (content(&keys[3]).len() + content(&keys[4]).len()) as u64;
+        assert_eq!((report.entries_kept, report.bytes_kept), (2, kept_bytes), "windows 7 and 8, not lock files");
         assert!(paths[0].exists(), "locked entry kept");
         assert!(!paths[1].exists() && !paths[2].exists());
         assert!(!dir_lock(&paths[1]).exists(), "lock files of removed entries go too");
@@ -1007,6 +1015,7 @@ mod tests {
         drop(held);
         let report = cache.gc(7).unwrap();
         assert_eq!((report.entries_removed, report.skipped_locked), (1, 0));
+        assert_eq!((report.entries_kept, report.bytes_kept), (2, kept_bytes));
         let mut expected: Vec<String> =
             paths[3..].iter().map(|p| p.file_name().unwrap().to_str().unwrap().into()).collect();
         expected.extend(expected.clone().iter().map(|n| format!("{n}.lock")));
