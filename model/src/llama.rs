@@ -9,8 +9,8 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData};
 use tessera_core::model::{ModelShape, ResolvedCompute};
 
 use crate::ops::{BlockContext, ModelBackend, causal_attention};
@@ -104,6 +104,38 @@ impl LlamaConfig {
     }
 }
 
+impl<B: AutodiffBackend> Llama<B> {
+    /// The model with every linear weight cast to bf16 once, each a new leaf under its
+    /// parameter's id (embedding and norms stay the f32 masters): under bf16-mixed, the
+    /// micro-batches of a step and the recomputed forwards share these copies instead of
+    /// casting every weight at each use. Gradients of these weights come back in bf16
+    /// (`crate::train` casts them to f32, as the per-use cast's backward did).
+    pub fn with_bf16_linears(&self) -> Self {
+        let cast = |p: &Param<Tensor<B, 2>>| {
+            let value = p.val();
+            let tracked = value.is_require_grad();
+            let copy = Tensor::<B, 2>::from_inner(value.inner().cast(FloatDType::BF16));
+            Param::initialized(p.id, copy.set_require_grad(tracked))
+        };
+        let mut copy = self.clone();
+        for (layer, from) in copy.layers.iter_mut().zip(&self.layers) {
+            for (w, src) in [
+                (&mut layer.q_proj, &from.q_proj),
+                (&mut layer.k_proj, &from.k_proj),
+                (&mut layer.v_proj, &from.v_proj),
+                (&mut layer.o_proj, &from.o_proj),
+                (&mut layer.gate_proj, &from.gate_proj),
+                (&mut layer.up_proj, &from.up_proj),
+                (&mut layer.down_proj, &from.down_proj),
+            ] {
+                *w = cast(src);
+            }
+        }
+        copy.lm_head = cast(&self.lm_head);
+        copy
+    }
+}
+
 /// fp32 products and naive attention: every backend's default.
 pub const FP32_NAIVE: ResolvedCompute =
     ResolvedCompute { bf16_matmul: false, fused_attention: false, recompute_activations: false };
@@ -158,7 +190,9 @@ fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>, bf16: bool) -> T
     let x = x.reshape([batch * seq, inputs]);
     let w = w.val().transpose();
     let y = if bf16 {
-        x.cast(FloatDType::BF16).matmul(w.cast(FloatDType::BF16)).cast(FloatDType::F32)
+        // A weight already cast for the step ([`Llama::with_bf16_linears`]) is used as is.
+        let w = if w.dtype() == DType::BF16 { w } else { w.cast(FloatDType::BF16) };
+        x.cast(FloatDType::BF16).matmul(w).cast(FloatDType::F32)
     } else {
         x.matmul(w)
     };

@@ -8,7 +8,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 use tessera_core::hparams::{Hparams, HparamsError, LrSchedule};
 use thiserror::Error;
 
@@ -150,6 +150,9 @@ pub struct StepReport {
 /// The model, its optimizer and the step counter: the Trainer actor's engine.
 pub struct Trainer<B: AutodiffBackend> {
     model: Option<Llama<B>>,
+    /// Under bf16-mixed, the model with its linear weights cast once for the current step
+    /// ([`Llama::with_bf16_linears`]); dropped whenever the weights change.
+    step_casts: Option<Llama<B>>,
     optim: OptimizerAdaptor<AdamW, Llama<B>, B>,
     accum: GradientsAccumulator<Llama<B>>,
     pending: usize,
@@ -167,7 +170,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             .with_epsilon(settings.epsilon as f32)
             .init::<B, Llama<B>>();
         let vocab = model.embed_tokens.val().dims()[0];
-        Self { model: Some(model), optim, accum: GradientsAccumulator::new(), pending: 0, step: 0, settings, vocab }
+        let accum = GradientsAccumulator::new();
+        Self { model: Some(model), step_casts: None, optim, accum, pending: 0, step: 0, settings, vocab }
     }
 
     pub fn model(&self) -> &Llama<B> {
@@ -176,6 +180,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Replaces the model (after averaging slices in); gradients pending are kept.
     pub fn replace_model(&mut self, f: impl FnOnce(Llama<B>) -> Llama<B>) {
+        self.step_casts = None;
         if let Some(model) = self.model.take() {
             self.model = Some(f(model));
         }
@@ -183,6 +188,11 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Whether the step's bf16 weight copies are held (made at its first micro-batch).
+    pub fn holds_step_casts(&self) -> bool {
+        self.step_casts.is_some()
     }
 
     pub fn settings(&self) -> &OptimSettings {
@@ -208,6 +218,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Clips `grads` to the global norm and applies AdamW at the scheduled learning rate;
     /// the step counter advances and pending gradients are dropped.
     fn apply_step(&mut self, mut grads: GradientsParams, micro_batches: usize) -> Option<StepReport> {
+        self.step_casts = None;
         let model = self.model.take()?;
         let grad_norm = global_norm::<B>(&model, &grads);
         let clipped = match self.settings.grad_clip {
@@ -239,6 +250,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) {
         let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init::<B, Llama<B>>());
         self.optim = optim.load_record(record);
+        self.step_casts = None;
         self.step = step;
         self.pending = 0;
         self.accum = GradientsAccumulator::new();
@@ -251,23 +263,33 @@ impl<B: TrainBackend> Trainer<B> {
     pub fn accumulate(&mut self, batch: TokenBatch<'_>) -> Result<f32, TrainError> {
         batch.check(self.vocab)?;
         let Some(model) = self.model.as_ref() else { return Ok(f32::NAN) };
+        // The model the forward runs: under bf16-mixed, the step's cast copy.
+        let forward = if model.compute().bf16_matmul {
+            &*self.step_casts.get_or_insert_with(|| model.with_bf16_linears())
+        } else {
+            model
+        };
+        let accum = &mut self.accum;
+        let mut add = |mut grads: GradientsParams| {
+            grads_to_f32::<B>(model, &mut grads);
+            accum.accumulate(model, grads);
+        };
         if model.compute().recompute_activations {
             // Gradients by stage (head, each block from the last, embedding), each
             // checked and added as it comes.
-            let accum = &mut self.accum;
             let value = crate::recompute::loss_and_grads(
-                model,
+                forward,
                 batch,
                 |loss| {
                     let value = loss.into_scalar().elem::<f32>();
                     if value.is_finite() { Ok(value) } else { Err(TrainError::NonFiniteLoss(value)) }
                 },
-                |grads| accum.accumulate(model, grads),
+                add,
             )?;
             self.pending += 1;
             return Ok(value);
         }
-        let loss = causal_lm_loss(model, batch);
+        let loss = causal_lm_loss(forward, batch);
         // The backward is queued before the loss is read back, so a GPU does not sit idle
         // waiting for the host between the two; a non-finite loss's gradients are dropped.
         let backward = loss.backward();
@@ -275,10 +297,23 @@ impl<B: TrainBackend> Trainer<B> {
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss(value));
         }
-        let grads = GradientsParams::from_grads(backward, model);
-        self.accum.accumulate(model, grads);
+        add(GradientsParams::from_grads(backward, forward));
         self.pending += 1;
         Ok(value)
+    }
+}
+
+/// Gradients of bf16 weight copies ([`Llama::with_bf16_linears`]) cast to f32 for the f32
+/// masters, as the backward of a per-use cast would have; others are left as they are.
+pub(crate) fn grads_to_f32<B: AutodiffBackend>(model: &Llama<B>, grads: &mut GradientsParams) {
+    for (id, rank) in param_ids(model) {
+        if rank != 2 {
+            continue;
+        }
+        if let Some(grad) = grads.remove::<B::InnerBackend, 2>(id) {
+            let grad = if grad.dtype() == DType::F32 { grad } else { grad.cast(FloatDType::F32) };
+            grads.register(id, grad);
+        }
     }
 }
 
@@ -294,7 +329,7 @@ impl<B: Backend> ModuleVisitor<B> for ParamIds {
     }
 }
 
-fn param_ids<B: AutodiffBackend>(model: &Llama<B>) -> Vec<(ParamId, usize)> {
+pub(crate) fn param_ids<B: AutodiffBackend>(model: &Llama<B>) -> Vec<(ParamId, usize)> {
     let mut ids = ParamIds(Vec::new());
     model.visit(&mut ids);
     ids.0

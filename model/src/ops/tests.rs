@@ -62,3 +62,59 @@ fn a_bf16_mixed_step_tracks_the_fp32_step() {
     let p = start.clone().with_compute(bf16);
     assert_eq!(p.embed_tokens.val().dtype(), burn::tensor::DType::F32);
 }
+
+/// The step's bf16 copies of the linear weights give the gradients that casting each
+/// weight at its use gave, bit for bit; the Trainer makes them at a step's first
+/// micro-batch, keeps them for the next, and drops them at the step.
+#[test]
+fn bf16_weight_copies_made_once_per_step_give_the_per_use_casts_gradients() {
+    use crate::train::{OptimSettings, Trainer, causal_lm_loss, grads_to_f32, param_ids};
+    use burn::optim::GradientsParams;
+    use burn::tensor::DType;
+    type Flex = Autodiff<burn::backend::Flex<f32>>;
+    type Inner = burn::backend::Flex<f32>;
+
+    let device = Default::default();
+    let config = LlamaConfig::new(211, 64, 96, 2, 4, 2, 64);
+    let (batch, seq) = (2, 33);
+    let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 31 + 3) % 211) as u32).collect();
+    let mask = vec![true; tokens.len()];
+    let micro = TokenBatch { tokens: &tokens, loss_mask: &mask, batch_size: batch, seq_len: seq };
+    let bf16 = ResolvedCompute { bf16_matmul: true, ..FP32_NAIVE };
+    let model = crate::init::initialize::<Flex>(&config, 9, &device).unwrap().with_compute(bf16);
+
+    let per_use = GradientsParams::from_grads(causal_lm_loss(&model, micro).backward(), &model);
+    let copies = model.with_bf16_linears();
+    assert_eq!(copies.layers[0].q_proj.val().dtype(), DType::BF16);
+    assert_eq!(copies.layers[0].q_proj.id, model.layers[0].q_proj.id, "same parameter ids");
+    assert_eq!(copies.embed_tokens.val().dtype(), DType::F32, "the embedding stays f32");
+    let mut once = GradientsParams::from_grads(causal_lm_loss(&copies, micro).backward(), &copies);
+    grads_to_f32::<Flex>(&model, &mut once);
+    let values = |g: &GradientsParams, id, rank| -> Vec<f32> {
+        let data = match rank {
+            1 => g.get::<Inner, 1>(id).map(|t| t.to_data()),
+            _ => g.get::<Inner, 2>(id).map(|t| t.to_data()),
+        };
+        data.expect("a gradient for every parameter").to_vec::<f32>().expect("f32 gradients")
+    };
+    for (id, rank) in param_ids(&model) {
+        assert_eq!(values(&once, id, rank), values(&per_use, id, rank), "parameter {id} (rank {rank})");
+    }
+
+    let settings = OptimSettings {
+        base_lr: 1e-3,
+        schedule: tessera_core::hparams::LrSchedule::Cosine { t_max: 1000, eta_min: 1e-3, warmup_steps: 0 },
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        epsilon: 1e-8,
+        grad_clip: Some(1.0),
+    };
+    let mut trainer = Trainer::new(model, settings);
+    trainer.accumulate(micro).unwrap();
+    assert!(trainer.holds_step_casts(), "made at the step's first micro-batch");
+    trainer.accumulate(micro).unwrap();
+    let report = trainer.step().unwrap();
+    assert_eq!(report.micro_batches, 2);
+    assert!(!trainer.holds_step_casts(), "dropped with the old weights");
+}
