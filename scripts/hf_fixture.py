@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixture for tessera-model's HF interop test (model/tests/hf.rs).
+"""Golden fixture for tessera-model's HF interop test (model/tests/suite/hf.rs).
 
 Builds a tiny `LlamaForCausalLM` with fixed random weights, saves it with
 `save_pretrained` (safetensors) into model/tests/fixtures/tiny-llama/, runs it on a fixed
@@ -14,7 +14,7 @@ The committed test needs no Python; this script is only run to (re)generate the 
 
 The other direction (HF reads what tessera exports):
 
-    TESSERA_HF_EXPORT=/tmp/tessera-export cargo test -p tessera-model --test hf
+    TESSERA_HF_EXPORT=/tmp/tessera-export cargo test -p tessera-model --test suite hf::
     /tmp/hfenv/bin/python scripts/hf_fixture.py --check-export /tmp/tessera-export
 
 loads tessera's export with `from_pretrained` and compares HF's logits and loss with the

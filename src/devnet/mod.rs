@@ -55,7 +55,10 @@ pub async fn run(args: DevnetArgs) -> Result<()> {
     let validator = !nodes.validators.is_empty();
     banner::print(&mut std::io::stdout().lock(), &net.options, layout.total_numel(), validator, &state)?;
 
-    let mut watched = table::watch(&net, &nodes, args.windows, started).await?;
+    // The windows' log: beside the report when there is one, so the state directory's
+    // size (which the soak follows) holds only what the nodes keep.
+    let log_dir = args.report.as_deref().unwrap_or(&net.options.state_dir).join("devnet-windows");
+    let mut watched = table::watch(&net, &nodes, args.windows, started, &log_dir).await?;
     let elapsed = started.elapsed();
     let runs = miner_runs(&nodes, &mut watched.windows)?;
     let weights = weights_on_chain(&net, &nodes).await?;

@@ -2,6 +2,7 @@
 //! lines), until every exchanging miner has trained `--windows` or Ctrl-C.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,10 +74,10 @@ pub fn header() -> String {
 /// (never with 0) — in lockstep, until the clock holds after them, so every node ends at
 /// the same window and the validators' last weights are set — or Ctrl-C; records
 /// resident memory as the slowest of them advances.
-pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant) -> Result<Watched> {
+pub async fn watch(net: &Devnet, nodes: &Nodes, windows: u64, started: Instant, log_dir: &Path) -> Result<Watched> {
     let exchanging: Vec<&Arc<MinerContext>> =
         nodes.miners.iter().filter(|m| matches!(nodes.role(m), Role::Exchanging | Role::SeedExchange)).collect();
-    let log = WindowLog::create(&net.options.state_dir.join("devnet-windows"), nodes.miners.len())?;
+    let log = WindowLog::create(log_dir, nodes.miners.len())?;
     let mut table = LiveTable::new(nodes, started, log);
     let mut memory = MemoryTrace::with_state_dir(net.options.state_dir.clone());
     let ctrl_c = tokio::signal::ctrl_c();
