@@ -8,16 +8,21 @@
 //! binary ([`BUILTIN_HPARAMS_JSON`]) so a binary run anywhere has hparams.
 
 use std::collections::BTreeMap;
+#[cfg(feature = "node")]
 use std::error::Error as StdError;
 use std::fmt;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "node")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
+#[cfg(feature = "node")]
 use tracing::{debug, info, warn};
 use url::Url;
 
+#[cfg(feature = "node")]
 use crate::fsutil::write_atomic;
 use crate::model::{ModelShape, ModelShapeError, ParamLayout};
 use crate::slice::Exchange;
@@ -292,6 +297,7 @@ pub enum FetchError {
     Invalid(Box<HparamsError>),
 }
 
+#[cfg(feature = "node")]
 impl FetchError {
     /// Failures worth another attempt: the network, server errors, rate limits.
     fn is_transient(&self) -> bool {
@@ -646,6 +652,7 @@ impl Default for FetchPolicy {
     }
 }
 
+#[cfg(feature = "node")]
 /// Loads and validates hparams from `source`. For a URL, a good response is written to
 /// `cache_path`; any failure falls back to that cached copy (with a warning), as the seed
 /// miner did.
@@ -653,6 +660,7 @@ pub async fn load_hparams(source: &HparamsSource, cache_path: &Path) -> Result<L
     load_hparams_with(source, cache_path, &FetchPolicy::default()).await
 }
 
+#[cfg(feature = "node")]
 /// [`load_hparams`] with an explicit fetch policy.
 pub async fn load_hparams_with(
     source: &HparamsSource,
@@ -677,6 +685,7 @@ pub async fn load_hparams_with(
     Ok(loaded)
 }
 
+#[cfg(feature = "node")]
 fn load_file(path: &Path) -> Result<Hparams, HparamsError> {
     let bytes = std::fs::read(path).map_err(|cause| HparamsError::ReadFile { path: path.to_owned(), cause })?;
     let hp = Hparams::from_json(&bytes).map_err(|cause| HparamsError::ParseFile { path: path.to_owned(), cause })?;
@@ -684,6 +693,7 @@ fn load_file(path: &Path) -> Result<Hparams, HparamsError> {
     Ok(hp)
 }
 
+#[cfg(feature = "node")]
 async fn load_url(url: &Url, cache_path: &Path, policy: &FetchPolicy) -> Result<LoadedHparams, HparamsError> {
     let fetched = fetch_with_retries(url, policy).await.and_then(|bytes| {
         let hp = Hparams::from_json(&bytes).map_err(FetchError::Json)?;
@@ -726,6 +736,7 @@ async fn load_url(url: &Url, cache_path: &Path, policy: &FetchPolicy) -> Result<
     }
 }
 
+#[cfg(feature = "node")]
 fn read_cache(path: &Path) -> Result<Hparams, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -739,6 +750,7 @@ fn read_cache(path: &Path) -> Result<Hparams, String> {
     Ok(hp)
 }
 
+#[cfg(feature = "node")]
 async fn fetch_with_retries(url: &Url, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
     let client =
         reqwest::Client::builder().timeout(policy.timeout).build().map_err(|e| FetchError::Request(error_chain(&e)))?;
@@ -758,6 +770,7 @@ async fn fetch_with_retries(url: &Url, policy: &FetchPolicy) -> Result<Vec<u8>, 
     }
 }
 
+#[cfg(feature = "node")]
 async fn fetch_once(client: &reqwest::Client, url: &Url, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
     let mut resp = client
         .get(url.clone())
@@ -780,6 +793,7 @@ async fn fetch_once(client: &reqwest::Client, url: &Url, max_bytes: usize) -> Re
     Ok(body)
 }
 
+#[cfg(feature = "node")]
 /// An error and its causes on one line: reqwest's own message omits the cause
 /// ("connection refused", "timed out").
 fn error_chain(e: &dyn StdError) -> String {

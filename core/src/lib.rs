@@ -8,7 +8,9 @@
 //! configuration ([`config`]). The actor runtime (`tessera-actors`) and the binary only
 //! wire these together.
 
+#[cfg(feature = "node")]
 pub mod chain;
+#[cfg(feature = "node")]
 pub mod config;
 pub mod fsutil;
 pub mod hotkey;
@@ -16,7 +18,10 @@ pub mod hparams;
 pub mod model;
 pub mod slice;
 pub mod sparseloco;
+#[cfg(feature = "node")]
 pub mod storage;
+#[cfg(feature = "node")]
 pub mod validator;
+#[cfg(feature = "node")]
 pub mod wallet;
 pub mod window;
