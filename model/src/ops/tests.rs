@@ -6,22 +6,12 @@ use burn::backend::Autodiff;
 
 use super::*;
 use crate::llama::{FP32_NAIVE, LlamaConfig};
-use crate::train::TokenBatch;
+use crate::train::{OptimSettings, TokenBatch};
+use tessera_core::hparams::LrSchedule;
 
-/// bf16-mixed against fp32 on the one CPU backend with bf16 (flex; `scripts/test` enables
-/// `bf16-test`): same model, same batch, one AdamW step.
-#[test]
-fn a_bf16_mixed_step_tracks_the_fp32_step() {
-    use crate::train::{OptimSettings, Trainer};
-    use tessera_core::hparams::LrSchedule;
-    type Flex = Autodiff<burn::backend::Flex<f32>>;
-
-    let device = Default::default();
-    let config = LlamaConfig::new(211, 64, 96, 2, 4, 2, 64);
-    let (batch, seq) = (2, 33);
-    let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 53 + 7) % 211) as u32).collect();
-    let mask = vec![true; tokens.len()];
-    let settings = OptimSettings {
+/// The AdamW settings both tests step with.
+fn adamw() -> OptimSettings {
+    OptimSettings {
         base_lr: 1e-3,
         schedule: LrSchedule::Cosine { t_max: 1000, eta_min: 1e-3, warmup_steps: 0 },
         beta1: 0.9,
@@ -29,7 +19,22 @@ fn a_bf16_mixed_step_tracks_the_fp32_step() {
         weight_decay: 0.1,
         epsilon: 1e-8,
         grad_clip: Some(1.0),
-    };
+    }
+}
+
+/// bf16-mixed against fp32 on the one CPU backend with bf16 (flex; `scripts/test` enables
+/// `bf16-test`): same model, same batch, one AdamW step.
+#[test]
+fn a_bf16_mixed_step_tracks_the_fp32_step() {
+    use crate::train::Trainer;
+    type Flex = Autodiff<burn::backend::Flex<f32>>;
+
+    let device = Default::default();
+    let config = LlamaConfig::new(211, 64, 96, 2, 4, 2, 64);
+    let (batch, seq) = (2, 33);
+    let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 53 + 7) % 211) as u32).collect();
+    let mask = vec![true; tokens.len()];
+    let settings = adamw();
     let bf16 = ResolvedCompute { bf16_matmul: true, ..FP32_NAIVE };
     let start = crate::init::initialize::<Flex>(&config, 5, &device).unwrap();
     let step = |compute: ResolvedCompute| {
@@ -68,7 +73,7 @@ fn a_bf16_mixed_step_tracks_the_fp32_step() {
 /// micro-batch, keeps them for the next, and drops them at the step.
 #[test]
 fn bf16_weight_copies_made_once_per_step_give_the_per_use_casts_gradients() {
-    use crate::train::{OptimSettings, Trainer, causal_lm_loss, grads_to_f32, param_ids};
+    use crate::train::{Trainer, causal_lm_loss, grads_to_f32, param_ids};
     use burn::optim::GradientsParams;
     use burn::tensor::DType;
     type Flex = Autodiff<burn::backend::Flex<f32>>;
@@ -101,16 +106,7 @@ fn bf16_weight_copies_made_once_per_step_give_the_per_use_casts_gradients() {
         assert_eq!(values(&once, id, rank), values(&per_use, id, rank), "parameter {id} (rank {rank})");
     }
 
-    let settings = OptimSettings {
-        base_lr: 1e-3,
-        schedule: tessera_core::hparams::LrSchedule::Cosine { t_max: 1000, eta_min: 1e-3, warmup_steps: 0 },
-        beta1: 0.9,
-        beta2: 0.95,
-        weight_decay: 0.1,
-        epsilon: 1e-8,
-        grad_clip: Some(1.0),
-    };
-    let mut trainer = Trainer::new(model, settings);
+    let mut trainer = Trainer::new(model, adamw());
     trainer.accumulate(micro).unwrap();
     assert!(trainer.holds_step_casts(), "made at the step's first micro-batch");
     trainer.accumulate(micro).unwrap();
