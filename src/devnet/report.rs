@@ -227,21 +227,52 @@ fn plot_memory(path: &Path, trace: &serde_json::Value) -> Result<()> {
     let column = |name: &str| -> Vec<f64> {
         trace[name].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect()).unwrap_or_default()
     };
-    let points: Vec<(f64, f64)> =
-        column("window").into_iter().zip(column("resident_bytes").into_iter().map(|b| b / 1e6)).collect();
+    let megabytes = |name: &str| -> Vec<(f64, f64)> {
+        column("window").into_iter().zip(column(name).into_iter().map(|b| b / 1e6)).collect()
+    };
+    let points = megabytes("resident_bytes");
+    let heap = megabytes("heap_active_bytes");
+    let in_use: Vec<(f64, f64)> = megabytes("heap_allocated_bytes")
+        .into_iter()
+        .zip(column("heap_thread_cached_bytes"))
+        .map(|((window, allocated), cached)| (window, allocated - cached / 1e6))
+        .collect();
     let x_max = points.iter().map(|p| p.0).fold(1f64, f64::max);
     let y_max = points.iter().map(|p| p.1).fold(1f64, f64::max) * 1.1;
     let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("resident memory per window", ("sans-serif", 22))
+        .caption("resident memory and heap per window", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart.configure_mesh().x_desc("window").y_desc("resident MB").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .label("resident")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+    if heap.iter().any(|p| p.1 > 0.0) {
+        chart
+            .draw_series(LineSeries::new(heap, RED.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("allocator's active pages")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(in_use, GREEN.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("heap in use (allocated less threads' caches)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], GREEN.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
