@@ -39,7 +39,11 @@ fn main() -> ExitCode {
     // Before any thread exists: the environment is only safe to change while nothing else
     // can read it.
     tessera_model::backend::use_every_core_for_cpu_matmuls();
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(tessera_actors::bounds::BLOCKING_THREADS_MAX)
+        .enable_all()
+        .build();
+    match runtime {
         Ok(runtime) => runtime.block_on(run()),
         Err(err) => {
             eprintln!("error: starting the async runtime: {err}");

@@ -38,6 +38,15 @@ pub const STATE_VERDICT_WINDOWS_KEPT: usize = 8;
 /// each scrape, so any scrape interval keeps them.
 pub const STALE_SERIES_AFTER: Duration = Duration::from_secs(15 * 60);
 
+/// Threads the async runtime may start for blocking work (file I/O through `tokio::fs`,
+/// slice encoding, scoring, folding). tokio's default is 512, and an idle one lives 10 s:
+/// each burst of concurrent file operations raised the pool's high-water mark for good,
+/// since the next burst came within 10 s, and each thread holds its stack and the
+/// allocator's thread cache. A devnet of 8 miners grew to 160 threads on 2 cores, its
+/// resident set stepping up ~8 MB with each new high (docs/DESIGN.md §15). The work is
+/// short and never waits on another blocking task, so beyond this it queues.
+pub const BLOCKING_THREADS_MAX: usize = 32;
+
 /// The last `CAP` entries of a stream, numbered from the stream's start, so a reader that
 /// remembers how many it has seen gets each new entry once even after old ones left.
 /// Its storage is allocated once, at the first entry.
