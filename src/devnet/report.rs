@@ -248,23 +248,18 @@ fn plot_memory(path: &Path, trace: &serde_json::Value) -> Result<()> {
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart.configure_mesh().x_desc("window").y_desc("resident MB").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .label("resident")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+    chart.configure_mesh().x_desc("window").y_desc("MB").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut lines = vec![(points, BLUE, "resident")];
     if heap.iter().any(|p| p.1 > 0.0) {
+        lines.push((heap, RED, "allocator's active pages"));
+        lines.push((in_use, GREEN, "heap in use (allocated less threads' caches)"));
+    }
+    for (series, color, label) in lines {
         chart
-            .draw_series(LineSeries::new(heap, RED.stroke_width(2)))
+            .draw_series(LineSeries::new(series, color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label("allocator's active pages")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(in_use, GREEN.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label("heap in use (allocated less threads' caches)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], GREEN.stroke_width(2)));
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
